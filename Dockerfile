@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# Build:  docker build -t neo-sessions .
+# rust:1.93 rather than 1.88: the locked uuid 1.29.3 needs rustc >= 1.89.
+
+FROM rust:1.93-bookworm AS builder
+WORKDIR /build
+
+# Dependency layer: compile every dependency against stub sources, so this
+# layer is only invalidated when Cargo.toml / Cargo.lock change.
+# Cargo.toml declares [[test]] path = "tests/api/main.rs", so a stub keeps
+# that target resolvable; it is never compiled by `cargo build --bin`.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src tests/api \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs tests/api/main.rs \
+ && cargo build --release --locked --bin neo-sessions \
+ && rm -rf src
+
+COPY src/ src/
+COPY migrations/ migrations/
+COPY openapi/ openapi/
+COPY config/ config/
+# COPY keeps the context's mtimes, which may be older than the stub build;
+# touch the sources so cargo rebuilds the crate itself.
+RUN find src -name '*.rs' -exec touch {} + \
+ && cargo build --release --locked --bin neo-sessions
+
+# Distroless has no shell/mkdir: prepare the writable data dir here.
+RUN mkdir -p /out/data && chown 65532:65532 /out/data
+
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /build/target/release/neo-sessions /usr/local/bin/neo-sessions
+COPY --from=builder --chown=65532:65532 /out/data /app/data
+WORKDIR /app
+ENV NEO_LISTEN=0.0.0.0:8080 NEO_DATA_DIR=/app/data NEO_LOG_FORMAT=json
+EXPOSE 8080
+USER nonroot:nonroot
+# Exec form only: there is no shell in this image.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/neo-sessions", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/neo-sessions"]
+CMD ["serve"]

@@ -1,0 +1,89 @@
+//! Application state and the router: every layer in one stack that reads top to bottom.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Bytes,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    middleware::{from_fn, from_fn_with_state},
+    Extension, Router,
+};
+use tower_http::{
+    catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, timeout::TimeoutLayer,
+};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::{self, ApiKeyVerifier, Authenticator, SessionTokenVerifier},
+    config::Config,
+    http::{health, jwks, middleware, openapi, sessions},
+    store::Store,
+    tokens::TokenIssuer,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub issuer: Arc<TokenIssuer>,
+    pub authenticator: Arc<Authenticator>,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>, issuer: TokenIssuer) -> Self {
+        let issuer = Arc::new(issuer);
+        let authenticator = Authenticator {
+            api_keys: ApiKeyVerifier::new(
+                Arc::clone(&store),
+                config.api_key.env.clone(),
+                Duration::from_secs(config.api_key.last_used_resolution_seconds),
+            ),
+            session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
+        };
+        Self {
+            config: Arc::new(config),
+            store,
+            issuer,
+            authenticator: Arc::new(authenticator),
+        }
+    }
+}
+
+/// Every route, each registered with its OpenAPI documentation, so none goes undocumented.
+fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    // Routes that need a caller. The per-principal rate limiter goes after the bearer layer.
+    let authenticated = OpenApiRouter::new()
+        .routes(routes!(sessions::mint_session_token))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_principal));
+
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(jwks::jwks))
+        .merge(authenticated)
+}
+
+/// The router with its layers, outermost first: request id + span + envelope → catch panic →
+/// timeout → body limit → (per route) bearer authentication → handler.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.body_limit_bytes;
+    let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
+    let (routes, document) = api_routes(&state).split_for_parts();
+    let document = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+    routes
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .method_not_allowed_fallback(|| async { StatusCode::METHOD_NOT_ALLOWED })
+        // `Router::layer` wraps what is already there, so the last layer is the outermost.
+        .layer(Extension(openapi::OpenApiJson(document)))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(from_fn(middleware::request_context))
+        .with_state(state)
+}

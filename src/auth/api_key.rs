@@ -1,0 +1,205 @@
+//! API keys `neo_sk_<env>_<secret>`: generated with 190 bits of entropy, stored as SHA-256,
+//! found by that hash and compared in constant time.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::Principal;
+use crate::{http::error::ApiError, store::Store};
+
+pub const PREFIX: &str = "neo_sk_";
+const SECRET_LEN: usize = 32;
+const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The `<env>` of a key of the right shape, or `None` when the shape is wrong.
+pub fn key_env(raw: &str) -> Option<&str> {
+    let rest = raw.strip_prefix(PREFIX)?;
+    let (env, secret) = rest.split_once('_')?;
+    let env_ok = !env.is_empty()
+        && env.len() <= 16
+        && env
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let secret_ok =
+        (16..=128).contains(&secret.len()) && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+    (env_ok && secret_ok).then_some(env)
+}
+
+pub fn hash(raw: &str) -> [u8; 32] {
+    Sha256::digest(raw.as_bytes()).into()
+}
+
+fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
+    let rng = SystemRandom::new();
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        rng.fill(&mut buf)
+            .map_err(|_| ApiError::Internal("random number generator failed".into()))?;
+        // Rejection sampling keeps the characters uniform: 62 * 4 = 248.
+        out.extend(
+            buf.iter()
+                .filter(|b| **b < 248)
+                .map(|b| ALPHABET[usize::from(*b % 62)] as char)
+                .take(len - out.len()),
+        );
+    }
+    Ok(out)
+}
+
+/// A new key for `env`, e.g. `neo_sk_live_<32 alphanumerics>`.
+pub fn generate(env: &str) -> Result<String, ApiError> {
+    Ok(format!(
+        "{PREFIX}{env}_{}",
+        random_alphanumeric(SECRET_LEN)?
+    ))
+}
+
+/// A new non-secret key id, for listings and logs.
+pub fn generate_id() -> Result<String, ApiError> {
+    Ok(format!("key_{}", random_alphanumeric(12)?.to_lowercase()))
+}
+
+pub struct ApiKeyVerifier {
+    store: Arc<dyn Store>,
+    env: String,
+    last_used: LastUsed,
+}
+
+impl ApiKeyVerifier {
+    pub fn new(store: Arc<dyn Store>, env: String, last_used_resolution: Duration) -> Self {
+        Self {
+            store,
+            env,
+            last_used: LastUsed::new(last_used_resolution),
+        }
+    }
+
+    pub async fn verify(&self, raw: &str) -> Result<Principal, ApiError> {
+        let Some(env) = key_env(raw) else {
+            return Err(ApiError::InvalidCredentials {
+                reason: "malformed API key",
+            });
+        };
+        if env != self.env {
+            return Err(ApiError::InvalidCredentials {
+                reason: "API key of another environment",
+            });
+        }
+        let digest = hash(raw);
+        let Some(row) = self.store.find_api_key_by_hash(&digest).await? else {
+            return Err(ApiError::InvalidCredentials {
+                reason: "unknown API key",
+            });
+        };
+        if !bool::from(row.key_hash.as_slice().ct_eq(&digest)) {
+            return Err(ApiError::InvalidCredentials {
+                reason: "unknown API key",
+            });
+        }
+        if row.revoked_at.is_some() {
+            return Err(ApiError::InvalidCredentials {
+                reason: "revoked API key",
+            });
+        }
+        if self.last_used.due(&row.id) {
+            let store = Arc::clone(&self.store);
+            let key_id = row.id.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.touch_api_key(&key_id, Utc::now()).await {
+                    tracing::warn!(key_id, %error, "could not record last_used_at");
+                }
+            });
+        }
+        Ok(Principal::ServiceAccount {
+            tenant_id: row.tenant_id,
+            key_id: row.id,
+            platform: row.tenant_platform,
+        })
+    }
+}
+
+/// Writes `last_used_at` at most once per key per `resolution`, so a busy key costs no write
+/// per request. Holds one entry per key that authenticated: bounded by the keys that exist.
+struct LastUsed {
+    resolution: Duration,
+    written: Mutex<HashMap<String, Instant>>,
+}
+
+impl LastUsed {
+    fn new(resolution: Duration) -> Self {
+        Self {
+            resolution,
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn due(&self, key_id: &str) -> bool {
+        let now = Instant::now();
+        let mut written = match self.written.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match written.get_mut(key_id) {
+            Some(at) if now.duration_since(*at) < self.resolution => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                written.insert(key_id.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_of_keys() {
+        assert_eq!(
+            key_env("neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd"),
+            Some("test")
+        );
+        assert_eq!(
+            key_env("neo_sk_live_4qZt8WcJr2LmX9vB7nKp3sYd"),
+            Some("live")
+        );
+        assert_eq!(key_env("neo_sk_test_short"), None);
+        assert_eq!(key_env("neo_sk_Test_4qZt8WcJr2LmX9vB7nKp3sYd"), None);
+        assert_eq!(key_env("neo_sk_test_4qZt8WcJr2LmX9vB7nKp3s-d"), None);
+        assert_eq!(key_env("neo_pk_test_4qZt8WcJr2LmX9vB7nKp3sYd"), None);
+        assert_eq!(key_env("neo_sk__4qZt8WcJr2LmX9vB7nKp3sYd"), None);
+    }
+
+    #[test]
+    fn generated_keys_have_the_shape_and_differ() {
+        let a = generate("live").unwrap();
+        let b = generate("live").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(key_env(&a), Some("live"));
+        assert_eq!(a.len(), PREFIX.len() + "live_".len() + SECRET_LEN);
+    }
+
+    #[test]
+    fn last_used_is_written_once_per_resolution() {
+        let last_used = LastUsed::new(Duration::from_secs(60));
+        assert!(last_used.due("k1"));
+        assert!(!last_used.due("k1"));
+        assert!(last_used.due("k2"));
+        let immediate = LastUsed::new(Duration::ZERO);
+        assert!(immediate.due("k1"));
+        assert!(immediate.due("k1"));
+    }
+}

@@ -1,0 +1,253 @@
+//! The `neo-sessions` command line: serve, migrate, seed, api-key, healthcheck.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    auth::api_key,
+    config::Config,
+    seed::Fixture,
+    store::{self, NewApiKey, Store},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "neo-sessions",
+    version,
+    about = "Mints short-lived, session-bound JWTs"
+)]
+pub struct Cli {
+    /// Config file (default: config/default.toml when it exists). NEO_* variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Upsert tenants, end companies, agents, sessions and API keys from a JSON fixture.
+    Seed { file: PathBuf },
+    /// Manage API keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+    /// Exit 0 when the local server's /public-api/health answers 200 (for container health checks).
+    Healthcheck,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key; the key itself is printed once, on stdout.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// Required, and only allowed, for a key of the platform tenant (it can mint for others).
+        #[arg(long)]
+        platform: bool,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key by id; it is refused from the next request on.
+    Revoke { id: String },
+}
+
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let store = connect(&config).await?;
+            store.migrate().await.context("cannot apply migrations")?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed { file } => seed(&config, file).await,
+        Command::ApiKey(command) => api_key_command(&config, command).await,
+        Command::Healthcheck => healthcheck(&config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let address = listener.local_addr()?;
+    let state = crate::build_state(config).await?;
+    tracing::info!(%address, kid = state.issuer.key().kid(), "neo-sessions listening");
+    crate::serve(state, listener, shutdown_signal()).await?;
+    tracing::info!("shut down");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// Connects and, unless `server.migrate_on_start` is off, applies migrations first.
+async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = store::connect(config.database_url()?, config.database.max_connections)
+        .await
+        .context("cannot connect to the database")?;
+    if config.server.migrate_on_start {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    Ok(store)
+}
+
+async fn seed(config: &Config, file: PathBuf) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let prepared = Fixture::from_json(&text)?.prepare(&config.api_key.env)?;
+    let store = connect(config).await?;
+    let outcome = store
+        .apply_seed(&prepared.plan)
+        .await
+        .context("cannot apply the fixture (nothing was written)")?;
+    let plan = &prepared.plan;
+    println!(
+        "seeded {} tenants, {} end companies, {} agents, {} sessions, {} API keys",
+        plan.tenants.len(),
+        plan.end_companies.len(),
+        plan.agents.len(),
+        plan.sessions.len(),
+        plan.api_keys.len()
+    );
+    for id in &outcome.created_api_keys {
+        if let Some(secret) = prepared.generated_secrets.get(id) {
+            println!("API key {id}: {secret}  (shown once; store it now)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Result<ExitCode> {
+    let store = connect(config).await?;
+    match command {
+        ApiKeyCommand::Create {
+            tenant,
+            name,
+            platform,
+        } => {
+            let Some(row) = store.find_tenant(&tenant).await? else {
+                bail!("no tenant {tenant:?}");
+            };
+            match (row.platform, platform) {
+                (true, false) => bail!(
+                    "tenant {tenant:?} is the platform tenant: its keys can mint for other tenants; pass --platform to confirm"
+                ),
+                (false, true) => bail!("tenant {tenant:?} is not a platform tenant; drop --platform"),
+                _ => {}
+            }
+            if name.trim().is_empty() {
+                bail!("--name must not be empty");
+            }
+            let secret = api_key::generate(&config.api_key.env)?;
+            let id = api_key::generate_id()?;
+            store
+                .create_api_key(&NewApiKey {
+                    id: id.clone(),
+                    tenant_id: row.id,
+                    name,
+                    key_hash: api_key::hash(&secret),
+                })
+                .await?;
+            eprintln!(
+                "created API key {id} for tenant {tenant}; the key is shown once, store it now:"
+            );
+            println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ApiKeyCommand::List { tenant } => {
+            let keys = store.list_api_keys(&tenant).await?;
+            println!(
+                "{:<20} {:<12} {:<24} {:<20} {:<20} REVOKED",
+                "ID", "TENANT", "NAME", "CREATED", "LAST USED"
+            );
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            for k in keys {
+                println!(
+                    "{:<20} {:<12} {:<24} {:<20} {:<20} {}",
+                    k.id,
+                    k.tenant_id,
+                    k.name,
+                    time(Some(k.created_at)),
+                    time(k.last_used_at),
+                    time(k.revoked_at)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ApiKeyCommand::Revoke { id } => match store.revoke_api_key(&id).await? {
+            None => {
+                eprintln!("no API key {id:?}");
+                Ok(ExitCode::FAILURE)
+            }
+            Some(true) => {
+                println!("revoked {id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(false) => {
+                println!("{id} was already revoked");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+    }
+}
+
+/// A minimal HTTP/1.1 GET, so the distroless image needs no curl.
+async fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
+    let mut address = config.server.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = TcpStream::connect(address).await?;
+        stream
+            .write_all(
+                b"GET /public-api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(ExitCode::SUCCESS),
+        _ => Ok(ExitCode::FAILURE),
+    }
+}

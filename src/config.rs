@@ -1,0 +1,468 @@
+//! Typed configuration: built-in defaults < config file < `NEO_*` environment variables.
+//! Secrets are wrapped so that `Debug` and logs never show them.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    providers::{Format, Toml},
+    value::Value,
+    Figment,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The file read when `--config` is not given and the file exists (relative to the working directory).
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+/// Environment variables and the config keys they set. `DATABASE_URL` comes first so that
+/// `NEO_DATABASE_URL` wins when both are set.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("NEO_DATABASE_URL", "database.url"),
+    ("NEO_DATABASE_MAX_CONNECTIONS", "database.max_connections"),
+    ("NEO_DATA_DIR", "data.dir"),
+    ("NEO_LISTEN", "server.listen"),
+    ("NEO_MIGRATE_ON_START", "server.migrate_on_start"),
+    (
+        "NEO_REQUEST_TIMEOUT_SECONDS",
+        "server.request_timeout_seconds",
+    ),
+    ("NEO_BODY_LIMIT_BYTES", "server.body_limit_bytes"),
+    ("NEO_API_KEY_ENV", "api_key.env"),
+    ("NEO_TOKEN_ISSUER", "token.issuer"),
+    ("NEO_TOKEN_AUDIENCE", "token.audience"),
+    ("NEO_TOKEN_DEFAULT_TTL", "token.default_ttl"),
+    ("NEO_TOKEN_MIN_TTL", "token.min_ttl"),
+    ("NEO_TOKEN_MAX_TTL", "token.max_ttl"),
+    ("NEO_TOKEN_SCOPE", "token.scope"),
+    ("NEO_SIGNING_KEY_FILE", "signing.key_file"),
+    ("NEO_SIGNING_ALGORITHM", "signing.algorithm"),
+    ("NEO_LOG_FORMAT", "log.format"),
+    ("NEO_LOG_FILTER", "log.filter"),
+];
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub data: DataConfig,
+    pub api_key: ApiKeyConfig,
+    pub token: TokenConfig,
+    pub signing: SigningConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    pub request_timeout_seconds: u64,
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            migrate_on_start: true,
+            request_timeout_seconds: 10,
+            body_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field(
+                "url",
+                &self.url.as_ref().map(|url| redact_url(url.expose_secret())),
+            )
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/db` → `scheme://user:***@host/db`; anything unparsable is hidden whole.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => format!("{scheme}://{rest}"),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where the generated signing key (and, later, the embedded database) lives.
+    pub dir: PathBuf,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The `<env>` accepted in `neo_sk_<env>_<secret>`.
+    pub env: String,
+    /// `last_used_at` is written at most once per key per this many seconds.
+    pub last_used_resolution_seconds: u64,
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        Self {
+            env: "test".to_owned(),
+            last_used_resolution_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub default_ttl: u32,
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    /// The scope claim of minted tokens: what an end user may do, never mint or revoke.
+    pub scope: String,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "https://api.neoagent.io".to_owned(),
+            audience: "https://api.neoagent.io/chat".to_owned(),
+            default_ttl: 900,
+            min_ttl: 60,
+            max_ttl: 3600,
+            scope: "chat:session".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum SigningAlgorithm {
+    #[default]
+    ES256,
+    EdDSA,
+    RS256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+            Self::RS256 => "RS256",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningConfig {
+    /// PKCS#8 PEM private key. Without it a key is generated once in the data directory.
+    pub key_file: Option<PathBuf>,
+    pub algorithm: SigningAlgorithm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `pretty` on a terminal, `json` otherwise.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `neo_sessions=debug,info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Layers the configuration. `file` is `--config`; when it is `None`, `config/default.toml` is
+    /// read if it exists. `env` is the process environment (passed in so tests need no globals).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        match file {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )))
+            }
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+
+        let env: HashMap<String, String> = env.into_iter().collect();
+        for (var, key) in ENV_KEYS {
+            if let Some(raw) = env.get(*var) {
+                let value: Value = match raw.parse() {
+                    Ok(value) => value,
+                    Err(never) => match never {},
+                };
+                figment = figment.merge((*key, value));
+            }
+        }
+
+        let config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.token;
+        if t.min_ttl == 0 {
+            return Err(invalid("token.min_ttl", "must be at least 1 second"));
+        }
+        if t.min_ttl > t.max_ttl {
+            return Err(invalid("token.min_ttl", "must not exceed token.max_ttl"));
+        }
+        if !(t.min_ttl..=t.max_ttl).contains(&t.default_ttl) {
+            return Err(invalid(
+                "token.default_ttl",
+                "must lie between token.min_ttl and token.max_ttl",
+            ));
+        }
+        if t.issuer.trim().is_empty() {
+            return Err(invalid("token.issuer", "must not be empty"));
+        }
+        if t.audience.trim().is_empty() {
+            return Err(invalid("token.audience", "must not be empty"));
+        }
+        if t.scope
+            .split_whitespace()
+            .any(|s| s.contains("mint") || s.contains("revoke"))
+        {
+            return Err(invalid(
+                "token.scope",
+                "an end-user scope may not grant minting or revoking",
+            ));
+        }
+        let env = &self.api_key.env;
+        if env.is_empty()
+            || env.len() > 16
+            || !env
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(invalid(
+                "api_key.env",
+                "must be 1 to 16 lowercase letters or digits",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if self.server.request_timeout_seconds == 0 {
+            return Err(invalid(
+                "server.request_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if let Some(url) = &self.database.url {
+            let url = url.expose_secret();
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                return Err(invalid(
+                    "database.url",
+                    "must be a postgres:// URL (the embedded SQLite backend is not available yet)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL, which is required until the embedded backend exists.
+    pub fn database_url(&self) -> Result<&str, ConfigError> {
+        self.database
+            .url
+            .as_ref()
+            .map(|url| url.expose_secret())
+            .ok_or_else(|| {
+                invalid(
+                    "database.url",
+                    "is not set: set NEO_DATABASE_URL (or DATABASE_URL) to a postgres:// URL",
+                )
+            })
+    }
+}
+
+fn invalid(key: &str, message: &str) -> ConfigError {
+    ConfigError(format!("{key} {message}{}", env_hint(key)))
+}
+
+fn env_hint(key: &str) -> String {
+    ENV_KEYS
+        .iter()
+        .rev()
+        .find(|(_, k)| *k == key)
+        .map(|(var, _)| format!(" (environment variable {var})"))
+        .unwrap_or_default()
+}
+
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{key}: {}{}", e.kind, env_hint(&key))
+            }
+        })
+        .collect();
+    ConfigError(messages.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_environment() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.api_key.env, "test");
+        assert_eq!(
+            (
+                config.token.default_ttl,
+                config.token.min_ttl,
+                config.token.max_ttl
+            ),
+            (900, 60, 3600)
+        );
+        assert_eq!(config.signing.algorithm, SigningAlgorithm::ES256);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_neo_database_url_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[token]\ndefault_ttl = 120\nissuer = \"https://file\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("NEO_TOKEN_ISSUER", "https://env"),
+                ("DATABASE_URL", "postgres://a@h/one"),
+                ("NEO_DATABASE_URL", "postgres://a@h/two"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.token.default_ttl, 120);
+        assert_eq!(config.token.issuer, "https://env");
+        assert_eq!(config.database_url().unwrap(), "postgres://a@h/two");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = Config::load(None, env(&[("NEO_TOKEN_MAX_TTL", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("token.max_ttl"), "{err}");
+        assert!(err.to_string().contains("NEO_TOKEN_MAX_TTL"), "{err}");
+
+        let err = Config::load(None, env(&[("NEO_TOKEN_MIN_TTL", "7200")])).unwrap_err();
+        assert!(err.to_string().contains("token.min_ttl"), "{err}");
+
+        let err = Config::load(None, env(&[("NEO_API_KEY_ENV", "Live_1")])).unwrap_err();
+        assert!(err.to_string().contains("api_key.env"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[token]\ndefault_tll = 120\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("default_tll"), "{err}");
+    }
+
+    #[test]
+    fn debug_redacts_the_database_password() {
+        let config = Config::load(
+            None,
+            env(&[("NEO_DATABASE_URL", "postgres://neo:hunter2@db:5432/neo")]),
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("postgres://neo:***@db:5432/neo"), "{debug}");
+    }
+}

@@ -1,0 +1,126 @@
+//! The `{data, meta}` / `{error, meta}` envelope of SPEC §4, and the per-request context that feeds
+//! `meta` (request id, timings).
+
+use std::{collections::BTreeMap, time::Instant};
+
+use axum::{extract::FromRequestParts, http::request::Parts, Json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Set by the request-context middleware on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext {
+    pub request_id: Uuid,
+    pub started: Instant,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestContext>()
+            .copied()
+            .unwrap_or_else(|| RequestContext {
+                request_id: Uuid::new_v4(),
+                started: Instant::now(),
+            }))
+    }
+}
+
+/// Milliseconds spent per phase of a request; `total` is added when the envelope is built.
+#[derive(Debug, Default)]
+pub struct Timings(BTreeMap<&'static str, f64>);
+
+impl Timings {
+    /// Runs `fut`, adding its duration to `phase`.
+    pub async fn time<T>(
+        &mut self,
+        phase: &'static str,
+        fut: impl std::future::Future<Output = T>,
+    ) -> T {
+        let start = Instant::now();
+        let out = fut.await;
+        self.add(phase, start);
+        out
+    }
+
+    pub fn add(&mut self, phase: &'static str, since: Instant) {
+        *self.0.entry(phase).or_default() += since.elapsed().as_secs_f64() * 1000.0;
+    }
+}
+
+/// Cursor pagination of list responses (part of the public contract's shared schemas).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pagination {
+    #[schema(nullable)]
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuccessMeta {
+    pub request_id: Uuid,
+    /// Milliseconds per phase; always `total` and, where the database was used, `db`.
+    #[schema(value_type = BTreeMap<String, f64>)]
+    pub timings_ms: BTreeMap<&'static str, f64>,
+    /// Non-fatal warnings about the created/updated resource.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+impl SuccessMeta {
+    pub fn new(ctx: RequestContext, timings: Timings, warnings: Vec<String>) -> Self {
+        let mut timings_ms = timings.0;
+        timings_ms.entry("db").or_insert(0.0);
+        timings_ms.insert("total", ctx.started.elapsed().as_secs_f64() * 1000.0);
+        for value in timings_ms.values_mut() {
+            *value = (*value * 1000.0).round() / 1000.0;
+        }
+        Self {
+            request_id: ctx.request_id,
+            timings_ms,
+            warnings,
+            pagination: None,
+        }
+    }
+}
+
+/// A success envelope: `{"data": ..., "meta": ...}`.
+#[derive(Debug, Serialize)]
+pub struct Success<T> {
+    pub data: T,
+    pub meta: SuccessMeta,
+}
+
+impl<T> Success<T> {
+    pub fn new(data: T, meta: SuccessMeta) -> Json<Self> {
+        Json(Self { data, meta })
+    }
+}
+
+/// The error envelope every error response carries (documentation of what `ErrorReport` renders).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+    pub meta: ErrorMeta,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable error code.
+    pub code: String,
+    pub message: String,
+    #[schema(additional_properties)]
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorMeta {
+    #[schema(nullable)]
+    pub request_id: Option<Uuid>,
+}

@@ -1,0 +1,237 @@
+//! The one error type of the HTTP layer. `IntoResponse` sets the status and headers and leaves an
+//! [`ErrorReport`] in the response extensions; the request-context middleware renders the envelope
+//! (it knows the request id) and logs internal causes once.
+
+use axum::{
+    http::{header::WWW_AUTHENTICATE, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde_json::{json, Map, Value};
+
+const REALM: &str = "neo-sessions";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing bearer credentials")]
+    MissingCredentials,
+    /// `reason` is for logs only; the client sees a generic message.
+    #[error("invalid bearer credentials: {reason}")]
+    InvalidCredentials { reason: &'static str },
+    #[error("ambiguous credentials: {0}")]
+    AmbiguousCredentials(&'static str),
+    #[error("the credential may not mint tokens")]
+    InsufficientScope,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("session closed")]
+    SessionClosed,
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("validation failed")]
+    Validation(Map<String, Value>),
+    #[error("unknown end company")]
+    InvalidEndCompany,
+    #[error("unknown agents")]
+    InvalidAgentIds(Vec<i64>),
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What the envelope middleware needs to render an error.
+#[derive(Debug, Clone)]
+pub struct ErrorReport {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+    /// Logged, never sent.
+    pub cause: Option<String>,
+}
+
+impl ErrorReport {
+    /// The report for a response some layer produced without one (404, 405, 413, timeout, ...).
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::NOT_FOUND => ("not_found", "No route matches this path."),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "This method is not allowed on this path.",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                "payload_too_large",
+                "The request body exceeds the size limit.",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "Send the body as JSON with Content-Type: application/json.",
+            ),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => (
+                "timeout",
+                "The request took too long and was abandoned; retry it.",
+            ),
+            StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too many requests."),
+            s if s.is_client_error() => ("bad_request", "The request could not be processed."),
+            _ => ("internal_error", "An internal error occurred."),
+        };
+        Self {
+            code,
+            message: message.to_owned(),
+            details: None,
+            cause: None,
+        }
+    }
+
+    pub fn into_body(self, request_id: uuid::Uuid) -> Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(details) = self.details {
+            error["details"] = details;
+        }
+        json!({ "error": error, "meta": { "request_id": request_id } })
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingCredentials
+            | Self::InvalidCredentials { .. }
+            | Self::AmbiguousCredentials(_) => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::SessionClosed => StatusCode::CONFLICT,
+            Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Validation(_) | Self::InvalidEndCompany | Self::InvalidAgentIds(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn report(self) -> ErrorReport {
+        let (code, message, details): (&'static str, String, Option<Value>) = match &self {
+            Self::MissingCredentials => (
+                "missing_credentials",
+                "Send Authorization: Bearer <API key or token>.".into(),
+                None,
+            ),
+            Self::InvalidCredentials { .. } => (
+                "invalid_credentials",
+                "The bearer credential is invalid, expired or revoked.".into(),
+                None,
+            ),
+            Self::AmbiguousCredentials(why) => ("invalid_credentials", format!("{why}."), None),
+            Self::InsufficientScope => (
+                "insufficient_scope",
+                "This credential may not mint session tokens.".into(),
+                None,
+            ),
+            Self::Forbidden(why) => ("forbidden", (*why).into(), None),
+            Self::SessionNotFound => (
+                "session_not_found",
+                "No such session for this tenant.".into(),
+                None,
+            ),
+            Self::SessionClosed => (
+                "session_closed",
+                "The session is closed; tokens can be minted only for active sessions.".into(),
+                None,
+            ),
+            Self::InvalidJson(why) => (
+                "invalid_json",
+                format!("The request body is not valid JSON: {why}."),
+                None,
+            ),
+            Self::UnsupportedMediaType => {
+                let r = ErrorReport::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                (r.code, r.message, None)
+            }
+            Self::PayloadTooLarge => {
+                let r = ErrorReport::for_status(StatusCode::PAYLOAD_TOO_LARGE);
+                (r.code, r.message, None)
+            }
+            Self::Validation(fields) => (
+                "validation_failed",
+                "The request body failed validation; see details.".into(),
+                Some(Value::Object(fields.clone())),
+            ),
+            Self::InvalidEndCompany => (
+                "invalid_end_company",
+                "end_company_id does not name an end company of the target tenant.".into(),
+                Some(json!({ "end_company_id": "unknown end company" })),
+            ),
+            Self::InvalidAgentIds(ids) => (
+                "invalid_agent_ids",
+                "allowed_agent_ids names agents that are not the target tenant's.".into(),
+                Some(json!({ "unknown_agent_ids": ids })),
+            ),
+            Self::DatabaseUnavailable(_) => (
+                "service_unavailable",
+                "The service cannot reach its database.".into(),
+                None,
+            ),
+            Self::Database(_) | Self::Internal(_) => {
+                ("internal_error", "An internal error occurred.".into(), None)
+            }
+        };
+        let cause = match &self {
+            Self::InvalidCredentials { reason } => Some((*reason).to_owned()),
+            Self::Database(_) | Self::Internal(_) | Self::DatabaseUnavailable(_) => {
+                Some(self.to_string())
+            }
+            _ => None,
+        };
+        ErrorReport {
+            code,
+            message,
+            details,
+            cause,
+        }
+    }
+
+    fn challenge(&self) -> Option<String> {
+        match self {
+            Self::MissingCredentials => Some(format!("Bearer realm=\"{REALM}\"")),
+            Self::InvalidCredentials { .. } => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"The credential is invalid, expired or revoked\""
+            )),
+            Self::AmbiguousCredentials(_) => {
+                Some(format!("Bearer realm=\"{REALM}\", error=\"invalid_request\""))
+            }
+            Self::InsufficientScope => {
+                Some(format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\""))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::tokens::KeyError> for ApiError {
+    fn from(error: crate::tokens::KeyError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let challenge = self.challenge();
+        let mut response = status.into_response();
+        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(WWW_AUTHENTICATE, value);
+        }
+        response.extensions_mut().insert(self.report());
+        response
+    }
+}

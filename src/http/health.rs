@@ -1,0 +1,56 @@
+//! `GET /public-api/health`: liveness, and readiness of the database.
+
+use axum::{extract::State, Json};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{
+    envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
+    error::ApiError,
+};
+use crate::app::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the service answers and its database is reachable.
+    pub status: &'static str,
+    pub database: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthEnvelope {
+    pub data: Health,
+    pub meta: SuccessMeta,
+}
+
+#[utoipa::path(
+    get,
+    path = "/public-api/health",
+    operation_id = "public_api.health_get",
+    tag = "Meta",
+    summary = "Liveness and database readiness",
+    responses(
+        (status = 200, description = "Up, and the database answers.", body = HealthEnvelope),
+        (status = 503, description = "The database does not answer.", body = ErrorEnvelope),
+    )
+)]
+pub async fn health(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+) -> Result<Json<Success<Health>>, ApiError> {
+    let mut timings = Timings::default();
+    timings
+        .time("db", state.store.ping())
+        .await
+        .map_err(ApiError::DatabaseUnavailable)?;
+    let health = Health {
+        status: "ok",
+        database: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    Ok(Success::new(
+        health,
+        SuccessMeta::new(ctx, timings, Vec::new()),
+    ))
+}

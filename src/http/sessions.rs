@@ -1,0 +1,425 @@
+//! `POST /public-api/sessions`: the mint rules of SPEC §2, in their order.
+
+use axum::{extract::State, Json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
+    error::ApiError,
+    extract::ApiJson,
+};
+use crate::{
+    app::AppState,
+    auth::{MintingPrincipal, Principal},
+    config::TokenConfig,
+    store::{MintRecord, SessionRow},
+    tokens::TokenGrant,
+};
+
+const MAX_ID_LEN: usize = 255;
+const MAX_EMAIL_LEN: usize = 254;
+const MAX_AGENT_IDS: usize = 256;
+
+/// The request body. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct MintSessionTokenRequest {
+    /// The chat session the token is bound to (1 to 255 characters).
+    #[schema(min_length = 1, max_length = 255)]
+    pub session_id: String,
+    /// Agents the end user may talk to; each must belong to the target tenant. Duplicates are removed.
+    #[schema(default = json!([]))]
+    #[serde(default)]
+    pub allowed_agent_ids: Vec<i64>,
+    /// Target tenant to mint the token for. Honored only for a platform service account, and only
+    /// when `session_id` is that tenant's Neo Support session (otherwise 403); any other caller
+    /// passing it gets 403. Omit to mint for the caller's own tenant.
+    #[schema(nullable, default = json!(null))]
+    pub client_id: Option<String>,
+    /// Narrows the token to one end company of the target tenant. Ignored (with a warning) when the
+    /// session is itself scoped to an end company: the session's scope always wins.
+    #[schema(nullable, default = json!(null))]
+    pub end_company_id: Option<String>,
+    /// The end user; becomes the token's `sub` (else the session id).
+    #[schema(nullable, default = json!(null))]
+    pub end_user: Option<String>,
+    #[schema(nullable, default = json!(null))]
+    pub end_user_email: Option<String>,
+    /// Token lifetime in seconds; default 900, allowed 60 to 3600 (configurable).
+    #[schema(nullable, default = json!(null))]
+    pub ttl_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MintSessionTokenResponse {
+    /// The signed JWT.
+    pub token: String,
+    /// The token's `jti` claim.
+    #[schema(value_type = String)]
+    pub jti: Uuid,
+    pub session_id: String,
+    pub expires_at: DateTime<Utc>,
+    /// Seconds until expiry, so clients with a skewed clock can renew in time.
+    pub expires_in: u32,
+}
+
+/// The success envelope of the mint endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MintSessionTokenEnvelope {
+    pub data: MintSessionTokenResponse,
+    pub meta: SuccessMeta,
+}
+
+#[utoipa::path(
+    post,
+    path = "/public-api/sessions",
+    operation_id = "public_api.session_token_mint_post",
+    tag = "Chat",
+    summary = "Mint an end-user session token",
+    description = "Mints a short-lived JWT bound to one chat `session_id`. The Teams relay (or any future end-user-facing channel) attaches it as `Authorization: Bearer <token>` on subsequent `/chat/sessions/<session_id>/*` calls. Only service-account or dashboard callers can mint; the resulting token cannot mint or revoke.\n\nA **platform** service account may pass `client_id` to mint for another tenant, but only when `session_id` is that tenant's Neo Support session (otherwise 403); any non-platform caller passing `client_id` is rejected with 403.\n\nWhen the session is scoped to an end-company (white-label sessions are, at create), the minted `end_company_id` claim is taken from the session itself — a caller-supplied value never widens or changes the session's scope.",
+    request_body(content = MintSessionTokenRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Success.", body = MintSessionTokenEnvelope),
+        (status = 400, description = "Bad request — malformed input.", body = ErrorEnvelope),
+        (status = 401, description = "Unauthenticated — missing or invalid credentials.", body = ErrorEnvelope),
+        (status = 403, description = "Forbidden — authenticated but not allowed.", body = ErrorEnvelope),
+        (status = 404, description = "Not found.", body = ErrorEnvelope),
+        (status = 409, description = "Conflict — the resource is in a state that blocks this operation.", body = ErrorEnvelope),
+        (status = 413, description = "Request body too large.", body = ErrorEnvelope),
+        (status = 415, description = "Unsupported media type — send application/json.", body = ErrorEnvelope),
+        (status = 422, description = "Request validation failed.", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
+        (status = 500, description = "Internal server error.", body = ErrorEnvelope),
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn mint_session_token(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    MintingPrincipal(principal): MintingPrincipal,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Success<MintSessionTokenResponse>>, ApiError> {
+    let store = &state.store;
+    let mut timings = Timings::default();
+
+    // Rule 1: the shape of the body.
+    let request = MintSessionTokenRequest::from_json(body, &state.config.token)?;
+
+    // Rules 2 and 3: the target tenant, and its session.
+    if request.client_id.is_some() && !principal.is_platform() {
+        return Err(FORBIDDEN_CLIENT_ID);
+    }
+    let session = timings
+        .time("db", store.find_session(&request.session_id))
+        .await?;
+    let session = target_session(&principal, request.client_id.as_deref(), session)?;
+
+    // Rule 4: only active sessions.
+    if !session.is_active() {
+        return Err(ApiError::SessionClosed);
+    }
+
+    // Rule 5: end-company scope; the session's own scope always wins.
+    let mut warnings = Vec::new();
+    let end_company_id = match (session.end_company_id.clone(), request.end_company_id) {
+        (Some(scoped), Some(asked)) if asked != scoped => {
+            warnings.push(format!(
+                "end_company_id was ignored: session {} is scoped to end company {scoped}",
+                session.id
+            ));
+            Some(scoped)
+        }
+        (Some(scoped), _) => Some(scoped),
+        (None, Some(asked)) => {
+            let exists = timings
+                .time("db", store.end_company_exists(&session.tenant_id, &asked))
+                .await?;
+            if !exists {
+                return Err(ApiError::InvalidEndCompany);
+            }
+            Some(asked)
+        }
+        (None, None) => None,
+    };
+
+    // Rule 6: agents of the target tenant, duplicates removed (first occurrence kept).
+    let mut allowed_agent_ids = request.allowed_agent_ids;
+    let mut seen = std::collections::HashSet::with_capacity(allowed_agent_ids.len());
+    allowed_agent_ids.retain(|id| seen.insert(*id));
+    if !allowed_agent_ids.is_empty() {
+        let existing = timings
+            .time(
+                "db",
+                store.existing_agents(&session.tenant_id, &allowed_agent_ids),
+            )
+            .await?;
+        let unknown: Vec<i64> = allowed_agent_ids
+            .iter()
+            .copied()
+            .filter(|id| !existing.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::InvalidAgentIds(unknown));
+        }
+    }
+
+    // Rule 7: sign, record, answer.
+    let ttl_seconds = request
+        .ttl_seconds
+        .and_then(|ttl| u32::try_from(ttl).ok())
+        .unwrap_or(state.config.token.default_ttl);
+    let signing = std::time::Instant::now();
+    let minted = state.issuer.issue(TokenGrant {
+        session_id: session.id.clone(),
+        client_id: session.tenant_id.clone(),
+        end_company_id,
+        end_user: request.end_user.clone(),
+        end_user_email: request.end_user_email,
+        allowed_agent_ids,
+        ttl_seconds,
+    })?;
+    timings.add("sign", signing);
+
+    let record = MintRecord {
+        jti: minted.jti,
+        session_id: session.id.clone(),
+        tenant_id: session.tenant_id.clone(),
+        minted_by_kind: principal.kind(),
+        minted_by: principal.id(),
+        end_user: request.end_user,
+        issued_at: minted.issued_at,
+        expires_at: minted.expires_at,
+    };
+    timings.time("db", store.record_mint(&record)).await?;
+
+    let data = MintSessionTokenResponse {
+        token: minted.token,
+        jti: minted.jti,
+        session_id: session.id,
+        expires_at: minted.expires_at,
+        expires_in: ttl_seconds,
+    };
+    Ok(Success::new(data, SuccessMeta::new(ctx, timings, warnings)))
+}
+
+const FORBIDDEN_CLIENT_ID: ApiError =
+    ApiError::Forbidden("client_id may be passed only by a platform service account.");
+
+/// Rules 2 and 3. Every refusal reveals nothing of other tenants' sessions.
+fn target_session(
+    principal: &Principal,
+    client_id: Option<&str>,
+    session: Option<SessionRow>,
+) -> Result<SessionRow, ApiError> {
+    match client_id {
+        Some(_) if !principal.is_platform() => Err(FORBIDDEN_CLIENT_ID),
+        Some(client_id) => session
+            .filter(|s| s.tenant_id == client_id && s.is_neo_support())
+            .ok_or(ApiError::Forbidden(
+                "With client_id, session_id must be that tenant's Neo Support session.",
+            )),
+        None => session
+            .filter(|s| s.tenant_id == principal.tenant_id())
+            .ok_or(ApiError::SessionNotFound),
+    }
+}
+
+impl MintSessionTokenRequest {
+    /// Rule 1: checks every field and reports all failures at once, per field.
+    pub fn from_json(body: Value, limits: &TokenConfig) -> Result<Self, ApiError> {
+        let Value::Object(mut body) = body else {
+            return Err(field_error("body", "must be a JSON object"));
+        };
+        let mut errors = Map::new();
+        let mut request = Self::default();
+
+        match body.remove("session_id") {
+            None | Some(Value::Null) => {
+                errors.insert("session_id".into(), "is required".into());
+            }
+            Some(value) => {
+                if let Some(id) = text_field(&mut errors, "session_id", value, MAX_ID_LEN) {
+                    request.session_id = id;
+                }
+            }
+        }
+        request.client_id = optional_text(&mut errors, &mut body, "client_id", MAX_ID_LEN);
+        request.end_company_id =
+            optional_text(&mut errors, &mut body, "end_company_id", MAX_ID_LEN);
+        request.end_user = optional_text(&mut errors, &mut body, "end_user", MAX_ID_LEN);
+        request.end_user_email =
+            optional_text(&mut errors, &mut body, "end_user_email", MAX_EMAIL_LEN);
+        if let Some(email) = &request.end_user_email {
+            if !is_plausible_email(email) {
+                errors.insert("end_user_email".into(), "must be an email address".into());
+            }
+        }
+
+        match body.remove("allowed_agent_ids") {
+            None => {}
+            Some(Value::Array(items)) if items.len() > MAX_AGENT_IDS => {
+                errors.insert(
+                    "allowed_agent_ids".into(),
+                    format!("must list at most {MAX_AGENT_IDS} agents").into(),
+                );
+            }
+            Some(Value::Array(items)) => {
+                match items
+                    .iter()
+                    .map(Value::as_i64)
+                    .collect::<Option<Vec<i64>>>()
+                {
+                    Some(ids) => request.allowed_agent_ids = ids,
+                    None => {
+                        errors.insert(
+                            "allowed_agent_ids".into(),
+                            "must be an array of 64-bit integers".into(),
+                        );
+                    }
+                }
+            }
+            Some(_) => {
+                errors.insert(
+                    "allowed_agent_ids".into(),
+                    "must be an array of 64-bit integers".into(),
+                );
+            }
+        }
+
+        let (min, max) = (limits.min_ttl, limits.max_ttl);
+        match body.remove("ttl_seconds") {
+            None | Some(Value::Null) => {}
+            Some(value) => match value.as_i64() {
+                Some(ttl) if (i64::from(min)..=i64::from(max)).contains(&ttl) => {
+                    request.ttl_seconds = Some(ttl)
+                }
+                _ => {
+                    errors.insert(
+                        "ttl_seconds".into(),
+                        format!("must be an integer from {min} to {max}").into(),
+                    );
+                }
+            },
+        }
+
+        if errors.is_empty() {
+            Ok(request)
+        } else {
+            Err(ApiError::Validation(errors))
+        }
+    }
+}
+
+fn field_error(field: &str, message: &str) -> ApiError {
+    let mut errors = Map::new();
+    errors.insert(field.into(), message.into());
+    ApiError::Validation(errors)
+}
+
+fn optional_text(
+    errors: &mut Map<String, Value>,
+    body: &mut Map<String, Value>,
+    field: &str,
+    max_len: usize,
+) -> Option<String> {
+    match body.remove(field) {
+        None | Some(Value::Null) => None,
+        Some(value) => text_field(errors, field, value, max_len),
+    }
+}
+
+/// A non-empty string of at most `max_len` characters without control characters.
+fn text_field(
+    errors: &mut Map<String, Value>,
+    field: &str,
+    value: Value,
+    max_len: usize,
+) -> Option<String> {
+    let problem = match &value {
+        Value::String(s) if s.is_empty() => "must not be empty".to_owned(),
+        Value::String(s) if s.chars().count() > max_len => {
+            format!("must be at most {max_len} characters")
+        }
+        Value::String(s) if s.chars().any(char::is_control) => {
+            "must not contain control characters".to_owned()
+        }
+        Value::String(_) => {
+            return match value {
+                Value::String(s) => Some(s),
+                _ => None,
+            }
+        }
+        _ => "must be a string".to_owned(),
+    };
+    errors.insert(field.into(), problem.into());
+    None
+}
+
+/// `local@domain.tld` without spaces: enough to catch mistakes, without pretending to be RFC 5322.
+fn is_plausible_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !email.chars().any(char::is_whitespace)
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(body: Value) -> Result<MintSessionTokenRequest, Map<String, Value>> {
+        MintSessionTokenRequest::from_json(body, &TokenConfig::default()).map_err(|e| match e {
+            ApiError::Validation(fields) => fields,
+            other => panic!("unexpected {other:?}"),
+        })
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let errors = parse(json!({
+            "session_id": "",
+            "client_id": 5,
+            "end_user_email": "not-an-email",
+            "allowed_agent_ids": [1, "2"],
+            "ttl_seconds": 59,
+        }))
+        .unwrap_err();
+        let fields: Vec<&str> = errors.keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            [
+                "allowed_agent_ids",
+                "client_id",
+                "end_user_email",
+                "session_id",
+                "ttl_seconds"
+            ]
+        );
+    }
+
+    #[test]
+    fn ttl_bounds_are_inclusive() {
+        assert!(parse(json!({"session_id": "s", "ttl_seconds": 60})).is_ok());
+        assert!(parse(json!({"session_id": "s", "ttl_seconds": 3600})).is_ok());
+        assert!(parse(json!({"session_id": "s", "ttl_seconds": 3601})).is_err());
+        assert!(parse(json!({"session_id": "s", "ttl_seconds": 900.5})).is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert!(is_plausible_email("a@b.co"));
+        assert!(!is_plausible_email("a@b"));
+        assert!(!is_plausible_email("@b.co"));
+        assert!(!is_plausible_email("a b@c.co"));
+        assert!(!is_plausible_email("a@b@c.co"));
+    }
+}

@@ -1,0 +1,59 @@
+//! neo-sessions: mints short-lived JWTs bound to one chat session (SPEC.md).
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod seed;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::{
+    app::AppState,
+    config::Config,
+    tokens::{SigningKey, TokenIssuer},
+};
+
+/// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
+/// the signing key, and builds the state the router serves.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    let store = store::connect(config.database_url()?, config.database.max_connections)
+        .await
+        .context("cannot connect to the database")?;
+    if config.server.migrate_on_start {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
+    let issuer = TokenIssuer::new(key, &config.token)?;
+    Ok(AppState::new(config, store, issuer))
+}
+
+/// Serves on an already-bound `listener` until `shutdown` resolves; in-flight requests finish.
+/// Tests bind port 0 and start as many apps as they like in one process.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build_state(config).await?;
+    serve(state, listener, shutdown).await
+}
+
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")
+}

@@ -1,0 +1,28 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use neo_sessions::{cli::Cli, config::Config, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("neo-sessions: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = telemetry::init(&config.log) {
+        eprintln!("neo-sessions: {error}");
+        return ExitCode::from(2);
+    }
+    match neo_sessions::cli::run(cli, config).await {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "command failed");
+            eprintln!("neo-sessions: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The store answers the questions the mint rules ask and records what was minted.
+//! All SQL lives behind [`Store`]; handlers never see a query.
+
+mod postgres;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use postgres::PostgresStore;
+
+pub type StoreResult<T> = Result<T, sqlx::Error>;
+
+/// An API key as found by its hash, joined with what authentication needs of its tenant.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub key_hash: Vec<u8>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub tenant_platform: bool,
+}
+
+/// An API key as listed for operators (never with its hash).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyListing {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub platform: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub status: String,
+    pub end_company_id: Option<String>,
+}
+
+impl SessionRow {
+    pub const KIND_NEO_SUPPORT: &'static str = "neo_support";
+    pub const STATUS_ACTIVE: &'static str = "active";
+
+    pub fn is_neo_support(&self) -> bool {
+        self.kind == Self::KIND_NEO_SUPPORT
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == Self::STATUS_ACTIVE
+    }
+}
+
+/// One minted token, recorded before the response is sent.
+#[derive(Debug, Clone)]
+pub struct MintRecord {
+    pub jti: Uuid,
+    pub session_id: String,
+    pub tenant_id: String,
+    /// `api_key` (and, later, `entra_user`).
+    pub minted_by_kind: &'static str,
+    /// The key id, or the dashboard user's `tid:oid`.
+    pub minted_by: String,
+    pub end_user: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub key_hash: [u8; 32],
+}
+
+/// What `seed` writes, already checked and with secrets reduced to hashes.
+#[derive(Debug, Clone, Default)]
+pub struct SeedPlan {
+    pub tenants: Vec<SeedTenant>,
+    pub end_companies: Vec<SeedEndCompany>,
+    pub agents: Vec<SeedAgent>,
+    pub sessions: Vec<SessionRow>,
+    pub api_keys: Vec<SeedApiKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeedTenant {
+    pub id: String,
+    pub name: String,
+    pub platform: bool,
+    pub entra_tenant_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeedEndCompany {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeedAgent {
+    pub id: i64,
+    pub tenant_id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeedApiKey {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub revoked: bool,
+    pub key_hash: [u8; 32],
+    /// False for a generated secret: an existing key keeps the hash it has, so seeding twice
+    /// does not invalidate a key that was printed the first time.
+    pub replace_existing_hash: bool,
+}
+
+/// Which seeded keys were created by this run (so a generated secret is printed only once).
+#[derive(Debug, Clone, Default)]
+pub struct SeedOutcome {
+    pub created_api_keys: Vec<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Readiness: one round trip to the database.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn find_api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRow>>;
+
+    async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()>;
+
+    async fn find_session(&self, session_id: &str) -> StoreResult<Option<SessionRow>>;
+
+    async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool>;
+
+    /// The subset of `agent_ids` that are agents of `tenant_id`.
+    async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>>;
+
+    async fn record_mint(&self, record: &MintRecord) -> StoreResult<()>;
+
+    async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>>;
+
+    async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
+
+    async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>>;
+
+    /// Returns `None` for an unknown key, else whether this call revoked it (false: already revoked).
+    async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>>;
+
+    /// Upserts the whole plan in one transaction.
+    async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
+}
+
+/// Connects to the database named by `url` (PostgreSQL for now; the scheme picks the backend).
+pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
+    Ok(Arc::new(
+        PostgresStore::connect(url, max_connections).await?,
+    ))
+}

@@ -1,0 +1,260 @@
+//! PostgreSQL implementation of [`Store`].
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
+
+use super::{
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow, Store,
+    StoreResult, TenantRow,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)?.application_name("neo-sessions");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn find_api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRow>> {
+        sqlx::query_as(
+            "SELECT k.id, k.tenant_id, k.key_hash, k.revoked_at, t.platform AS tenant_platform
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.key_hash = $1",
+        )
+        .bind(&key_hash[..])
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $2
+             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+        )
+        .bind(key_id)
+        .bind(used_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, session_id: &str) -> StoreResult<Option<SessionRow>> {
+        sqlx::query_as(
+            "SELECT id, tenant_id, kind, status, end_company_id FROM chat_sessions WHERE id = $1",
+        )
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM end_companies WHERE tenant_id = $1 AND id = $2)",
+        )
+        .bind(tenant_id)
+        .bind(end_company_id)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>> {
+        sqlx::query_scalar("SELECT id FROM agents WHERE tenant_id = $1 AND id = ANY($2)")
+            .bind(tenant_id)
+            .bind(agent_ids)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn record_mint(&self, record: &MintRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO session_token_mints
+               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(record.jti)
+        .bind(&record.session_id)
+        .bind(&record.tenant_id)
+        .bind(record.minted_by_kind)
+        .bind(&record.minted_by)
+        .bind(&record.end_user)
+        .bind(record.issued_at)
+        .bind(record.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>> {
+        sqlx::query_as("SELECT id, name, platform FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, name, key_hash) VALUES ($1, $2, $3, $4)")
+            .bind(&key.id)
+            .bind(&key.tenant_id)
+            .bind(&key.name)
+            .bind(&key.key_hash[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>> {
+        sqlx::query_as(
+            "SELECT id, tenant_id, name, created_at, last_used_at, revoked_at
+             FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>> {
+        let revoked_before: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = $1")
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match revoked_before {
+            None => Ok(None),
+            Some(Some(_)) => Ok(Some(false)),
+            Some(None) => {
+                let result = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(key_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(Some(result.rows_affected() == 1))
+            }
+        }
+    }
+
+    async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
+        let mut tx = self.pool.begin().await?;
+        for t in &plan.tenants {
+            sqlx::query(
+                "INSERT INTO tenants (id, name, platform, entra_tenant_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE
+                 SET name = EXCLUDED.name, platform = EXCLUDED.platform,
+                     entra_tenant_id = EXCLUDED.entra_tenant_id",
+            )
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(t.platform)
+            .bind(&t.entra_tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for c in &plan.end_companies {
+            sqlx::query(
+                "INSERT INTO end_companies (tenant_id, id, name) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET name = EXCLUDED.name",
+            )
+            .bind(&c.tenant_id)
+            .bind(&c.id)
+            .bind(&c.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for a in &plan.agents {
+            sqlx::query(
+                "INSERT INTO agents (id, tenant_id, name) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, name = EXCLUDED.name",
+            )
+            .bind(a.id)
+            .bind(&a.tenant_id)
+            .bind(&a.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for s in &plan.sessions {
+            sqlx::query(
+                "INSERT INTO chat_sessions (id, tenant_id, kind, status, end_company_id)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE
+                 SET tenant_id = EXCLUDED.tenant_id, kind = EXCLUDED.kind,
+                     status = EXCLUDED.status, end_company_id = EXCLUDED.end_company_id",
+            )
+            .bind(&s.id)
+            .bind(&s.tenant_id)
+            .bind(&s.kind)
+            .bind(&s.status)
+            .bind(&s.end_company_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut outcome = SeedOutcome::default();
+        for k in &plan.api_keys {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1)")
+                    .bind(&k.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if exists {
+                sqlx::query(
+                    "UPDATE api_keys
+                     SET tenant_id = $2, name = $3,
+                         key_hash = CASE WHEN $6 THEN $4 ELSE key_hash END,
+                         revoked_at = CASE WHEN $5 THEN COALESCE(revoked_at, now()) END
+                     WHERE id = $1",
+                )
+                .bind(&k.id)
+                .bind(&k.tenant_id)
+                .bind(&k.name)
+                .bind(&k.key_hash[..])
+                .bind(k.revoked)
+                .bind(k.replace_existing_hash)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, tenant_id, name, key_hash, revoked_at)
+                     VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)",
+                )
+                .bind(&k.id)
+                .bind(&k.tenant_id)
+                .bind(&k.name)
+                .bind(&k.key_hash[..])
+                .bind(k.revoked)
+                .execute(&mut *tx)
+                .await?;
+                outcome.created_api_keys.push(k.id.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
