@@ -1,0 +1,303 @@
+//! `spawn_app()`: a real router on a random port, on its own fresh PostgreSQL database seeded
+//! with `config/seed.example.json`, and typed helpers to talk to it.
+
+use std::sync::OnceLock;
+
+use jsonwebtoken::{jwk::JwkSet, DecodingKey, Validation};
+use neo_sessions::{
+    config::Config,
+    seed::Fixture,
+    store::{PostgresStore, Store},
+    tokens::SessionClaims,
+};
+use reqwest::{header, Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, sync::oneshot};
+
+/// Keys of `config/seed.example.json`.
+pub const ACME_KEY: &str = "neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd";
+pub const ACME_REVOKED_KEY: &str = "neo_sk_test_Hh2Jk9Lm4Nn7Pp1Qq5Rr8Ss3";
+pub const GLOBEX_KEY: &str = "neo_sk_test_Gx7Lb2Qm9Tz4Wc8Nv3Kd6Rp1";
+/// The platform tenant's key.
+pub const NEO_KEY: &str = "neo_sk_test_Np5Vw8Xc2Bz7Mq4Lt9Rf3Hs6";
+
+pub const FIXTURE: &str = include_str!("../../config/seed.example.json");
+
+/// The server that holds the test databases. Tests fail (never skip) when it does not answer.
+pub fn admin_url() -> String {
+    std::env::var("NEO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `admin_url` with its database name replaced.
+pub fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let (base, query) = match admin.split_once('?') {
+        Some((base, query)) => (base.to_owned(), format!("?{query}")),
+        None => (admin.clone(), String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].rfind('/') {
+        Some(i) => base[..scheme_end + i].to_owned(),
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+fn init_test_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug")
+                .try_init();
+        }
+    });
+}
+
+/// A fresh, migrated database with the example fixture in it. Dropped with the returned guard.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {} does not answer ({e}); start it (see README) or set NEO_TEST_DATABASE_URL",
+                    admin_url()
+                )
+            });
+        let name = format!("neo_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = database_url(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        Self { name, url, pool }
+    }
+
+    pub async fn migrate_and_seed(&self) {
+        let store = PostgresStore::connect(&self.url, 2).await.expect("store");
+        store.migrate().await.expect("migrate");
+        let prepared = Fixture::from_json(FIXTURE)
+            .expect("fixture parses")
+            .prepare("test")
+            .expect("fixture is valid");
+        store.apply_seed(&prepared.plan).await.expect("seed");
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; a thread with its own runtime can block on it.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin_url())
+                    .await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    // Field order matters: the server stops before its database is dropped.
+    pub db: TestDatabase,
+    /// Kept alive for the generated signing key.
+    _data_dir: TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with the configuration adjusted first.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+    init_test_logging();
+    let db = TestDatabase::create().await;
+    db.migrate_and_seed().await;
+    let data_dir = tempfile::tempdir().expect("tempdir");
+
+    let mut config = Config::default();
+    config.database.url = Some(SecretString::from(db.url.clone()));
+    config.database.max_connections = 5;
+    config.data.dir = data_dir.path().join("data");
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    customize(&mut config);
+
+    let state = neo_sessions::build_state(config.clone())
+        .await
+        .expect("build app state");
+    let listener = TcpListener::bind(config.server.listen).await.expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("local addr"));
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(neo_sessions::serve(state, listener, async {
+        let _ = rx.await;
+    }));
+
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        config,
+        shutdown: Some(tx),
+        db,
+        _data_dir: data_dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// `POST /public-api/sessions` with `Authorization: Bearer <credential>` and a JSON body.
+    pub async fn mint(&self, credential: &str, body: Value) -> Response {
+        self.client
+            .post(self.url("/public-api/sessions"))
+            .bearer_auth(credential)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `POST /public-api/sessions` with raw bytes and the given headers.
+    pub async fn mint_raw(
+        &self,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let mut request = self
+            .client
+            .post(self.url("/public-api/sessions"))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Mints with the Acme key and returns `data`, asserting 200.
+    pub async fn mint_ok(&self, credential: &str, body: Value) -> (Value, Value) {
+        let response = self.mint(credential, body).await;
+        let status = response.status();
+        let json: Value = response.json().await.expect("json body");
+        assert_eq!(status, StatusCode::OK, "{json}");
+        (json["data"].clone(), json["meta"].clone())
+    }
+
+    /// Verifies `token` against the served JWKS exactly as the chat service would.
+    pub async fn verify(&self, token: &str) -> SessionClaims {
+        let jwks: JwkSet = self
+            .get("/.well-known/jwks.json")
+            .await
+            .json()
+            .await
+            .expect("jwks");
+        let header = jsonwebtoken::decode_header(token).expect("header");
+        let kid = header.kid.expect("kid in header");
+        let jwk = jwks.find(&kid).expect("kid is published");
+        let key = DecodingKey::from_jwk(jwk).expect("decoding key");
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[self.config.token.issuer.as_str()]);
+        validation.set_audience(&[self.config.token.audience.as_str()]);
+        jsonwebtoken::decode::<SessionClaims>(token, &key, &validation)
+            .expect("token verifies against the JWKS")
+            .claims
+    }
+
+    /// The PEM of the server's generated signing key (tests forge tokens with it).
+    pub fn signing_key_pem(&self) -> Vec<u8> {
+        std::fs::read(self.config.data.dir.join("signing-key-es256.pem")).expect("signing key file")
+    }
+
+    pub async fn mint_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM session_token_mints")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count mints")
+    }
+}
+
+/// Asserts the error envelope of SPEC §4 and returns the body.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id header");
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = response.text().await.expect("body");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
+    assert_eq!(content_type.as_deref(), Some("application/json"), "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["meta"]["request_id"], request_id, "{body}");
+    assert!(body.get("data").is_none(), "{body}");
+    body
+}

@@ -1,0 +1,188 @@
+//! The served OpenAPI document, the committed copy, and the public metadata routes.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+
+#[tokio::test]
+async fn the_committed_document_is_the_served_document() {
+    let app = spawn_app().await;
+    let served: Value = app
+        .get("/public-api/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    if std::env::var_os("NEO_UPDATE_OPENAPI").is_some() {
+        let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
+        std::fs::write(COMMITTED, pretty).unwrap();
+    }
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(COMMITTED).expect("openapi/openapi.json exists"),
+    )
+    .expect("committed document is JSON");
+    assert!(
+        served == committed,
+        "openapi/openapi.json is stale: run `NEO_UPDATE_OPENAPI=1 cargo test --test api openapi` and commit it"
+    );
+}
+
+#[tokio::test]
+async fn the_document_keeps_the_seed_contract() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/public-api/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "MintSessionTokenRequest",
+        "MintSessionTokenResponse",
+        "SuccessMeta",
+        "ErrorEnvelope",
+        "Pagination",
+    ] {
+        assert!(schemas.get(name).is_some(), "schema {name} is missing");
+    }
+    assert_eq!(
+        schemas["MintSessionTokenRequest"]["required"],
+        serde_json::json!(["session_id"])
+    );
+    let required: Vec<&str> = schemas["MintSessionTokenResponse"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for field in ["token", "jti", "session_id", "expires_at"] {
+        assert!(
+            required.contains(&field),
+            "{field} not required in {required:?}"
+        );
+    }
+    for field in ["request_id", "timings_ms"] {
+        assert!(schemas["SuccessMeta"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(field)));
+    }
+    for field in ["error", "meta"] {
+        assert!(schemas["ErrorEnvelope"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(field)));
+    }
+
+    let mint = &doc["paths"]["/public-api/sessions"]["post"];
+    assert_eq!(mint["operationId"], "public_api.session_token_mint_post");
+    assert_eq!(mint["security"], serde_json::json!([{"bearerAuth": []}]));
+    for status in [
+        "200", "400", "401", "403", "404", "409", "422", "429", "500",
+    ] {
+        assert!(
+            mint["responses"].get(status).is_some(),
+            "status {status} undocumented"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+}
+
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_route_exists() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/public-api/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            let response = app
+                .client
+                .request(method.to_uppercase().parse().unwrap(), app.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(response.status(), StatusCode::NOT_FOUND, "{method} {path}");
+            assert_ne!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            "GET /.well-known/jwks.json",
+            "GET /public-api/health",
+            "GET /public-api/openapi.json",
+            "POST /public-api/sessions",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn health_reports_the_database() {
+    let app = spawn_app().await;
+    let response = app.get("/public-api/health").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["status"], "ok");
+    assert_eq!(body["data"]["database"], "ok");
+    assert!(body["meta"]["request_id"].is_string());
+
+    // With its database gone the service says so, in the envelope, without details.
+    sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", app.db.name))
+        .execute(
+            &sqlx::PgPool::connect(&crate::helpers::admin_url())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let response = app.get("/public-api/health").await;
+    let body = crate::helpers::assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    let text = body.to_string();
+    assert!(
+        !text.contains("neo_test_") && !text.contains("database \""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_jwks_publishes_only_public_key_material() {
+    let app = spawn_app().await;
+    let response = app.get("/.well-known/jwks.json").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let jwks: Value = response.json().await.unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let key = keys[0].as_object().unwrap();
+    assert_eq!(key["kty"], "EC");
+    assert_eq!(key["crv"], "P-256");
+    assert_eq!(key["alg"], "ES256");
+    assert_eq!(key["use"], "sig");
+    assert!(
+        !key.contains_key("d"),
+        "private scalar must never be published"
+    );
+}
