@@ -70,7 +70,13 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            let store = connect(&config).await?;
+            let url = config.database_url()?;
+            store::create_database_if_missing(url)
+                .await
+                .context("cannot reach the database server or create the database")?;
+            let store = store::connect(url, config.database.max_connections)
+                .await
+                .context("cannot connect to the database")?;
             store.migrate().await.context("cannot apply migrations")?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
@@ -115,15 +121,8 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-/// Connects and, unless `server.migrate_on_start` is off, applies migrations first.
 async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = store::connect(config.database_url()?, config.database.max_connections)
-        .await
-        .context("cannot connect to the database")?;
-    if config.server.migrate_on_start {
-        store.migrate().await.context("cannot apply migrations")?;
-    }
-    Ok(store)
+    crate::connect_store(config).await
 }
 
 async fn seed(config: &Config, file: PathBuf) -> anyhow::Result<ExitCode> {

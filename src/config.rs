@@ -227,7 +227,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Auto,
-            filter: "info".to_owned(),
+            // sqlx reports PostgreSQL NOTICEs (e.g. "relation already exists, skipping") at info.
+            filter: "info,sqlx::postgres::notice=warn".to_owned(),
         }
     }
 }

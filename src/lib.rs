@@ -24,15 +24,28 @@ use crate::{
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
-    let store = store::connect(config.database_url()?, config.database.max_connections)
+    let store = connect_store(&config).await?;
+    let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
+    let issuer = TokenIssuer::new(key, &config.token)?;
+    Ok(AppState::new(config, store, issuer))
+}
+
+/// Connects to the configured database. With `server.migrate_on_start` (the default) it first
+/// creates the database if it is missing, then applies pending migrations.
+pub async fn connect_store(config: &Config) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
+    let url = config.database_url()?;
+    if config.server.migrate_on_start {
+        store::create_database_if_missing(url)
+            .await
+            .context("cannot reach the database server or create the database")?;
+    }
+    let store = store::connect(url, config.database.max_connections)
         .await
         .context("cannot connect to the database")?;
     if config.server.migrate_on_start {
         store.migrate().await.context("cannot apply migrations")?;
     }
-    let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
-    let issuer = TokenIssuer::new(key, &config.token)?;
-    Ok(AppState::new(config, store, issuer))
+    Ok(store)
 }
 
 /// Serves on an already-bound `listener` until `shutdown` resolves; in-flight requests finish.

@@ -170,6 +170,16 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
 }
 
+/// Creates the database named by `url` when it does not exist yet (first start on a fresh server).
+pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
+    use sqlx::migrate::MigrateDatabase;
+    if !sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::create_database(url).await?;
+        tracing::info!("created the database");
+    }
+    Ok(())
+}
+
 /// Connects to the database named by `url` (PostgreSQL for now; the scheme picks the backend).
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
     Ok(Arc::new(

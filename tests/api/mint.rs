@@ -529,3 +529,36 @@ async fn rule_5_is_checked_before_rule_6() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_database_failure_is_a_500_that_says_nothing_internal() {
+    let app = spawn_app().await;
+    sqlx::query("ALTER TABLE session_token_mints RENAME TO session_token_mints_gone")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let response = app
+        .mint(
+            ACME_KEY,
+            json!({"session_id": "s-acme-1", "end_user": "pat"}),
+        )
+        .await;
+    let body = assert_error(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    let text = body.to_string();
+    for leak in [
+        "session_token_mints",
+        "relation",
+        "sqlx",
+        "SELECT",
+        "INSERT",
+        "eyJ",
+        "pat",
+    ] {
+        assert!(!text.contains(leak), "{leak} leaked: {text}");
+    }
+}
