@@ -1,7 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use neo_sessions::{cli::Cli, config::Config, telemetry};
+use neo_sessions::{
+    cli::{Cli, Command},
+    config::Config,
+    telemetry::{self, LogTarget},
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -13,7 +17,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = telemetry::init(&config.log) {
+    let log_target = match cli.command {
+        Command::Serve => LogTarget::Stdout,
+        _ => LogTarget::Stderr,
+    };
+    if let Err(error) = telemetry::init(&config.log, log_target) {
         eprintln!("neo-sessions: {error}");
         return ExitCode::from(2);
     }

@@ -158,6 +158,17 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     init_test_logging();
     let db = TestDatabase::create().await;
     db.migrate_and_seed().await;
+    spawn_app_on_with(db, customize).await
+}
+
+/// Like [`spawn_app`], on a database the test prepared itself (e.g. seeded by the CLI).
+pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
+    spawn_app_on_with(db, |_| {}).await
+}
+
+/// Like [`spawn_app_with`], on a database the test prepared itself.
+pub async fn spawn_app_on_with(db: TestDatabase, customize: impl FnOnce(&mut Config)) -> TestApp {
+    init_test_logging();
     let data_dir = tempfile::tempdir().expect("tempdir");
 
     let mut config = Config::default();

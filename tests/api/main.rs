@@ -3,5 +3,8 @@
 mod helpers;
 
 mod auth;
+mod cli;
+mod hostile;
+mod logging;
 mod mint;
 mod openapi;

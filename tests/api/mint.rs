@@ -80,6 +80,18 @@ async fn a_minimal_mint_returns_a_verifiable_token_with_every_claim() {
     }
 }
 
+/// jti, session, tenant, minted_by_kind, minted_by, end_user, issued_at, expires_at.
+type MintRow = (
+    uuid::Uuid,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
 #[tokio::test]
 async fn each_mint_is_recorded_with_who_minted_it() {
     let app = spawn_app().await;
@@ -94,8 +106,7 @@ async fn each_mint_is_recorded_with_who_minted_it() {
     assert_eq!(claims.end_user.as_deref(), Some("29:1a-teams-user"));
     assert_eq!(claims.end_user_email.as_deref(), Some("pat@contoso.com"));
 
-    let row: (uuid::Uuid, String, String, String, String, Option<String>, DateTime<Utc>, DateTime<Utc>) =
-        sqlx::query_as(
+    let row: MintRow = sqlx::query_as(
             "SELECT jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at
              FROM session_token_mints",
         )

@@ -1,0 +1,583 @@
+//! The real `neo-sessions` binary: `seed`, `api-key create|list|revoke` and `migrate`, each run
+//! as a child process against its own fresh PostgreSQL database.
+
+use std::{
+    fmt,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use neo_sessions::auth::api_key;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tempfile::TempDir;
+
+use crate::helpers::{assert_error, spawn_app_on, TestDatabase, FIXTURE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_neo-sessions");
+const TABLES: [&str; 5] = [
+    "tenants",
+    "end_companies",
+    "agents",
+    "chat_sessions",
+    "api_keys",
+];
+
+/// How the binary is run: a database of its own, an empty data directory and an empty working
+/// directory (so no `config/default.toml` is picked up), JSON logs.
+struct Cli {
+    database_url: String,
+    data_dir: TempDir,
+    work_dir: TempDir,
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    fn assert_success(&self) -> &Self {
+        assert!(self.success(), "expected success:\n{self}");
+        self
+    }
+
+    fn assert_failure(&self) -> &Self {
+        assert!(
+            self.code.is_some_and(|c| c != 0),
+            "expected a non-zero exit:\n{self}"
+        );
+        assert!(
+            !self.stderr.trim().is_empty(),
+            "a failure must say why on stderr:\n{self}"
+        );
+        self
+    }
+
+    /// The lines of stdout that hold an API key.
+    fn key_lines(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|line| line.contains("neo_sk_"))
+            .collect()
+    }
+}
+
+impl Cli {
+    fn new(db: &TestDatabase) -> Self {
+        Self {
+            database_url: db.url.clone(),
+            data_dir: tempfile::tempdir().expect("data dir"),
+            work_dir: tempfile::tempdir().expect("work dir"),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[]).await
+    }
+
+    async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(BIN);
+        // Nothing of the developer's environment may leak into the child's configuration.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("NEO_") || name == "DATABASE_URL" {
+                command.env_remove(&*name);
+            }
+        }
+        command
+            .args(args)
+            .current_dir(self.work_dir.path())
+            .env("NEO_DATABASE_URL", &self.database_url)
+            .env("NEO_DATA_DIR", self.data_dir.path())
+            .env("NEO_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("join")
+            .expect("run neo-sessions");
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Writes a fixture into the working directory and returns its path.
+    fn write_fixture(&self, name: &str, fixture: &Value) -> PathBuf {
+        let path = self.work_dir.path().join(name);
+        std::fs::write(&path, fixture.to_string()).expect("write fixture");
+        path
+    }
+
+    async fn seed_example(&self) -> Run {
+        let run = self.run(&["seed", &example_fixture_path()]).await;
+        run.assert_success();
+        run
+    }
+}
+
+fn example_fixture_path() -> String {
+    format!("{}/config/seed.example.json", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example_fixture() -> Value {
+    serde_json::from_str(FIXTURE).expect("example fixture is JSON")
+}
+
+/// Row counts of [`TABLES`], in that order.
+async fn counts(pool: &PgPool) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in TABLES {
+        let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .unwrap_or_else(|e| panic!("count {table}: {e}"));
+        counts.push(count);
+    }
+    counts
+}
+
+/// Every row of [`TABLES`] as text, in a stable order.
+async fn snapshot(pool: &PgPool) -> Vec<Vec<String>> {
+    let mut tables = Vec::new();
+    for table in TABLES {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM {table} t ORDER BY t::text"))
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|e| panic!("snapshot {table}: {e}"));
+        tables.push(rows);
+    }
+    tables
+}
+
+async fn key_hash(pool: &PgPool, id: &str) -> Vec<u8> {
+    sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("key {id}: {e}"))
+}
+
+fn assert_key_shape(key: &str) {
+    let secret = key
+        .strip_prefix("neo_sk_test_")
+        .unwrap_or_else(|| panic!("{key:?} does not start with neo_sk_test_"));
+    assert_eq!(secret.len(), 32, "{key:?}");
+    assert!(secret.bytes().all(|b| b.is_ascii_alphanumeric()), "{key:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates a key with `api-key create` and returns it, asserting success.
+async fn create_key(cli: &Cli, tenant: &str, name: &str) -> String {
+    let run = cli
+        .run(&["api-key", "create", "--tenant", tenant, "--name", name])
+        .await;
+    run.assert_success();
+    let lines = run.key_lines();
+    assert_eq!(lines.len(), 1, "one key printed:\n{run}");
+    let key = lines[0].trim().to_owned();
+    assert_key_shape(&key);
+    key
+}
+
+async fn key_id_by_name(pool: &PgPool, name: &str) -> String {
+    sqlx::query_scalar("SELECT id FROM api_keys WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("key named {name}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// seed
+
+#[tokio::test]
+async fn seed_is_idempotent() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+    let fixture = example_fixture();
+    let expected: Vec<i64> = TABLES
+        .iter()
+        .map(|table| {
+            let key = if *table == "chat_sessions" {
+                "sessions"
+            } else {
+                table
+            };
+            fixture[key].as_array().expect("fixture array").len() as i64
+        })
+        .collect();
+
+    let first = cli.seed_example().await;
+    assert!(first.stdout.contains("seeded 3 tenants"), "{first}");
+    assert_eq!(counts(&db.pool).await, expected);
+    let before = snapshot(&db.pool).await;
+
+    cli.seed_example().await;
+    assert_eq!(counts(&db.pool).await, expected);
+    assert_eq!(
+        snapshot(&db.pool).await,
+        before,
+        "a second seed changed rows"
+    );
+}
+
+#[tokio::test]
+async fn seed_prints_a_generated_key_once_and_keeps_it() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+    let mut fixture = example_fixture();
+    fixture["api_keys"]
+        .as_array_mut()
+        .expect("api_keys")
+        .push(json!({"id": "k-generated", "tenant_id": "acme", "name": "generated"}));
+    let path = cli.write_fixture("with-generated-key.json", &fixture);
+    let path = path.to_str().expect("utf-8 path");
+
+    let first = cli.run(&["seed", path]).await;
+    first.assert_success();
+    let lines = first.key_lines();
+    assert_eq!(
+        lines.len(),
+        1,
+        "the generated key is printed once:\n{first}"
+    );
+    assert!(lines[0].contains("k-generated"), "{first}");
+    let key = lines[0]
+        .split_whitespace()
+        .find(|word| word.starts_with("neo_sk_"))
+        .expect("key on the line");
+    assert_key_shape(key);
+    assert_eq!(
+        first.stdout.matches(key).count(),
+        1,
+        "printed more than once:\n{first}"
+    );
+    assert!(!first.stderr.contains(key), "key on stderr:\n{first}");
+    // The fixture's own secrets are never printed.
+    assert!(
+        !first.stdout.contains("4qZt8WcJr2LmX9vB7nKp3sYd"),
+        "{first}"
+    );
+    let hash = key_hash(&db.pool, "k-generated").await;
+    assert_eq!(
+        hash,
+        api_key::hash(key).to_vec(),
+        "stored hash is not the printed key's"
+    );
+
+    let second = cli.run(&["seed", path]).await;
+    second.assert_success();
+    assert!(
+        second.key_lines().is_empty(),
+        "a key is printed again:\n{second}"
+    );
+    assert!(!second.stdout.contains(key) && !second.stderr.contains(key));
+    assert_eq!(
+        key_hash(&db.pool, "k-generated").await,
+        hash,
+        "a second seed replaced the generated key"
+    );
+    assert_eq!(counts(&db.pool).await[4], 5);
+}
+
+#[tokio::test]
+async fn a_bad_fixture_fails_and_writes_nothing() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+    cli.run(&["migrate"]).await.assert_success();
+
+    let cases = [
+        (
+            "field typo",
+            json!({"tenants": [{"id": "acme", "name": "Acme", "platfrom": true}]}),
+            "platfrom",
+        ),
+        (
+            "section typo",
+            json!({"tenant": [{"id": "acme", "name": "Acme"}]}),
+            "tenant",
+        ),
+        (
+            "session kind",
+            json!({
+                "tenants": [{"id": "acme", "name": "Acme"}],
+                "sessions": [{"id": "s-1", "tenant_id": "acme", "kind": "vip"}],
+            }),
+            "kind",
+        ),
+        (
+            "session status",
+            json!({
+                "tenants": [{"id": "acme", "name": "Acme"}],
+                "sessions": [{"id": "s-1", "tenant_id": "acme", "status": "paused"}],
+            }),
+            "status",
+        ),
+        (
+            "bad secret",
+            json!({
+                "tenants": [{"id": "acme", "name": "Acme"}],
+                "api_keys": [{"id": "k", "tenant_id": "acme", "name": "k", "secret": "hunter2"}],
+            }),
+            "secret",
+        ),
+        // Valid on its face; fails in the database halfway: the transaction must roll back.
+        (
+            "unknown tenant of a session",
+            json!({
+                "tenants": [{"id": "acme", "name": "Acme"}],
+                "sessions": [{"id": "s-1", "tenant_id": "ghost"}],
+            }),
+            "nothing was written",
+        ),
+    ];
+    for (what, fixture, mentioned) in cases {
+        let path = cli.write_fixture("bad.json", &fixture);
+        let run = cli.run(&["seed", path.to_str().expect("utf-8")]).await;
+        run.assert_failure();
+        assert!(
+            run.stderr.contains(mentioned),
+            "{what}: stderr should mention {mentioned:?}:\n{run}"
+        );
+        assert!(!run.stdout.contains("seeded"), "{what}:\n{run}");
+        assert!(
+            !run.stderr.contains("hunter2"),
+            "{what}: secret echoed:\n{run}"
+        );
+        assert_eq!(
+            counts(&db.pool).await,
+            [0, 0, 0, 0, 0],
+            "{what}: rows were written"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// api-key
+
+/// The key is meant to be captured by a script (`KEY=$(neo-sessions api-key create ...)`): stdout
+/// must hold the key and nothing else.
+#[tokio::test]
+async fn api_key_create_prints_exactly_the_key_on_stdout() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+
+    let run = cli
+        .run(&["api-key", "create", "--tenant", "acme", "--name", "relay"])
+        .await;
+    run.assert_success();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout must be exactly the key:\n{run}");
+    assert_key_shape(lines[0]);
+    assert!(!run.stderr.contains(lines[0]), "key on stderr:\n{run}");
+}
+
+#[tokio::test]
+async fn api_key_create_list_revoke_round_trip() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+
+    let key = create_key(&cli, "acme", "relay").await;
+    let id = key_id_by_name(&db.pool, "relay").await;
+    let hash = key_hash(&db.pool, &id).await;
+
+    let app = spawn_app_on(db).await;
+    let (data, _) = app.mint_ok(&key, json!({"session_id": "s-acme-1"})).await;
+    let claims = app.verify(data["token"].as_str().expect("token")).await;
+    assert_eq!(claims.client_id, "acme");
+
+    let list = cli.run(&["api-key", "list", "--tenant", "acme"]).await;
+    list.assert_success();
+    assert!(list.stdout.contains(&id), "{list}");
+    assert!(list.stdout.contains("relay"), "{list}");
+    let secret = key.trim_start_matches("neo_sk_test_");
+    let hash_hex = hex(&hash);
+    for leaked in [
+        key.as_str(),
+        secret,
+        hash_hex.as_str(),
+        hash_hex.to_uppercase().as_str(),
+        "4qZt8WcJr2LmX9vB7nKp3sYd",
+    ] {
+        assert!(
+            !list.stdout.contains(leaked) && !list.stderr.contains(leaked),
+            "list shows {leaked}:\n{list}"
+        );
+    }
+    assert!(!list.stdout.contains("neo_sk_"), "{list}");
+
+    let revoke = cli.run(&["api-key", "revoke", &id]).await;
+    revoke.assert_success();
+    let response = app.mint(&key, json!({"session_id": "s-acme-1"})).await;
+    assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    assert_eq!(app.mint_count().await, 1);
+
+    let unknown = cli.run(&["api-key", "revoke", "key_doesnotexist"]).await;
+    unknown.assert_failure();
+    assert!(unknown.stderr.contains("key_doesnotexist"), "{unknown}");
+}
+
+#[tokio::test]
+async fn api_key_create_enforces_the_platform_flag() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    let keys_before = counts(&db.pool).await[4];
+
+    let run = cli
+        .run(&["api-key", "create", "--tenant", "neo", "--name", "x"])
+        .await;
+    run.assert_failure();
+    assert!(run.stderr.contains("--platform"), "{run}");
+    assert!(run.key_lines().is_empty(), "{run}");
+
+    let run = cli
+        .run(&[
+            "api-key",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "x",
+            "--platform",
+        ])
+        .await;
+    run.assert_failure();
+    assert!(run.key_lines().is_empty(), "{run}");
+
+    let run = cli
+        .run(&["api-key", "create", "--tenant", "initrode", "--name", "x"])
+        .await;
+    run.assert_failure();
+    assert!(run.stderr.contains("initrode"), "{run}");
+    assert!(run.key_lines().is_empty(), "{run}");
+
+    assert_eq!(
+        counts(&db.pool).await[4],
+        keys_before,
+        "a refused create wrote a key"
+    );
+
+    // The positive control: a platform key, confirmed, that can mint for Acme's support session.
+    let run = cli
+        .run(&[
+            "api-key",
+            "create",
+            "--tenant",
+            "neo",
+            "--name",
+            "console",
+            "--platform",
+        ])
+        .await;
+    run.assert_success();
+    let key = run.key_lines()[0].trim().to_owned();
+    assert_key_shape(&key);
+    assert_eq!(counts(&db.pool).await[4], keys_before + 1);
+
+    let app = spawn_app_on(db).await;
+    let (data, _) = app
+        .mint_ok(
+            &key,
+            json!({"session_id": "s-acme-support", "client_id": "acme"}),
+        )
+        .await;
+    let claims = app.verify(data["token"].as_str().expect("token")).await;
+    assert_eq!(claims.client_id, "acme");
+}
+
+#[tokio::test]
+async fn the_database_never_holds_the_plaintext_key() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    let key = create_key(&cli, "acme", "relay").await;
+    let id = key_id_by_name(&db.pool, "relay").await;
+
+    let as_text: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_keys WHERE encode(key_hash, 'escape') LIKE '%neo_sk%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("query");
+    assert_eq!(as_text, 0);
+    assert_eq!(key_hash(&db.pool, &id).await, api_key::hash(&key).to_vec());
+
+    // No column of any table holds the key, its secret part, or the fixture's secrets.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("tables");
+    assert!(tables.iter().any(|t| t == "api_keys"), "{tables:?}");
+    let secret = key.trim_start_matches("neo_sk_test_");
+    for table in &tables {
+        for needle in [key.as_str(), secret, "4qZt8WcJr2LmX9vB7nKp3sYd"] {
+            let found: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM \"{table}\" t WHERE strpos(t::text, $1) > 0"
+            ))
+            .bind(needle)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("scan {table}: {e}"));
+            assert_eq!(found, 0, "{table} holds a key in plaintext");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// configuration
+
+#[tokio::test]
+async fn a_bad_config_value_exits_2_naming_the_key() {
+    let db = TestDatabase::create().await;
+    let cli = Cli::new(&db);
+
+    let run = cli
+        .run_with(&["migrate"], &[("NEO_TOKEN_MAX_TTL", "lots")])
+        .await;
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("token.max_ttl"), "{run}");
+    assert!(run.stderr.contains("NEO_TOKEN_MAX_TTL"), "{run}");
+
+    let run = cli
+        .run_with(&["migrate"], &[("NEO_TOKEN_MIN_TTL", "7200")])
+        .await;
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("token.min_ttl"), "{run}");
+
+    // The configuration is refused before the database is touched.
+    let migrated: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("query");
+    assert!(!migrated, "migrate ran despite a bad configuration");
+}

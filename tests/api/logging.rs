@@ -1,0 +1,118 @@
+//! The real binary: one JSON log line per request with the request's identity, never a secret;
+//! and a clean exit on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{TestDatabase, ACME_KEY, ACME_REVOKED_KEY};
+
+#[tokio::test]
+async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly() {
+    let db = TestDatabase::create().await;
+    db.migrate_and_seed().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let workdir = tempfile::tempdir().unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_neo-sessions"))
+        .arg("serve")
+        .current_dir(workdir.path())
+        .env("NEO_DATABASE_URL", &db.url)
+        .env("NEO_DATA_DIR", data_dir.path())
+        .env("NEO_LISTEN", "127.0.0.1:0")
+        .env("NEO_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start neo-sessions serve");
+
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    let mut lines = Vec::new();
+    let address = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server logs that it listens");
+        let entry: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+        lines.push(line);
+        if entry["message"] == "neo-sessions listening" {
+            break entry["address"].as_str().unwrap().to_owned();
+        }
+    };
+
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/public-api/sessions");
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let minted: Value = client
+        .post(&url)
+        .bearer_auth(ACME_KEY)
+        .header("x-request-id", &request_id)
+        .json(&json!({"session_id": "s-acme-1", "end_user": "pat", "end_user_email": "pat.secret@contoso.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = minted["data"]["token"].as_str().expect("minted").to_owned();
+    for credential in [ACME_REVOKED_KEY, token.as_str()] {
+        let response = client
+            .post(&url)
+            .bearer_auth(credential)
+            .json(&json!({"session_id": "s-acme-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error());
+    }
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    assert!(exit.success(), "SIGTERM ends the server cleanly: {exit:?}");
+
+    let log = lines.join("\n");
+    for secret in [
+        ACME_KEY,
+        ACME_REVOKED_KEY,
+        &ACME_KEY[12..],
+        token.as_str(),
+        "pat.secret@contoso.com",
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log:\n{log}");
+    }
+    let completed: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["message"] == "request completed")
+        .collect();
+    assert_eq!(completed.len(), 3, "one line per request:\n{log}");
+    let first = &completed[0];
+    assert_eq!(first["status"], 200);
+    assert!(first["latency_ms"].is_number());
+    assert_eq!(first["span"]["request_id"], request_id);
+    assert_eq!(first["span"]["route"], "/public-api/sessions");
+    assert_eq!(first["span"]["principal_kind"], "api_key");
+    assert_eq!(first["span"]["tenant"], "acme");
+    assert_eq!(completed[1]["status"], 401);
+    assert_eq!(completed[2]["status"], 403);
+    assert_eq!(completed[2]["span"]["principal_kind"], "end_user");
+    assert!(lines.iter().any(|l| l.contains("shut down")), "{log}");
+}
