@@ -33,7 +33,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API.
-    Serve,
+    Serve {
+        /// Seed the example fixture (idempotent) and print a ready-to-paste curl walk-through.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Apply pending database migrations.
     Migrate,
     /// Upsert tenants, end companies, agents, sessions and API keys from a JSON fixture.
@@ -43,6 +47,16 @@ pub enum Command {
     ApiKey(ApiKeyCommand),
     /// Exit 0 when the local server's /public-api/health answers 200 (for container health checks).
     Healthcheck,
+    /// Work with minted tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a token's header and claims (NOT a verification: verifiers use the JWKS). Reads the
+    /// token, or a whole mint response, from the argument or from stdin.
+    Decode { token: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,13 +82,13 @@ pub enum ApiKeyCommand {
 
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve { demo } => serve(config, demo).await,
         Command::Migrate => {
-            let url = config.database_url()?;
-            store::create_database_if_missing(url)
+            let url = config.database_url();
+            store::create_database_if_missing(&url)
                 .await
                 .context("cannot reach the database server or create the database")?;
-            let store = store::connect(url, config.database.max_connections)
+            let store = store::connect(&url, config.database.max_connections)
                 .await
                 .context("cannot connect to the database")?;
             store.migrate().await.context("cannot apply migrations")?;
@@ -84,19 +98,56 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Seed { file } => seed(&config, file).await,
         Command::ApiKey(command) => api_key_command(&config, command).await,
         Command::Healthcheck => healthcheck(&config).await,
+        Command::Token(TokenCommand::Decode { token }) => decode_token(token),
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
+    if demo && config.api_key.env != DEMO_KEY_ENV {
+        bail!("--demo seeds keys that are published in the README; it runs only with NEO_API_KEY_ENV=test");
+    }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let address = listener.local_addr()?;
     let state = crate::build_state(config).await?;
+    if demo {
+        let prepared = Fixture::from_json(DEMO_FIXTURE)?.prepare(DEMO_KEY_ENV)?;
+        state
+            .store
+            .apply_seed(&prepared.plan)
+            .await
+            .context("cannot seed the demo fixture")?;
+    }
     tracing::info!(%address, kid = state.issuer.key().kid(), "neo-sessions listening");
+    if demo {
+        println!("{}", demo_banner(&address.to_string()));
+    }
     crate::serve(state, listener, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The example fixture; its keys are `neo_sk_test_…`, inert unless `api_key.env` is `test`.
+const DEMO_FIXTURE: &str = include_str!("../config/seed.example.json");
+const DEMO_KEY_ENV: &str = "test";
+const DEMO_KEY: &str = "neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd";
+const DEMO_SESSION: &str = "s-acme-1";
+
+fn demo_banner(address: &str) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "neo-sessions".to_owned());
+    let mint = format!(
+        "curl -s http://{address}/public-api/sessions -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' -d '{{\"session_id\": \"{DEMO_SESSION}\", \"end_user\": \"demo-user\"}}'"
+    );
+    format!(
+        "\nneo-sessions demo is listening on http://{address}\n\
+         \x20 demo API key:    {DEMO_KEY}  (tenant acme)\n\
+         \x20 demo session id: {DEMO_SESSION}\n\n\
+         Mint a token:\n  {mint}\n\n\
+         Mint one and decode it:\n  {mint} | {exe} token decode\n"
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -226,6 +277,39 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
             }
         },
     }
+}
+
+fn decode_token(token: Option<String>) -> anyhow::Result<ExitCode> {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let input = match token {
+        Some(token) => token,
+        None => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+    };
+    let input = input.trim();
+    // A whole mint response is accepted too, so `curl … | neo-sessions token decode` works.
+    let token = match serde_json::from_str::<serde_json::Value>(input) {
+        Ok(response) => match response["data"]["token"].as_str() {
+            Some(token) => token.to_owned(),
+            None => bail!("the JSON has no data.token (is it an error response?): {response}"),
+        },
+        Err(_) => input.to_owned(),
+    };
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        bail!("not a JWT: expected three dot-separated parts");
+    };
+    for (name, part) in [("header", header), ("claims", claims)] {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(part)
+            .with_context(|| format!("the {name} is not base64url"))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("the {name} is not JSON"))?;
+        println!("{name}: {}", serde_json::to_string_pretty(&value)?);
+    }
+    println!("(decoded, not verified: verify against /.well-known/jwks.json)");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A minimal HTTP/1.1 GET, so the distroless image needs no curl.

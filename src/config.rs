@@ -329,29 +329,26 @@ impl Config {
             ));
         }
         if let Some(url) = &self.database.url {
-            let url = url.expose_secret();
-            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            if crate::store::Backend::of_url(url.expose_secret()).is_none() {
                 return Err(invalid(
                     "database.url",
-                    "must be a postgres:// URL (the embedded SQLite backend is not available yet)",
+                    "must be a postgres://, postgresql:// or sqlite: URL",
                 ));
             }
         }
         Ok(())
     }
 
-    /// The database URL, which is required until the embedded backend exists.
-    pub fn database_url(&self) -> Result<&str, ConfigError> {
-        self.database
-            .url
-            .as_ref()
-            .map(|url| url.expose_secret())
-            .ok_or_else(|| {
-                invalid(
-                    "database.url",
-                    "is not set: set NEO_DATABASE_URL (or DATABASE_URL) to a postgres:// URL",
-                )
-            })
+    /// The configured database URL, or the embedded SQLite database in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!("sqlite://{}", self.embedded_database_path().display()),
+        }
+    }
+
+    pub fn embedded_database_path(&self) -> PathBuf {
+        self.data.dir.join("neo-sessions.db")
     }
 }
 
@@ -430,7 +427,18 @@ mod tests {
         .unwrap();
         assert_eq!(config.token.default_ttl, 120);
         assert_eq!(config.token.issuer, "https://env");
-        assert_eq!(config.database_url().unwrap(), "postgres://a@h/two");
+        assert_eq!(config.database_url(), "postgres://a@h/two");
+    }
+
+    #[test]
+    fn without_a_url_the_embedded_database_lives_in_the_data_dir() {
+        let config = Config::load(None, env(&[("NEO_DATA_DIR", "/var/lib/neo")])).unwrap();
+        assert_eq!(
+            config.database_url(),
+            "sqlite:///var/lib/neo/neo-sessions.db"
+        );
+        let err = Config::load(None, env(&[("NEO_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
     }
 
     #[test]

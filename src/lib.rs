@@ -33,7 +33,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
 /// Connects to the configured database. With `server.migrate_on_start` (the default) it first
 /// creates the database if it is missing, then applies pending migrations.
 pub async fn connect_store(config: &Config) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
-    let url = config.database_url()?;
+    let url = config.database_url();
+    let url = url.as_str();
     if config.server.migrate_on_start {
         store::create_database_if_missing(url)
             .await

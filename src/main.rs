@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
         }
     };
     let log_target = match cli.command {
-        Command::Serve => LogTarget::Stdout,
+        Command::Serve { .. } => LogTarget::Stdout,
         _ => LogTarget::Stderr,
     };
     if let Err(error) = telemetry::init(&config.log, log_target) {

@@ -2,6 +2,7 @@
 //! All SQL lives behind [`Store`]; handlers never see a query.
 
 mod postgres;
+mod sqlite;
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
 
 pub type StoreResult<T> = Result<T, sqlx::Error>;
 
@@ -170,19 +172,46 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
 }
 
-/// Creates the database named by `url` when it does not exist yet (first start on a fresh server).
+/// The backend a database URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0;
+        match scheme {
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "sqlite" => Some(Self::Sqlite),
+            _ => None,
+        }
+    }
+}
+
+/// Creates the database named by `url` when it does not exist yet (first start on a fresh
+/// server). SQLite files are created when they are opened.
 pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
     use sqlx::migrate::MigrateDatabase;
-    if !sqlx::Postgres::database_exists(url).await? {
+    if Backend::of_url(url) == Some(Backend::Postgres)
+        && !sqlx::Postgres::database_exists(url).await?
+    {
         sqlx::Postgres::create_database(url).await?;
         tracing::info!("created the database");
     }
     Ok(())
 }
 
-/// Connects to the database named by `url` (PostgreSQL for now; the scheme picks the backend).
+/// Connects to the database named by `url`; its scheme picks the backend.
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
-    Ok(Arc::new(
-        PostgresStore::connect(url, max_connections).await?,
-    ))
+    match Backend::of_url(url) {
+        Some(Backend::Postgres) => Ok(Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        )),
+        Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::connect(url, max_connections).await?)),
+        None => Err(sqlx::Error::Configuration(
+            "database URL must start with postgres://, postgresql:// or sqlite:".into(),
+        )),
+    }
 }

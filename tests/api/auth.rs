@@ -9,7 +9,9 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{header::WWW_AUTHENTICATE, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app, TestApp, ACME_KEY, ACME_REVOKED_KEY};
+use crate::helpers::{
+    assert_error, parse_timestamp, spawn_app, Backend, TestApp, ACME_KEY, ACME_REVOKED_KEY,
+};
 
 const TYP: &str = "neo-session+jwt";
 
@@ -75,9 +77,8 @@ async fn assert_invalid_token(app: &TestApp, token: &str) {
     assert_eq!(app.mint_count().await, 0);
 }
 
-#[tokio::test]
-async fn no_credentials_get_a_bare_bearer_challenge() {
-    let app = spawn_app().await;
+async fn no_credentials_get_a_bare_bearer_challenge(backend: Backend) {
+    let app = spawn_app(backend).await;
     let response = app
         .client
         .post(app.url("/public-api/sessions"))
@@ -89,9 +90,8 @@ async fn no_credentials_get_a_bare_bearer_challenge() {
     assert_error(response, StatusCode::UNAUTHORIZED, "missing_credentials").await;
 }
 
-#[tokio::test]
-async fn authentication_comes_before_the_body() {
-    let app = spawn_app().await;
+async fn authentication_comes_before_the_body(backend: Backend) {
+    let app = spawn_app(backend).await;
     let response = app
         .mint_raw(
             &[("authorization", "Bearer neo_sk_test_unknownunknownunknown1")],
@@ -101,15 +101,13 @@ async fn authentication_comes_before_the_body() {
     assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
 }
 
-#[tokio::test]
-async fn a_revoked_key_is_refused() {
-    let app = spawn_app().await;
+async fn a_revoked_key_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     assert_invalid_token(&app, ACME_REVOKED_KEY).await;
 }
 
-#[tokio::test]
-async fn our_own_session_token_may_not_mint() {
-    let app = spawn_app().await;
+async fn our_own_session_token_may_not_mint(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (data, _) = app
         .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
         .await;
@@ -139,9 +137,8 @@ async fn our_own_session_token_may_not_mint() {
     assert_eq!(app.mint_count().await, 1, "only the first mint is recorded");
 }
 
-#[tokio::test]
-async fn a_token_signed_by_another_key_with_our_kid_is_refused() {
-    let app = spawn_app().await;
+async fn a_token_signed_by_another_key_with_our_kid_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .unwrap();
@@ -157,9 +154,8 @@ async fn a_token_signed_by_another_key_with_our_kid_is_refused() {
     assert_invalid_token(&app, &forged).await;
 }
 
-#[tokio::test]
-async fn an_expired_token_of_ours_is_refused() {
-    let app = spawn_app().await;
+async fn an_expired_token_of_ours_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let now = chrono::Utc::now().timestamp();
     let claims = session_claims(
         &app,
@@ -169,9 +165,8 @@ async fn an_expired_token_of_ours_is_refused() {
     assert_invalid_token(&app, &token).await;
 }
 
-#[tokio::test]
-async fn a_token_of_ours_for_another_audience_or_issuer_is_refused() {
-    let app = spawn_app().await;
+async fn a_token_of_ours_for_another_audience_or_issuer_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     for overrides in [
         json!({"aud": "https://graph.microsoft.com"}),
         json!({"aud": ["https://graph.microsoft.com", app.config.token.audience]}),
@@ -184,9 +179,8 @@ async fn a_token_of_ours_for_another_audience_or_issuer_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn a_token_of_ours_without_our_typ_is_refused() {
-    let app = spawn_app().await;
+async fn a_token_of_ours_without_our_typ_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let claims = session_claims(&app, json!({}));
     for typ in [None, Some("JWT"), Some("at+jwt")] {
         let token = sign_with_server_key(&app, typ, &claims).await;
@@ -194,9 +188,8 @@ async fn a_token_of_ours_without_our_typ_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn alg_none_is_refused() {
-    let app = spawn_app().await;
+async fn alg_none_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let header = json!({"alg": "none", "typ": TYP, "kid": server_kid(&app).await});
     let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
     let claims = session_claims(&app, json!({}));
@@ -208,9 +201,8 @@ async fn alg_none_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn hs256_signed_with_our_public_key_is_refused() {
-    let app = spawn_app().await;
+async fn hs256_signed_with_our_public_key_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let jwks = app
         .get("/.well-known/jwks.json")
         .await
@@ -229,9 +221,8 @@ async fn hs256_signed_with_our_public_key_is_refused() {
     assert_invalid_token(&app, &token).await;
 }
 
-#[tokio::test]
-async fn a_foreign_jwt_is_refused_while_entra_login_is_off() {
-    let app = spawn_app().await;
+async fn a_foreign_jwt_is_refused_while_entra_login_is_off(backend: Backend) {
+    let app = spawn_app(backend).await;
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .unwrap();
@@ -245,16 +236,16 @@ async fn a_foreign_jwt_is_refused_while_entra_login_is_off() {
     assert_invalid_token(&app, "not.a.jwt").await;
 }
 
-#[tokio::test]
-async fn last_used_at_is_kept_without_a_write_per_request() {
-    let app = spawn_app().await;
+async fn last_used_at_is_kept_without_a_write_per_request(backend: Backend) {
+    let app = spawn_app(backend).await;
     let last_used = || async {
-        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
-            "SELECT last_used_at FROM api_keys WHERE id = 'k-acme'",
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT CAST(last_used_at AS TEXT) FROM api_keys WHERE id = 'k-acme'",
         )
         .fetch_one(&app.db.pool)
         .await
         .unwrap()
+        .map(|t| parse_timestamp(&t))
     };
     assert_eq!(last_used().await, None);
 
@@ -279,3 +270,18 @@ async fn last_used_at_is_kept_without_a_write_per_request() {
         .await;
     assert_eq!(last_used().await, Some(first));
 }
+
+backend_tests!(
+    no_credentials_get_a_bare_bearer_challenge,
+    authentication_comes_before_the_body,
+    a_revoked_key_is_refused,
+    our_own_session_token_may_not_mint,
+    a_token_signed_by_another_key_with_our_kid_is_refused,
+    an_expired_token_of_ours_is_refused,
+    a_token_of_ours_for_another_audience_or_issuer_is_refused,
+    a_token_of_ours_without_our_typ_is_refused,
+    alg_none_is_refused,
+    hs256_signed_with_our_public_key_is_refused,
+    a_foreign_jwt_is_refused_while_entra_login_is_off,
+    last_used_at_is_kept_without_a_write_per_request,
+);

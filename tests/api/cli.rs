@@ -1,5 +1,5 @@
 //! The real `neo-sessions` binary: `seed`, `api-key create|list|revoke` and `migrate`, each run
-//! as a child process against its own fresh PostgreSQL database.
+//! as a child process against its own fresh database, once per backend (PostgreSQL and SQLite).
 
 use std::{
     fmt,
@@ -10,10 +10,10 @@ use std::{
 use neo_sessions::auth::api_key;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{AnyPool, Row};
 use tempfile::TempDir;
 
-use crate::helpers::{assert_error, spawn_app_on, TestDatabase, FIXTURE};
+use crate::helpers::{assert_error, spawn_app_on, Backend, TestDatabase, FIXTURE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_neo-sessions");
 const TABLES: [&str; 5] = [
@@ -143,7 +143,7 @@ fn example_fixture() -> Value {
 }
 
 /// Row counts of [`TABLES`], in that order.
-async fn counts(pool: &PgPool) -> Vec<i64> {
+async fn counts(pool: &AnyPool) -> Vec<i64> {
     let mut counts = Vec::new();
     for table in TABLES {
         let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
@@ -155,26 +155,136 @@ async fn counts(pool: &PgPool) -> Vec<i64> {
     counts
 }
 
-/// Every row of [`TABLES`] as text, in a stable order.
-async fn snapshot(pool: &PgPool) -> Vec<Vec<String>> {
+/// `text` as a single-quoted SQL string literal (test-controlled values only).
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The base tables of the database, whatever the backend (the migrations table included).
+async fn table_names(db: &TestDatabase) -> Vec<String> {
+    let sql = match db.backend {
+        Backend::Postgres => {
+            "SELECT CAST(table_name AS TEXT) FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+             ORDER BY 1"
+        }
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master
+             WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+             ORDER BY 1"
+        }
+    };
+    sqlx::query_scalar(sql)
+        .fetch_all(&db.pool)
+        .await
+        .expect("list tables")
+}
+
+/// One column of a row, as the test reads it from either backend.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Cell {
+    Null,
+    /// Every non-binary column, cast to text by the database.
+    Text(String),
+    /// BYTEA / BLOB columns, as stored.
+    Bytes(Vec<u8>),
+}
+
+impl Cell {
+    fn contains(&self, needle: &str) -> bool {
+        match self {
+            Cell::Null => false,
+            Cell::Text(text) => text.contains(needle),
+            Cell::Bytes(bytes) => bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes()),
+        }
+    }
+}
+
+/// Every row of `table`, every column (found in the catalogue, so none is missed), sorted.
+async fn rows(db: &TestDatabase, table: &str) -> Vec<Vec<Cell>> {
+    let sql = match db.backend {
+        Backend::Postgres => format!(
+            "SELECT CAST(column_name AS TEXT), CAST(data_type AS TEXT)
+             FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name = {}
+             ORDER BY ordinal_position",
+            sql_literal(table)
+        ),
+        Backend::Sqlite => format!(
+            "SELECT name, type FROM pragma_table_info({}) ORDER BY cid",
+            sql_literal(table)
+        ),
+    };
+    let columns: Vec<(String, bool)> = sqlx::query(&sql)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("columns of {table}: {e}"))
+        .iter()
+        .map(|row| {
+            let name: String = row.get(0);
+            let data_type: String = row.get(1);
+            let binary = matches!(data_type.to_ascii_lowercase().as_str(), "bytea" | "blob");
+            (name, binary)
+        })
+        .collect();
+    assert!(!columns.is_empty(), "{table} has no columns");
+    let select: Vec<String> = columns
+        .iter()
+        .map(|(name, binary)| {
+            if *binary {
+                format!("\"{name}\"")
+            } else {
+                format!("CAST(\"{name}\" AS TEXT)")
+            }
+        })
+        .collect();
+    let sql = format!("SELECT {} FROM \"{table}\"", select.join(", "));
+    let mut rows: Vec<Vec<Cell>> = sqlx::query(&sql)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("rows of {table}: {e}"))
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, (name, binary))| {
+                    let cell = if *binary {
+                        row.try_get::<Option<Vec<u8>>, _>(i)
+                            .map(|v| v.map(Cell::Bytes))
+                    } else {
+                        row.try_get::<Option<String>, _>(i)
+                            .map(|v| v.map(Cell::Text))
+                    };
+                    cell.unwrap_or_else(|e| panic!("{table}.{name}: {e}"))
+                        .unwrap_or(Cell::Null)
+                })
+                .collect()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Every row of [`TABLES`], in a stable order.
+async fn snapshot(db: &TestDatabase) -> Vec<Vec<Vec<Cell>>> {
     let mut tables = Vec::new();
     for table in TABLES {
-        let rows: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT t::text FROM {table} t ORDER BY t::text"))
-                .fetch_all(pool)
-                .await
-                .unwrap_or_else(|e| panic!("snapshot {table}: {e}"));
-        tables.push(rows);
+        tables.push(rows(db, table).await);
     }
     tables
 }
 
-async fn key_hash(pool: &PgPool, id: &str) -> Vec<u8> {
-    sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|e| panic!("key {id}: {e}"))
+async fn key_hash(pool: &AnyPool, id: &str) -> Vec<u8> {
+    sqlx::query_scalar(&format!(
+        "SELECT key_hash FROM api_keys WHERE id = {}",
+        sql_literal(id)
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("key {id}: {e}"))
 }
 
 fn assert_key_shape(key: &str) {
@@ -202,20 +312,21 @@ async fn create_key(cli: &Cli, tenant: &str, name: &str) -> String {
     key
 }
 
-async fn key_id_by_name(pool: &PgPool, name: &str) -> String {
-    sqlx::query_scalar("SELECT id FROM api_keys WHERE name = $1")
-        .bind(name)
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|e| panic!("key named {name}: {e}"))
+async fn key_id_by_name(pool: &AnyPool, name: &str) -> String {
+    sqlx::query_scalar(&format!(
+        "SELECT id FROM api_keys WHERE name = {}",
+        sql_literal(name)
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("key named {name}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // seed
 
-#[tokio::test]
-async fn seed_is_idempotent() {
-    let db = TestDatabase::create().await;
+async fn seed_is_idempotent(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
     let fixture = example_fixture();
     let expected: Vec<i64> = TABLES
@@ -233,20 +344,15 @@ async fn seed_is_idempotent() {
     let first = cli.seed_example().await;
     assert!(first.stdout.contains("seeded 3 tenants"), "{first}");
     assert_eq!(counts(&db.pool).await, expected);
-    let before = snapshot(&db.pool).await;
+    let before = snapshot(&db).await;
 
     cli.seed_example().await;
     assert_eq!(counts(&db.pool).await, expected);
-    assert_eq!(
-        snapshot(&db.pool).await,
-        before,
-        "a second seed changed rows"
-    );
+    assert_eq!(snapshot(&db).await, before, "a second seed changed rows");
 }
 
-#[tokio::test]
-async fn seed_prints_a_generated_key_once_and_keeps_it() {
-    let db = TestDatabase::create().await;
+async fn seed_prints_a_generated_key_once_and_keeps_it(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
     let mut fixture = example_fixture();
     fixture["api_keys"]
@@ -303,9 +409,8 @@ async fn seed_prints_a_generated_key_once_and_keeps_it() {
     assert_eq!(counts(&db.pool).await[4], 5);
 }
 
-#[tokio::test]
-async fn a_bad_fixture_fails_and_writes_nothing() {
-    let db = TestDatabase::create().await;
+async fn a_bad_fixture_fails_and_writes_nothing(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
     cli.run(&["migrate"]).await.assert_success();
 
@@ -380,9 +485,8 @@ async fn a_bad_fixture_fails_and_writes_nothing() {
 
 /// The key is meant to be captured by a script (`KEY=$(neo-sessions api-key create ...)`): stdout
 /// must hold the key and nothing else.
-#[tokio::test]
-async fn api_key_create_prints_exactly_the_key_on_stdout() {
-    let db = TestDatabase::create().await;
+async fn api_key_create_prints_exactly_the_key_on_stdout(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
     cli.seed_example().await;
 
@@ -396,9 +500,8 @@ async fn api_key_create_prints_exactly_the_key_on_stdout() {
     assert!(!run.stderr.contains(lines[0]), "key on stderr:\n{run}");
 }
 
-#[tokio::test]
-async fn api_key_create_list_revoke_round_trip() {
-    let db = TestDatabase::create().await;
+async fn api_key_create_list_revoke_round_trip(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
     cli.seed_example().await;
 
@@ -442,9 +545,8 @@ async fn api_key_create_list_revoke_round_trip() {
     assert!(unknown.stderr.contains("key_doesnotexist"), "{unknown}");
 }
 
-#[tokio::test]
-async fn api_key_create_enforces_the_platform_flag() {
-    let db = TestDatabase::create().await;
+async fn api_key_create_enforces_the_platform_flag(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
     cli.seed_example().await;
     let keys_before = counts(&db.pool).await[4];
@@ -511,43 +613,45 @@ async fn api_key_create_enforces_the_platform_flag() {
     assert_eq!(claims.client_id, "acme");
 }
 
-#[tokio::test]
-async fn the_database_never_holds_the_plaintext_key() {
-    let db = TestDatabase::create().await;
+async fn the_database_never_holds_the_plaintext_key(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
     cli.seed_example().await;
     let key = create_key(&cli, "acme", "relay").await;
     let id = key_id_by_name(&db.pool, "relay").await;
 
-    let as_text: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM api_keys WHERE encode(key_hash, 'escape') LIKE '%neo_sk%'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .expect("query");
-    assert_eq!(as_text, 0);
+    // The stored hashes, compared as bytes in Rust (no backend's text rendering of a blob).
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_hash FROM api_keys")
+        .fetch_all(&db.pool)
+        .await
+        .expect("key hashes");
+    assert_eq!(hashes.len() as i64, counts(&db.pool).await[4]);
+    for hash in &hashes {
+        assert_eq!(
+            hash.len(),
+            32,
+            "a stored hash is not a SHA-256: {}",
+            hex(hash)
+        );
+        assert!(
+            !Cell::Bytes(hash.clone()).contains("neo_sk"),
+            "a stored hash holds key text: {}",
+            hex(hash)
+        );
+    }
     assert_eq!(key_hash(&db.pool, &id).await, api_key::hash(&key).to_vec());
 
     // No column of any table holds the key, its secret part, or the fixture's secrets.
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables
-         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("tables");
+    let tables = table_names(&db).await;
     assert!(tables.iter().any(|t| t == "api_keys"), "{tables:?}");
     let secret = key.trim_start_matches("neo_sk_test_");
     for table in &tables {
+        let rows = rows(&db, table).await;
         for needle in [key.as_str(), secret, "4qZt8WcJr2LmX9vB7nKp3sYd"] {
-            let found: i64 = sqlx::query_scalar(&format!(
-                "SELECT count(*) FROM \"{table}\" t WHERE strpos(t::text, $1) > 0"
-            ))
-            .bind(needle)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap_or_else(|e| panic!("scan {table}: {e}"));
-            assert_eq!(found, 0, "{table} holds a key in plaintext");
+            assert!(
+                !rows.iter().flatten().any(|cell| cell.contains(needle)),
+                "{table} holds a key in plaintext"
+            );
         }
     }
 }
@@ -555,9 +659,8 @@ async fn the_database_never_holds_the_plaintext_key() {
 // ---------------------------------------------------------------------------------------------
 // configuration
 
-#[tokio::test]
-async fn a_bad_config_value_exits_2_naming_the_key() {
-    let db = TestDatabase::create().await;
+async fn a_bad_config_value_exits_2_naming_the_key(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let cli = Cli::new(&db);
 
     let run = cli
@@ -573,11 +676,22 @@ async fn a_bad_config_value_exits_2_naming_the_key() {
     assert_eq!(run.code, Some(2), "{run}");
     assert!(run.stderr.contains("token.min_ttl"), "{run}");
 
-    // The configuration is refused before the database is touched.
-    let migrated: bool =
-        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-            .fetch_one(&db.pool)
-            .await
-            .expect("query");
-    assert!(!migrated, "migrate ran despite a bad configuration");
+    // The configuration is refused before the database is touched: not even the migrations
+    // table exists.
+    let tables = table_names(&db).await;
+    assert!(
+        tables.is_empty(),
+        "migrate ran despite a bad configuration: {tables:?}"
+    );
 }
+
+backend_tests!(
+    seed_is_idempotent,
+    seed_prints_a_generated_key_once_and_keeps_it,
+    a_bad_fixture_fails_and_writes_nothing,
+    api_key_create_prints_exactly_the_key_on_stdout,
+    api_key_create_list_revoke_round_trip,
+    api_key_create_enforces_the_platform_flag,
+    the_database_never_holds_the_plaintext_key,
+    a_bad_config_value_exits_2_naming_the_key,
+);

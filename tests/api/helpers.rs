@@ -4,16 +4,11 @@
 use std::sync::OnceLock;
 
 use jsonwebtoken::{jwk::JwkSet, DecodingKey, Validation};
-use neo_sessions::{
-    config::Config,
-    seed::Fixture,
-    store::{PostgresStore, Store},
-    tokens::SessionClaims,
-};
+use neo_sessions::{config::Config, seed::Fixture, tokens::SessionClaims};
 use reqwest::{header, Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::{any::AnyPoolOptions, postgres::PgPoolOptions, AnyPool};
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot};
 
@@ -58,42 +53,74 @@ fn init_test_logging() {
     });
 }
 
-/// A fresh, migrated database with the example fixture in it. Dropped with the returned guard.
+/// The database backends the whole suite runs against (see `backend_tests!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A fresh database of its own for one test: a new PostgreSQL database (dropped with the guard)
+/// or a new SQLite file in a temporary directory. `pool` is a backend-neutral `AnyPool` for the
+/// test's own checks; keep those queries portable (cast UUIDs and timestamps to text).
 pub struct TestDatabase {
+    pub backend: Backend,
     pub name: String,
     pub url: String,
-    pub pool: PgPool,
+    pub pool: AnyPool,
+    _dir: Option<TempDir>,
 }
 
 impl TestDatabase {
-    pub async fn create() -> Self {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&admin_url())
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL at {} does not answer ({e}); start it (see README) or set NEO_TEST_DATABASE_URL",
-                    admin_url()
-                )
-            });
+    pub async fn create(backend: Backend) -> Self {
+        sqlx::any::install_default_drivers();
         let name = format!("neo_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("create test database");
-        admin.close().await;
-        let url = database_url(&name);
-        let pool = PgPoolOptions::new()
+        let (url, dir) = match backend {
+            Backend::Postgres => {
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin_url())
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL at {} does not answer ({e}); start it (see README) or set NEO_TEST_DATABASE_URL",
+                            admin_url()
+                        )
+                    });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&admin)
+                    .await
+                    .expect("create test database");
+                admin.close().await;
+                (database_url(&name), None)
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join(format!("{name}.db")).display()
+                );
+                (url, Some(dir))
+            }
+        };
+        let pool = AnyPoolOptions::new()
             .max_connections(2)
             .connect(&url)
             .await
             .expect("connect to test database");
-        Self { name, url, pool }
+        Self {
+            backend,
+            name,
+            url,
+            pool,
+            _dir: dir,
+        }
     }
 
     pub async fn migrate_and_seed(&self) {
-        let store = PostgresStore::connect(&self.url, 2).await.expect("store");
+        let store = neo_sessions::store::connect(&self.url, 2)
+            .await
+            .expect("store");
         store.migrate().await.expect("migrate");
         let prepared = Fixture::from_json(FIXTURE)
             .expect("fixture parses")
@@ -101,10 +128,28 @@ impl TestDatabase {
             .expect("fixture is valid");
         store.apply_seed(&prepared.plan).await.expect("seed");
     }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count rows")
+    }
+}
+
+/// Parses a timestamp read as text from either backend.
+pub fn parse_timestamp(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .unwrap_or_else(|e| panic!("unparsable timestamp {text:?}: {e}"))
+        .with_timezone(&chrono::Utc)
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs inside the test's runtime; a thread with its own runtime can block on it.
         let _ = std::thread::spawn(move || {
@@ -149,14 +194,14 @@ impl Drop for TestApp {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
 }
 
 /// Like [`spawn_app`], with the configuration adjusted first.
-pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Config)) -> TestApp {
     init_test_logging();
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create(backend).await;
     db.migrate_and_seed().await;
     spawn_app_on_with(db, customize).await
 }
@@ -276,10 +321,7 @@ impl TestApp {
     }
 
     pub async fn mint_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM session_token_mints")
-            .fetch_one(&self.db.pool)
-            .await
-            .expect("count mints")
+        self.db.count("session_token_mints").await
     }
 }
 

@@ -10,11 +10,10 @@ use std::{
 
 use serde_json::{json, Value};
 
-use crate::helpers::{TestDatabase, ACME_KEY, ACME_REVOKED_KEY};
+use crate::helpers::{Backend, TestDatabase, ACME_KEY, ACME_REVOKED_KEY};
 
-#[tokio::test]
-async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly() {
-    let db = TestDatabase::create().await;
+async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     db.migrate_and_seed().await;
     let data_dir = tempfile::tempdir().unwrap();
     let workdir = tempfile::tempdir().unwrap();
@@ -116,3 +115,5 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
     assert_eq!(completed[2]["span"]["principal_kind"], "end_user");
     assert!(lines.iter().any(|l| l.contains("shut down")), "{log}");
 }
+
+backend_tests!(request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly,);

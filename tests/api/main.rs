@@ -1,5 +1,25 @@
 //! One integration-test binary: the real router on a random port, real HTTP, real PostgreSQL.
 
+/// Runs each listed `async fn name(backend: Backend)` once per database backend, as the tests
+/// `name::postgres` and `name::sqlite`: one suite, parametrised, for behaviour that must not differ.
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(crate::helpers::Backend::Postgres).await
+                }
+
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(crate::helpers::Backend::Sqlite).await
+                }
+            }
+        )+
+    };
+}
+
 mod helpers;
 
 mod auth;
@@ -8,3 +28,4 @@ mod hostile;
 mod logging;
 mod mint;
 mod openapi;
+mod schema;

@@ -4,11 +4,13 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app, spawn_app_with, ACME_KEY, GLOBEX_KEY, NEO_KEY};
+use crate::helpers::{
+    assert_error, parse_timestamp, spawn_app, spawn_app_with, Backend, ACME_KEY, GLOBEX_KEY,
+    NEO_KEY,
+};
 
-#[tokio::test]
-async fn a_minimal_mint_returns_a_verifiable_token_with_every_claim() {
-    let app = spawn_app().await;
+async fn a_minimal_mint_returns_a_verifiable_token_with_every_claim(backend: Backend) {
+    let app = spawn_app(backend).await;
     let response = app
         .client
         .post(app.url("/public-api/sessions"))
@@ -80,21 +82,20 @@ async fn a_minimal_mint_returns_a_verifiable_token_with_every_claim() {
     }
 }
 
-/// jti, session, tenant, minted_by_kind, minted_by, end_user, issued_at, expires_at.
+/// jti, session, tenant, minted_by_kind, minted_by, end_user, issued_at, expires_at (as text).
 type MintRow = (
-    uuid::Uuid,
+    String,
     String,
     String,
     String,
     String,
     Option<String>,
-    DateTime<Utc>,
-    DateTime<Utc>,
+    String,
+    String,
 );
 
-#[tokio::test]
-async fn each_mint_is_recorded_with_who_minted_it() {
-    let app = spawn_app().await;
+async fn each_mint_is_recorded_with_who_minted_it(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (data, _) = app
         .mint_ok(
             ACME_KEY,
@@ -107,18 +108,19 @@ async fn each_mint_is_recorded_with_who_minted_it() {
     assert_eq!(claims.end_user_email.as_deref(), Some("pat@contoso.com"));
 
     let row: MintRow = sqlx::query_as(
-            "SELECT jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at
+        "SELECT CAST(jti AS TEXT), session_id, tenant_id, minted_by_kind, minted_by, end_user,
+                    CAST(issued_at AS TEXT), CAST(expires_at AS TEXT)
              FROM session_token_mints",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(row.0, claims.jti);
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.0, claims.jti.to_string());
     assert_eq!((row.1.as_str(), row.2.as_str()), ("s-acme-1", "acme"));
     assert_eq!((row.3.as_str(), row.4.as_str()), ("api_key", "k-acme"));
     assert_eq!(row.5.as_deref(), Some("29:1a-teams-user"));
-    assert_eq!(row.6.timestamp(), claims.iat);
-    assert_eq!(row.7.timestamp(), claims.exp);
+    assert_eq!(parse_timestamp(&row.6).timestamp(), claims.iat);
+    assert_eq!(parse_timestamp(&row.7).timestamp(), claims.exp);
 
     let (second, _) = app
         .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
@@ -127,9 +129,8 @@ async fn each_mint_is_recorded_with_who_minted_it() {
     assert_eq!(app.mint_count().await, 2);
 }
 
-#[tokio::test]
-async fn ttl_bounds_are_inclusive_and_enforced() {
-    let app = spawn_app().await;
+async fn ttl_bounds_are_inclusive_and_enforced(backend: Backend) {
+    let app = spawn_app(backend).await;
     for ttl in [60, 3600] {
         let (data, _) = app
             .mint_ok(
@@ -162,9 +163,8 @@ async fn ttl_bounds_are_inclusive_and_enforced() {
     assert_eq!(app.mint_count().await, 2);
 }
 
-#[tokio::test]
-async fn ttl_limits_follow_the_configuration() {
-    let app = spawn_app_with(|c| {
+async fn ttl_limits_follow_the_configuration(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
         c.token.min_ttl = 30;
         c.token.default_ttl = 45;
         c.token.max_ttl = 120;
@@ -193,9 +193,8 @@ async fn ttl_limits_follow_the_configuration() {
     .await;
 }
 
-#[tokio::test]
-async fn rule_1_shape_errors_name_their_fields() {
-    let app = spawn_app().await;
+async fn rule_1_shape_errors_name_their_fields(backend: Backend) {
+    let app = spawn_app(backend).await;
     let cases = [
         (json!({}), "session_id"),
         (json!({"session_id": ""}), "session_id"),
@@ -241,9 +240,8 @@ async fn rule_1_shape_errors_name_their_fields() {
     assert_eq!(app.mint_count().await, 0);
 }
 
-#[tokio::test]
-async fn rule_1_comes_before_the_session_rules() {
-    let app = spawn_app().await;
+async fn rule_1_comes_before_the_session_rules(backend: Backend) {
+    let app = spawn_app(backend).await;
     // A closed session of another tenant, but the TTL is out of range: 422 decides.
     let response = app
         .mint(
@@ -259,9 +257,8 @@ async fn rule_1_comes_before_the_session_rules() {
     .await;
 }
 
-#[tokio::test]
-async fn rule_2_client_id_from_a_tenant_key_is_forbidden() {
-    let app = spawn_app().await;
+async fn rule_2_client_id_from_a_tenant_key_is_forbidden(backend: Backend) {
+    let app = spawn_app(backend).await;
     for (key, body) in [
         (
             ACME_KEY,
@@ -286,9 +283,8 @@ async fn rule_2_client_id_from_a_tenant_key_is_forbidden() {
     assert_eq!(app.mint_count().await, 0);
 }
 
-#[tokio::test]
-async fn rule_2_a_platform_key_mints_for_a_tenants_neo_support_session_only() {
-    let app = spawn_app().await;
+async fn rule_2_a_platform_key_mints_for_a_tenants_neo_support_session_only(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (data, _) = app
         .mint_ok(
             NEO_KEY,
@@ -341,9 +337,8 @@ async fn rule_2_a_platform_key_mints_for_a_tenants_neo_support_session_only() {
     assert_eq!(app.mint_count().await, 1);
 }
 
-#[tokio::test]
-async fn rule_3_other_tenants_sessions_are_indistinguishable_from_missing_ones() {
-    let app = spawn_app().await;
+async fn rule_3_other_tenants_sessions_are_indistinguishable_from_missing_ones(backend: Backend) {
+    let app = spawn_app(backend).await;
     let unknown = app
         .mint(ACME_KEY, json!({"session_id": "no-such-session"}))
         .await;
@@ -363,9 +358,8 @@ async fn rule_3_other_tenants_sessions_are_indistinguishable_from_missing_ones()
     assert_eq!(app.mint_count().await, 0);
 }
 
-#[tokio::test]
-async fn rule_4_closed_sessions_conflict_before_scope_and_agent_checks() {
-    let app = spawn_app().await;
+async fn rule_4_closed_sessions_conflict_before_scope_and_agent_checks(backend: Backend) {
+    let app = spawn_app(backend).await;
     let response = app
         .mint(ACME_KEY, json!({"session_id": "s-acme-old", "end_company_id": "nope", "allowed_agent_ids": [999]}))
         .await;
@@ -373,9 +367,8 @@ async fn rule_4_closed_sessions_conflict_before_scope_and_agent_checks() {
     assert_eq!(app.mint_count().await, 0);
 }
 
-#[tokio::test]
-async fn rule_5_a_scoped_session_always_carries_its_own_end_company() {
-    let app = spawn_app().await;
+async fn rule_5_a_scoped_session_always_carries_its_own_end_company(backend: Backend) {
+    let app = spawn_app(backend).await;
     // A different caller value is ignored, with a warning.
     let (data, meta) = app
         .mint_ok(
@@ -431,9 +424,8 @@ async fn rule_5_a_scoped_session_always_carries_its_own_end_company() {
     }
 }
 
-#[tokio::test]
-async fn rule_5_an_unscoped_session_is_narrowed_to_an_end_company_of_the_tenant() {
-    let app = spawn_app().await;
+async fn rule_5_an_unscoped_session_is_narrowed_to_an_end_company_of_the_tenant(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (data, _) = app
         .mint_ok(
             ACME_KEY,
@@ -469,9 +461,8 @@ async fn rule_5_an_unscoped_session_is_narrowed_to_an_end_company_of_the_tenant(
     assert_eq!(app.mint_count().await, 1);
 }
 
-#[tokio::test]
-async fn rule_6_agents_must_be_the_target_tenants_and_are_deduplicated() {
-    let app = spawn_app().await;
+async fn rule_6_agents_must_be_the_target_tenants_and_are_deduplicated(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (data, _) = app
         .mint_ok(
             ACME_KEY,
@@ -524,9 +515,8 @@ async fn rule_6_agents_must_be_the_target_tenants_and_are_deduplicated() {
     assert_eq!(app.mint_count().await, 2);
 }
 
-#[tokio::test]
-async fn rule_5_is_checked_before_rule_6() {
-    let app = spawn_app().await;
+async fn rule_5_is_checked_before_rule_6(backend: Backend) {
+    let app = spawn_app(backend).await;
     let response = app
         .mint(
             ACME_KEY,
@@ -541,9 +531,8 @@ async fn rule_5_is_checked_before_rule_6() {
     .await;
 }
 
-#[tokio::test]
-async fn a_database_failure_is_a_500_that_says_nothing_internal() {
-    let app = spawn_app().await;
+async fn a_database_failure_is_a_500_that_says_nothing_internal(backend: Backend) {
+    let app = spawn_app(backend).await;
     sqlx::query("ALTER TABLE session_token_mints RENAME TO session_token_mints_gone")
         .execute(&app.db.pool)
         .await
@@ -573,3 +562,46 @@ async fn a_database_failure_is_a_500_that_says_nothing_internal() {
         assert!(!text.contains(leak), "{leak} leaked: {text}");
     }
 }
+
+async fn concurrent_mints_all_succeed_and_are_all_recorded(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let app = std::sync::Arc::clone(&app);
+        tasks.push(tokio::spawn(async move {
+            let session_id = ["s-acme-1", "s-acme-wl", "s-acme-support"][i % 3];
+            let response = app
+                .mint(
+                    ACME_KEY,
+                    json!({"session_id": session_id, "end_user": format!("user-{i}")}),
+                )
+                .await;
+            let status = response.status();
+            (status, response.text().await.unwrap())
+        }));
+    }
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(app.mint_count().await, 64);
+}
+
+backend_tests!(
+    concurrent_mints_all_succeed_and_are_all_recorded,
+    a_minimal_mint_returns_a_verifiable_token_with_every_claim,
+    each_mint_is_recorded_with_who_minted_it,
+    ttl_bounds_are_inclusive_and_enforced,
+    ttl_limits_follow_the_configuration,
+    rule_1_shape_errors_name_their_fields,
+    rule_1_comes_before_the_session_rules,
+    rule_2_client_id_from_a_tenant_key_is_forbidden,
+    rule_2_a_platform_key_mints_for_a_tenants_neo_support_session_only,
+    rule_3_other_tenants_sessions_are_indistinguishable_from_missing_ones,
+    rule_4_closed_sessions_conflict_before_scope_and_agent_checks,
+    rule_5_a_scoped_session_always_carries_its_own_end_company,
+    rule_5_an_unscoped_session_is_narrowed_to_an_end_company_of_the_tenant,
+    rule_6_agents_must_be_the_target_tenants_and_are_deduplicated,
+    rule_5_is_checked_before_rule_6,
+    a_database_failure_is_a_500_that_says_nothing_internal,
+);

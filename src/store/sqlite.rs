@@ -1,0 +1,303 @@
+//! SQLite implementation of [`Store`]: the embedded default, so the service runs with no other
+//! server. WAL journal, a busy timeout and full fsync on commit, so concurrent mints wait for the
+//! writer lock instead of failing, and a recorded mint survives a crash.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::{
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    SqlitePool,
+};
+
+use super::{
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow, Store,
+    StoreResult, TenantRow,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a connection waits for another one's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC text, so they also compare as text.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing, with its directory) the database file named by `url`.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent() {
+            create_private_dir(dir)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(sqlx::Error::Io)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn find_api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRow>> {
+        sqlx::query_as(
+            "SELECT k.id, k.tenant_id, k.key_hash, k.revoked_at, t.platform AS tenant_platform
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.key_hash = ?1",
+        )
+        .bind(&key_hash[..])
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()> {
+        let used_at = ts(used_at);
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = ?2
+             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+        )
+        .bind(key_id)
+        .bind(used_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, session_id: &str) -> StoreResult<Option<SessionRow>> {
+        sqlx::query_as(
+            "SELECT id, tenant_id, kind, status, end_company_id FROM chat_sessions WHERE id = ?1",
+        )
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM end_companies WHERE tenant_id = ?1 AND id = ?2)",
+        )
+        .bind(tenant_id)
+        .bind(end_company_id)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>> {
+        // One statement for any number of ids: the list travels as a JSON array.
+        let ids = serde_json::to_string(agent_ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        sqlx::query_scalar(
+            "SELECT id FROM agents WHERE tenant_id = ?1 AND id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(tenant_id)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn record_mint(&self, record: &MintRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO session_token_mints
+               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(record.jti.to_string())
+        .bind(&record.session_id)
+        .bind(&record.tenant_id)
+        .bind(record.minted_by_kind)
+        .bind(&record.minted_by)
+        .bind(&record.end_user)
+        .bind(ts(record.issued_at))
+        .bind(ts(record.expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>> {
+        sqlx::query_as("SELECT id, name, platform FROM tenants WHERE id = ?1")
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&key.id)
+        .bind(&key.tenant_id)
+        .bind(&key.name)
+        .bind(&key.key_hash[..])
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>> {
+        sqlx::query_as(
+            "SELECT id, tenant_id, name, created_at, last_used_at, revoked_at
+             FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>> {
+        let revoked_before: Option<Option<String>> =
+            sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = ?1")
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match revoked_before {
+            None => Ok(None),
+            Some(Some(_)) => Ok(Some(false)),
+            Some(None) => {
+                let result = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                )
+                .bind(key_id)
+                .bind(ts(Utc::now()))
+                .execute(&self.pool)
+                .await?;
+                Ok(Some(result.rows_affected() == 1))
+            }
+        }
+    }
+
+    async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
+        let now = ts(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        for t in &plan.tenants {
+            sqlx::query(
+                "INSERT INTO tenants (id, name, platform, entra_tenant_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE
+                 SET name = excluded.name, platform = excluded.platform,
+                     entra_tenant_id = excluded.entra_tenant_id",
+            )
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(t.platform)
+            .bind(&t.entra_tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for c in &plan.end_companies {
+            sqlx::query(
+                "INSERT INTO end_companies (tenant_id, id, name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET name = excluded.name",
+            )
+            .bind(&c.tenant_id)
+            .bind(&c.id)
+            .bind(&c.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for a in &plan.agents {
+            sqlx::query(
+                "INSERT INTO agents (id, tenant_id, name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id, name = excluded.name",
+            )
+            .bind(a.id)
+            .bind(&a.tenant_id)
+            .bind(&a.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for s in &plan.sessions {
+            sqlx::query(
+                "INSERT INTO chat_sessions (id, tenant_id, kind, status, end_company_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE
+                 SET tenant_id = excluded.tenant_id, kind = excluded.kind,
+                     status = excluded.status, end_company_id = excluded.end_company_id",
+            )
+            .bind(&s.id)
+            .bind(&s.tenant_id)
+            .bind(&s.kind)
+            .bind(&s.status)
+            .bind(&s.end_company_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut outcome = SeedOutcome::default();
+        for k in &plan.api_keys {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = ?1)")
+                    .bind(&k.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if exists {
+                sqlx::query(
+                    "UPDATE api_keys
+                     SET tenant_id = ?2, name = ?3,
+                         key_hash = CASE WHEN ?6 THEN ?4 ELSE key_hash END,
+                         revoked_at = CASE WHEN ?5 THEN COALESCE(revoked_at, ?7) END
+                     WHERE id = ?1",
+                )
+                .bind(&k.id)
+                .bind(&k.tenant_id)
+                .bind(&k.name)
+                .bind(&k.key_hash[..])
+                .bind(k.revoked)
+                .bind(k.replace_existing_hash)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at, revoked_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 THEN ?5 END)",
+                )
+                .bind(&k.id)
+                .bind(&k.tenant_id)
+                .bind(&k.name)
+                .bind(&k.key_hash[..])
+                .bind(&now)
+                .bind(k.revoked)
+                .execute(&mut *tx)
+                .await?;
+                outcome.created_api_keys.push(k.id.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
