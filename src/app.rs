@@ -16,7 +16,10 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{self, ApiKeyVerifier, Authenticator, SessionTokenVerifier},
+    auth::{
+        self, entra::EntraKeySource, ApiKeyVerifier, Authenticator, EntraVerifier,
+        SessionTokenVerifier,
+    },
     config::Config,
     http::{health, jwks, middleware, openapi, sessions},
     store::Store,
@@ -32,8 +35,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Store>, issuer: TokenIssuer) -> Self {
+    /// `entra_keys` is the Entra key source, present when Entra login is configured.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        issuer: TokenIssuer,
+        entra_keys: Option<Arc<dyn EntraKeySource>>,
+    ) -> Self {
         let issuer = Arc::new(issuer);
+        let entra =
+            entra_keys.map(|keys| EntraVerifier::new(keys, &config.entra, Arc::clone(&store)));
         let authenticator = Authenticator {
             api_keys: ApiKeyVerifier::new(
                 Arc::clone(&store),
@@ -41,6 +52,7 @@ impl AppState {
                 Duration::from_secs(config.api_key.last_used_resolution_seconds),
             ),
             session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
+            entra,
         };
         Self {
             config: Arc::new(config),

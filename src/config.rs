@@ -42,6 +42,21 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("NEO_TOKEN_SCOPE", "token.scope"),
     ("NEO_SIGNING_KEY_FILE", "signing.key_file"),
     ("NEO_SIGNING_ALGORITHM", "signing.algorithm"),
+    ("NEO_ENTRA_JWKS_URL", "entra.jwks_url"),
+    ("NEO_ENTRA_AUDIENCE", "entra.audience"),
+    ("NEO_ENTRA_REQUIRED_SCOPE", "entra.required_scope"),
+    ("NEO_ENTRA_LEEWAY_SECONDS", "entra.leeway_seconds"),
+    ("NEO_ENTRA_REFRESH_SECONDS", "entra.refresh_seconds"),
+    ("NEO_ENTRA_KEY_MAX_AGE_SECONDS", "entra.key_max_age_seconds"),
+    (
+        "NEO_ENTRA_KID_COOLDOWN_SECONDS",
+        "entra.kid_cooldown_seconds",
+    ),
+    ("NEO_ENTRA_RETRY_SECONDS", "entra.retry_seconds"),
+    (
+        "NEO_ENTRA_HTTP_TIMEOUT_SECONDS",
+        "entra.http_timeout_seconds",
+    ),
     ("NEO_LOG_FORMAT", "log.format"),
     ("NEO_LOG_FILTER", "log.filter"),
 ];
@@ -55,6 +70,7 @@ pub struct Config {
     pub api_key: ApiKeyConfig,
     pub token: TokenConfig,
     pub signing: SigningConfig,
+    pub entra: EntraConfig,
     pub log: LogConfig,
 }
 
@@ -205,6 +221,63 @@ pub struct SigningConfig {
     pub algorithm: SigningAlgorithm,
 }
 
+/// Microsoft Entra ID login for dashboard users; off while `audience` is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EntraConfig {
+    pub jwks_url: String,
+    /// Accepted `aud` values, comma-separated (the API's client-id GUID and its `api://` URI).
+    pub audience: Option<String>,
+    /// When set, must be one of the space-separated `scp` entries.
+    pub required_scope: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// Background refresh of the key set.
+    pub refresh_seconds: u64,
+    /// Keys not refreshed for this long are no longer trusted.
+    pub key_max_age_seconds: u64,
+    /// At most one refetch per this many seconds for tokens with an unknown `kid`.
+    pub kid_cooldown_seconds: u64,
+    /// While no keys are held (e.g. the JWKS was unreachable at start), at most one fetch per
+    /// this many seconds on demand.
+    pub retry_seconds: u64,
+    pub http_timeout_seconds: u64,
+}
+
+impl Default for EntraConfig {
+    fn default() -> Self {
+        Self {
+            jwks_url: "https://login.microsoftonline.com/common/discovery/v2.0/keys".to_owned(),
+            audience: None,
+            required_scope: None,
+            leeway_seconds: 60,
+            refresh_seconds: 3600,
+            key_max_age_seconds: 24 * 3600,
+            kid_cooldown_seconds: 300,
+            retry_seconds: 5,
+            http_timeout_seconds: 5,
+        }
+    }
+}
+
+impl EntraConfig {
+    /// The accepted audiences; empty when Entra login is off.
+    pub fn audiences(&self) -> Vec<String> {
+        self.audience
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.audiences().is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -328,6 +401,25 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let entra = &self.entra;
+        if entra.enabled() {
+            let url = &entra.jwks_url;
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                return Err(invalid("entra.jwks_url", "must be an http(s) URL"));
+            }
+            if entra.key_max_age_seconds < entra.refresh_seconds {
+                return Err(invalid(
+                    "entra.key_max_age_seconds",
+                    "must be at least entra.refresh_seconds",
+                ));
+            }
+            if entra.http_timeout_seconds == 0 || entra.refresh_seconds == 0 {
+                return Err(invalid(
+                    "entra.refresh_seconds",
+                    "and entra.http_timeout_seconds must be at least 1",
+                ));
+            }
+        }
         if let Some(url) = &self.database.url {
             if crate::store::Backend::of_url(url.expose_secret()).is_none() {
                 return Err(invalid(
@@ -439,6 +531,24 @@ mod tests {
         );
         let err = Config::load(None, env(&[("NEO_DATABASE_URL", "mysql://x")])).unwrap_err();
         assert!(err.to_string().contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn entra_is_off_until_an_audience_is_set() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert!(!config.entra.enabled());
+        let config = Config::load(
+            None,
+            env(&[(
+                "NEO_ENTRA_AUDIENCE",
+                "api://neo, 6e2f1a4b-8c3d-4e5f-9a0b-1c2d3e4f5a6b",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.entra.audiences(),
+            ["api://neo", "6e2f1a4b-8c3d-4e5f-9a0b-1c2d3e4f5a6b"]
+        );
     }
 
     #[test]

@@ -10,13 +10,14 @@ pub mod store;
 pub mod telemetry;
 pub mod tokens;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::{
     app::AppState,
+    auth::entra::{EntraKeySource, JwksCache},
     config::Config,
     tokens::{SigningKey, TokenIssuer},
 };
@@ -27,12 +28,20 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let store = connect_store(&config).await?;
     let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
     let issuer = TokenIssuer::new(key, &config.token)?;
-    Ok(AppState::new(config, store, issuer))
+    let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
+        let cache = JwksCache::new(&config.entra).context("cannot build the Entra JWKS client")?;
+        // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.
+        cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds));
+        Some(cache)
+    } else {
+        None
+    };
+    Ok(AppState::new(config, store, issuer, entra_keys))
 }
 
 /// Connects to the configured database. With `server.migrate_on_start` (the default) it first
 /// creates the database if it is missing, then applies pending migrations.
-pub async fn connect_store(config: &Config) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
+pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
     let url = config.database_url();
     let url = url.as_str();
     if config.server.migrate_on_start {

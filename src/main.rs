@@ -9,6 +9,7 @@ use neo_sessions::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    neo_sessions::auth::entra::install_crypto_provider();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
@@ -28,7 +29,10 @@ async fn main() -> ExitCode {
     match neo_sessions::cli::run(cli, config).await {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "command failed");
+            // serve logs its fatal error for the log collector; other commands just say it.
+            if log_target == LogTarget::Stdout {
+                tracing::error!(error = format!("{error:#}"), "command failed");
+            }
             eprintln!("neo-sessions: {error:#}");
             ExitCode::FAILURE
         }

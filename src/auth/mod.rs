@@ -2,6 +2,7 @@
 //! [`Principal`], or refuses the request with 401 before any handler runs.
 
 pub mod api_key;
+pub mod entra;
 pub mod own_token;
 pub mod principal;
 
@@ -14,6 +15,7 @@ use axum::{
 use tracing::instrument;
 
 pub use api_key::ApiKeyVerifier;
+pub use entra::EntraVerifier;
 pub use own_token::SessionTokenVerifier;
 pub use principal::{MintingPrincipal, Principal};
 
@@ -22,6 +24,8 @@ use crate::{app::AppState, http::error::ApiError};
 pub struct Authenticator {
     pub api_keys: ApiKeyVerifier,
     pub session_tokens: SessionTokenVerifier,
+    /// `None` while Entra login is off (no `entra.audience`).
+    pub entra: Option<EntraVerifier>,
 }
 
 impl Authenticator {
@@ -41,11 +45,13 @@ impl Authenticator {
             if self.session_tokens.claims_to_be_ours(&header) {
                 return self.session_tokens.verify(credential, &header);
             }
-            // Microsoft Entra ID access tokens (dashboard users) are verified here once Entra
-            // login is configured; until then any JWT that is not ours is refused.
-            return Err(ApiError::InvalidCredentials {
-                reason: "JWT not issued by us and Entra login is off",
-            });
+            // Any other JWT can only be a Microsoft Entra ID access token of a dashboard user.
+            return match &self.entra {
+                Some(entra) => entra.verify(credential, &header).await,
+                None => Err(ApiError::InvalidCredentials {
+                    reason: "JWT not issued by us and Entra login is off",
+                }),
+            };
         }
         Err(ApiError::InvalidCredentials {
             reason: "unrecognised credential",
@@ -91,6 +97,7 @@ pub async fn require_principal(
         Ok(principal) => {
             let span = tracing::Span::current();
             span.record("principal_kind", principal.kind());
+            span.record("principal_id", principal.id());
             span.record("tenant", principal.tenant_id());
             request.extensions_mut().insert(principal);
             next.run(request).await

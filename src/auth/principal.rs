@@ -13,6 +13,12 @@ pub enum Principal {
         key_id: String,
         platform: bool,
     },
+    /// A dashboard user, signed in with Microsoft Entra ID: `(tid, oid)` is the stable user key.
+    DashboardUser {
+        tenant_id: String,
+        tid: String,
+        oid: String,
+    },
     /// The holder of a session token we minted: may talk to one chat session, never mint.
     EndUser {
         tenant_id: String,
@@ -26,13 +32,16 @@ impl Principal {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ServiceAccount { .. } => "api_key",
+            Self::DashboardUser { .. } => "entra_user",
             Self::EndUser { .. } => "end_user",
         }
     }
 
     pub fn tenant_id(&self) -> &str {
         match self {
-            Self::ServiceAccount { tenant_id, .. } | Self::EndUser { tenant_id, .. } => tenant_id,
+            Self::ServiceAccount { tenant_id, .. }
+            | Self::DashboardUser { tenant_id, .. }
+            | Self::EndUser { tenant_id, .. } => tenant_id,
         }
     }
 
@@ -40,16 +49,17 @@ impl Principal {
         matches!(self, Self::ServiceAccount { platform: true, .. })
     }
 
-    /// A stable, non-secret name of the principal (the key id, ...).
+    /// A stable, non-secret name of the principal: the key id, `tid:oid`, or the token's jti.
     pub fn id(&self) -> String {
         match self {
             Self::ServiceAccount { key_id, .. } => key_id.clone(),
+            Self::DashboardUser { tid, oid, .. } => format!("{tid}:{oid}"),
             Self::EndUser { jti, .. } => jti.to_string(),
         }
     }
 }
 
-/// A principal allowed to mint: service accounts (and, later, dashboard users). End users get 403.
+/// A principal allowed to mint: service accounts and dashboard users. End users get 403.
 #[derive(Debug, Clone)]
 pub struct MintingPrincipal(pub Principal);
 

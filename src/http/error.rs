@@ -39,6 +39,8 @@ pub enum ApiError {
     InvalidEndCompany,
     #[error("unknown agents")]
     InvalidAgentIds(Vec<i64>),
+    #[error("Entra ID signing keys unavailable")]
+    EntraUnavailable,
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(sqlx::Error),
     #[error("database error: {0}")]
@@ -114,7 +116,9 @@ impl ApiError {
             Self::Validation(_) | Self::InvalidEndCompany | Self::InvalidAgentIds(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DatabaseUnavailable(_) | Self::EntraUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -175,6 +179,11 @@ impl ApiError {
                 "invalid_agent_ids",
                 "allowed_agent_ids names agents that are not the target tenant's.".into(),
                 Some(json!({ "unknown_agent_ids": ids })),
+            ),
+            Self::EntraUnavailable => (
+                "entra_unavailable",
+                "Microsoft Entra ID signing keys cannot be fetched right now; retry shortly. API keys are unaffected.".into(),
+                None,
             ),
             Self::DatabaseUnavailable(_) => (
                 "service_unavailable",

@@ -37,6 +37,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         route = %route,
         principal_kind = Empty,
+        principal_id = Empty,
         tenant = Empty,
     );
     request.extensions_mut().insert(RequestContext {

@@ -21,7 +21,7 @@ pub struct OpenApiJson(pub Bytes);
 #[openapi(
     info(
         title = "Neo Public API — session tokens",
-        description = "Mints short-lived JWTs bound to one chat session. Every response is wrapped in a `{data, meta}` envelope; errors use `{error: {code, message, details?}, meta: {request_id}}`. Authenticate with a `Bearer neo_sk_<env>_<secret>` API key (service account)."
+        description = "Mints short-lived JWTs bound to one chat session. Every response is wrapped in a `{data, meta}` envelope; errors use `{error: {code, message, details?}, meta: {request_id}}`. Authenticate with a `Bearer neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user)."
     ),
     servers((url = "https://api.neoagent.io")),
     components(schemas(ErrorEnvelope, SuccessMeta, Pagination)),
@@ -44,7 +44,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "`Authorization: Bearer <token>` where `<token>` is a `neo_sk_<env>_<secret>` API key (service account).",
+                        "`Authorization: Bearer <token>` where `<token>` is either a `neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user).",
                     ))
                     .build(),
             ),

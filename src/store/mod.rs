@@ -71,7 +71,7 @@ pub struct MintRecord {
     pub jti: Uuid,
     pub session_id: String,
     pub tenant_id: String,
-    /// `api_key` (and, later, `entra_user`).
+    /// `api_key` or `entra_user`.
     pub minted_by_kind: &'static str,
     /// The key id, or the dashboard user's `tid:oid`.
     pub minted_by: String,
@@ -160,6 +160,12 @@ pub trait Store: Send + Sync + 'static {
     async fn record_mint(&self, record: &MintRecord) -> StoreResult<()>;
 
     async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>>;
+
+    /// The tenant whose Microsoft Entra directory is `entra_tenant_id` (a lowercase GUID).
+    async fn find_tenant_by_entra_id(
+        &self,
+        entra_tenant_id: &str,
+    ) -> StoreResult<Option<TenantRow>>;
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
 

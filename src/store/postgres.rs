@@ -120,6 +120,16 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn find_tenant_by_entra_id(
+        &self,
+        entra_tenant_id: &str,
+    ) -> StoreResult<Option<TenantRow>> {
+        sqlx::query_as("SELECT id, name, platform FROM tenants WHERE entra_tenant_id = $1")
+            .bind(entra_tenant_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
         sqlx::query("INSERT INTO api_keys (id, tenant_id, name, key_hash) VALUES ($1, $2, $3, $4)")
             .bind(&key.id)

@@ -42,9 +42,12 @@ pub fn database_url(name: &str) -> String {
     format!("{base}/{name}{query}")
 }
 
-fn init_test_logging() {
+/// Once per test process: logs when `TEST_LOG` is set, and the TLS crypto provider that
+/// reqwest (built with rustls and no default provider) needs before any client is built.
+pub fn init_test_process() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
+        neo_sessions::auth::entra::install_crypto_provider();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("debug")
@@ -73,6 +76,7 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create(backend: Backend) -> Self {
+        init_test_process();
         sqlx::any::install_default_drivers();
         let name = format!("neo_test_{}", uuid::Uuid::new_v4().simple());
         let (url, dir) = match backend {
@@ -200,7 +204,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Like [`spawn_app`], with the configuration adjusted first.
 pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Config)) -> TestApp {
-    init_test_logging();
+    init_test_process();
     let db = TestDatabase::create(backend).await;
     db.migrate_and_seed().await;
     spawn_app_on_with(db, customize).await
@@ -213,7 +217,7 @@ pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
 
 /// Like [`spawn_app_with`], on a database the test prepared itself.
 pub async fn spawn_app_on_with(db: TestDatabase, customize: impl FnOnce(&mut Config)) -> TestApp {
-    init_test_logging();
+    init_test_process();
     let data_dir = tempfile::tempdir().expect("tempdir");
 
     let mut config = Config::default();

@@ -10,9 +10,13 @@ use std::{
 
 use serde_json::{json, Value};
 
-use crate::helpers::{Backend, TestDatabase, ACME_KEY, ACME_REVOKED_KEY};
+use crate::{
+    entra::{self, FakeEntra},
+    helpers::{Backend, TestDatabase, ACME_KEY, ACME_REVOKED_KEY},
+};
 
 async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly(backend: Backend) {
+    let fake_entra = FakeEntra::start(&[entra::current()]).await;
     let db = TestDatabase::create(backend).await;
     db.migrate_and_seed().await;
     let data_dir = tempfile::tempdir().unwrap();
@@ -25,6 +29,8 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .env("NEO_DATA_DIR", data_dir.path())
         .env("NEO_LISTEN", "127.0.0.1:0")
         .env("NEO_LOG_FORMAT", "json")
+        .env("NEO_ENTRA_JWKS_URL", &fake_entra.url)
+        .env("NEO_ENTRA_AUDIENCE", entra::AUD_GUID)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -51,6 +57,7 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         }
     };
 
+    crate::helpers::init_test_process();
     let client = reqwest::Client::new();
     let url = format!("http://{address}/public-api/sessions");
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -77,6 +84,17 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         assert!(response.status().is_client_error());
     }
 
+    // A dashboard user: of the Entra token only tid and oid may reach the log.
+    let entra_token = entra::sign(entra::current(), &entra::user_claims(json!({})));
+    let response = client
+        .post(&url)
+        .bearer_auth(&entra_token)
+        .json(&json!({"session_id": "s-acme-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -102,7 +120,7 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["message"] == "request completed")
         .collect();
-    assert_eq!(completed.len(), 3, "one line per request:\n{log}");
+    assert_eq!(completed.len(), 4, "one line per request:\n{log}");
     let first = &completed[0];
     assert_eq!(first["status"], 200);
     assert!(first["latency_ms"].is_number());
@@ -113,6 +131,13 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
     assert_eq!(completed[1]["status"], 401);
     assert_eq!(completed[2]["status"], 403);
     assert_eq!(completed[2]["span"]["principal_kind"], "end_user");
+    assert_eq!(completed[3]["status"], 200);
+    assert_eq!(completed[3]["span"]["principal_kind"], "entra_user");
+    assert_eq!(
+        completed[3]["span"]["principal_id"],
+        format!("{}:{}", entra::TID, entra::OID)
+    );
+    assert_eq!(completed[3]["span"]["tenant"], "acme");
     assert!(lines.iter().any(|l| l.contains("shut down")), "{log}");
 }
 

@@ -24,6 +24,7 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod entra;
 mod hostile;
 mod logging;
 mod mint;

@@ -1,0 +1,481 @@
+//! Dashboard users with Microsoft Entra ID access tokens, against a fake Entra in this process:
+//! a real HTTP JWKS server on loopback with RSA keys made here, and a token factory.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc, OnceLock, RwLock,
+};
+
+use aws_lc_rs::{
+    encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
+    rsa::KeySize,
+    signature::{KeyPair, RsaKeyPair, RsaPublicKeyComponents},
+};
+use axum::{
+    extract::State, http::StatusCode as AxumStatus, response::IntoResponse, routing::get, Json,
+    Router,
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use reqwest::{header::WWW_AUTHENTICATE, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, spawn_app_with, Backend, TestApp, ACME_KEY};
+
+/// Acme's directory in `config/seed.example.json`.
+pub const TID: &str = "0b9c2a4e-1f6d-4c8e-9a57-3f1e2d4c5b6a";
+pub const OID: &str = "5f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f";
+pub const AUD_GUID: &str = "6e2f1a4b-8c3d-4e5f-9a0b-1c2d3e4f5a6b";
+pub const AUD_URI: &str = "api://neo-sessions";
+pub const SCOPE: &str = "Sessions.Mint";
+
+pub struct RsaKey {
+    pub kid: String,
+    pub encoding: EncodingKey,
+    pub jwk: Value,
+    pub public_pem: String,
+}
+
+fn make_key(kid: &str) -> RsaKey {
+    let pair = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key");
+    let pkcs8 = AsDer::<Pkcs8V1Der>::as_der(&pair).expect("pkcs8");
+    let pem_text = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
+    let public = pair.public_key();
+    let components = RsaPublicKeyComponents::<Vec<u8>>::from(public);
+    let spki = AsDer::<PublicKeyX509Der>::as_der(public).expect("spki");
+    RsaKey {
+        kid: kid.to_owned(),
+        encoding: EncodingKey::from_rsa_pem(pem_text.as_bytes()).expect("encoding key"),
+        jwk: json!({
+            "kty": "RSA", "use": "sig", "kid": kid, "alg": "RS256",
+            "n": URL_SAFE_NO_PAD.encode(&components.n), "e": URL_SAFE_NO_PAD.encode(&components.e),
+        }),
+        public_pem: pem::encode(&pem::Pem::new("PUBLIC KEY", spki.as_ref().to_vec())),
+    }
+}
+
+/// Three keys, made once per test process (RSA generation is slow in debug builds).
+pub fn keys() -> &'static [RsaKey; 3] {
+    static KEYS: OnceLock<[RsaKey; 3]> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        [
+            make_key("entra-key-1"),
+            make_key("entra-key-2"),
+            make_key("attacker-key"),
+        ]
+    })
+}
+pub fn current() -> &'static RsaKey {
+    &keys()[0]
+}
+pub fn rolled() -> &'static RsaKey {
+    &keys()[1]
+}
+pub fn attacker() -> &'static RsaKey {
+    &keys()[2]
+}
+
+#[derive(Clone)]
+struct FakeState {
+    jwks: Arc<RwLock<Value>>,
+    hits: Arc<AtomicUsize>,
+    up: Arc<AtomicBool>,
+}
+
+/// A JWKS endpoint on loopback that counts its hits and can be taken down.
+pub struct FakeEntra {
+    pub url: String,
+    state: FakeState,
+}
+
+async fn serve_jwks(State(state): State<FakeState>) -> impl IntoResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    if !state.up.load(Ordering::SeqCst) {
+        return (AxumStatus::SERVICE_UNAVAILABLE, Json(json!({}))).into_response();
+    }
+    let jwks = state.jwks.read().expect("jwks lock").clone();
+    Json(jwks).into_response()
+}
+
+impl FakeEntra {
+    pub async fn start(published: &[&RsaKey]) -> Self {
+        let state = FakeState {
+            jwks: Arc::new(RwLock::new(json!({"keys": []}))),
+            hits: Arc::new(AtomicUsize::new(0)),
+            up: Arc::new(AtomicBool::new(true)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://{}/common/discovery/v2.0/keys",
+            listener.local_addr().expect("addr")
+        );
+        let app = Router::new()
+            .route("/common/discovery/v2.0/keys", get(serve_jwks))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let fake = Self { url, state };
+        fake.publish(published);
+        fake
+    }
+
+    pub fn publish(&self, keys: &[&RsaKey]) {
+        let jwks = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+        *self.state.jwks.write().expect("jwks lock") = jwks;
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until the service's start-up fetch has reached us, so later counts
+    /// measure only what the test provokes.
+    pub async fn wait_for_first_hit(&self) {
+        for _ in 0..400 {
+            if self.hits() > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the service never fetched the JWKS");
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.state.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// The claims of a valid delegated (user) v2 access token for Acme's directory.
+pub fn user_claims(overrides: Value) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({
+        "iss": format!("https://login.microsoftonline.com/{TID}/v2.0"),
+        "aud": AUD_GUID,
+        "tid": TID,
+        "oid": OID,
+        "scp": format!("User.Read {SCOPE}"),
+        "name": "Pat Example",
+        "preferred_username": "pat@acme.example",
+        "iat": now - 10,
+        "nbf": now - 10,
+        "exp": now + 3600,
+        "ver": "2.0",
+    });
+    if let (Some(claims), Value::Object(overrides)) = (claims.as_object_mut(), overrides) {
+        for (name, value) in overrides {
+            if value.is_null() {
+                claims.remove(&name);
+            } else {
+                claims.insert(name, value);
+            }
+        }
+    }
+    claims
+}
+
+pub fn sign(key: &RsaKey, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    encode(&header, claims, &key.encoding).expect("sign")
+}
+
+async fn spawn_with_entra(backend: Backend, fake: &FakeEntra) -> TestApp {
+    let url = fake.url.clone();
+    spawn_app_with(backend, move |c| {
+        c.entra.jwks_url = url;
+        c.entra.audience = Some(format!("{AUD_URI}, {AUD_GUID}"));
+        c.entra.required_scope = Some(SCOPE.to_owned());
+        c.entra.retry_seconds = 0;
+    })
+    .await
+}
+
+const BODY: fn() -> Value = || json!({"session_id": "s-acme-1", "end_user": "pat"});
+
+async fn assert_invalid(app: &TestApp, token: &str) {
+    let response = app.mint(token, BODY()).await;
+    let www = response
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    assert!(www.contains("error=\"invalid_token\""), "{www}");
+}
+
+async fn a_valid_user_token_mints_and_the_record_names_the_user(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_with_entra(backend, &fake).await;
+
+    let (data, _) = app
+        .mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
+        .await;
+    assert_eq!(
+        app.verify(data["token"].as_str().unwrap()).await.client_id,
+        "acme"
+    );
+    let record: (String, String, String) =
+        sqlx::query_as("SELECT tenant_id, minted_by_kind, minted_by FROM session_token_mints")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        record,
+        (
+            "acme".to_owned(),
+            "entra_user".to_owned(),
+            format!("{TID}:{OID}")
+        )
+    );
+
+    // A v1 token (sts.windows.net issuer, App ID URI audience) of the same directory is fine too.
+    let v1 = user_claims(
+        json!({"iss": format!("https://sts.windows.net/{TID}/"), "aud": AUD_URI, "ver": "1.0"}),
+    );
+    app.mint_ok(&sign(current(), &v1), BODY()).await;
+    // Within the leeway, a token from a slightly fast clock is accepted.
+    let now = chrono::Utc::now().timestamp();
+    app.mint_ok(
+        &sign(
+            current(),
+            &user_claims(json!({"nbf": now + 30, "iat": now + 30})),
+        ),
+        BODY(),
+    )
+    .await;
+    assert_eq!(app.mint_count().await, 3);
+}
+
+async fn time_claims_are_required_and_checked(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_with_entra(backend, &fake).await;
+    let now = chrono::Utc::now().timestamp();
+    for overrides in [
+        json!({"exp": now - 120, "iat": now - 4000, "nbf": now - 4000}),
+        json!({"nbf": now + 600}),
+        json!({"exp": (now + 3600).to_string()}),
+        json!({"nbf": (now - 10).to_string()}),
+        json!({"exp": null}),
+        json!({"nbf": null}),
+    ] {
+        assert_invalid(&app, &sign(current(), &user_claims(overrides))).await;
+    }
+    assert_eq!(app.mint_count().await, 0);
+}
+
+async fn audience_and_issuer_must_be_ours_and_match_the_tenant(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_with_entra(backend, &fake).await;
+    let other = "11111111-2222-4333-8444-555555555555";
+    for overrides in [
+        json!({"aud": "https://graph.microsoft.com"}),
+        json!({"aud": "00000003-0000-0000-c000-000000000000"}),
+        json!({"aud": "api://someone-else"}),
+        json!({"iss": format!("https://login.microsoftonline.com/{other}/v2.0")}),
+        json!({"tid": other}),
+        json!({"iss": format!("https://login.microsoftonline.com/{TID}/v2.0/")}),
+        json!({"iss": "https://login.microsoftonline.com/common/v2.0", "tid": "common"}),
+        json!({"iss": format!("https://login.microsoftonline.com/{{{TID}}}/v2.0"), "tid": format!("{{{TID}}}")}),
+        json!({"iss": [format!("https://login.microsoftonline.com/{TID}/v2.0")]}),
+        json!({"iss": null}),
+        json!({"oid": null}),
+    ] {
+        assert_invalid(&app, &sign(current(), &user_claims(overrides))).await;
+    }
+    assert_eq!(app.mint_count().await, 0);
+}
+
+async fn forged_and_confused_signatures_are_refused(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_with_entra(backend, &fake).await;
+    let claims = user_claims(json!({}));
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+
+    // alg: none, with and without a signature part.
+    let none = json!({"alg": "none", "typ": "JWT", "kid": current().kid});
+    assert_invalid(&app, &format!("{}.{}.", b64(&none), b64(&claims))).await;
+
+    // HS256 keyed with the RSA public key (the classic RS/HS confusion).
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(current().kid.clone());
+    let confused = encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(current().public_pem.as_bytes()),
+    )
+    .unwrap();
+    assert_invalid(&app, &confused).await;
+
+    // Signed by a key that is not in the JWKS, under its own kid and under the real one.
+    assert_invalid(&app, &sign(attacker(), &claims)).await;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(current().kid.clone());
+    assert_invalid(
+        &app,
+        &encode(&header, &claims, &attacker().encoding).unwrap(),
+    )
+    .await;
+
+    // jku / x5u / jwk headers pointing at the attacker's key are never followed.
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(attacker().kid.clone());
+    header.jku = Some(format!("{}?attacker", fake.url));
+    header.x5u = Some("https://attacker.example/cert.pem".to_owned());
+    header.jwk = Some(serde_json::from_value(attacker().jwk.clone()).unwrap());
+    assert_invalid(
+        &app,
+        &encode(&header, &claims, &attacker().encoding).unwrap(),
+    )
+    .await;
+    header.kid = Some(current().kid.clone());
+    assert_invalid(
+        &app,
+        &encode(&header, &claims, &attacker().encoding).unwrap(),
+    )
+    .await;
+    assert_eq!(app.mint_count().await, 0);
+}
+
+async fn valid_tokens_without_the_right_to_mint_get_403(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_with_entra(backend, &fake).await;
+
+    // App-only: roles, no scp.
+    let app_only =
+        user_claims(json!({"scp": null, "roles": ["Sessions.Mint.All"], "idtyp": "app"}));
+    let response = app.mint(&sign(current(), &app_only), BODY()).await;
+    assert_error(response, StatusCode::FORBIDDEN, "insufficient_scope").await;
+
+    // A user token without the required scope.
+    let response = app
+        .mint(
+            &sign(current(), &user_claims(json!({"scp": "User.Read"}))),
+            BODY(),
+        )
+        .await;
+    let www = response
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_error(response, StatusCode::FORBIDDEN, "insufficient_scope").await;
+    assert!(www.contains("error=\"insufficient_scope\""), "{www}");
+
+    // A directory that maps to no tenant.
+    let stranger = "99999999-8888-4777-8666-555555555555";
+    let claims = user_claims(
+        json!({"tid": stranger, "iss": format!("https://login.microsoftonline.com/{stranger}/v2.0")}),
+    );
+    let response = app.mint(&sign(current(), &claims), BODY()).await;
+    assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+
+    // A dashboard user may not pick another tenant.
+    let token = sign(current(), &user_claims(json!({})));
+    let response = app
+        .mint(
+            &token,
+            json!({"session_id": "s-globex-support", "client_id": "globex"}),
+        )
+        .await;
+    assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+    // Nor reach another tenant's session without it.
+    let response = app.mint(&token, json!({"session_id": "s-globex-1"})).await;
+    assert_error(response, StatusCode::NOT_FOUND, "session_not_found").await;
+    assert_eq!(app.mint_count().await, 0);
+}
+
+async fn a_rolled_key_is_picked_up_after_one_refetch(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_with_entra(backend, &fake).await;
+    app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
+        .await;
+    let before = fake.hits();
+
+    fake.publish(&[current(), rolled()]);
+    app.mint_ok(&sign(rolled(), &user_claims(json!({}))), BODY())
+        .await;
+    assert_eq!(
+        fake.hits(),
+        before + 1,
+        "exactly one refetch for the new kid"
+    );
+    // Both keys keep working, from the cache.
+    app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
+        .await;
+    app.mint_ok(&sign(rolled(), &user_claims(json!({}))), BODY())
+        .await;
+    assert_eq!(fake.hits(), before + 1);
+}
+
+async fn a_flood_of_unknown_kids_causes_at_most_one_fetch(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = Arc::new(spawn_with_entra(backend, &fake).await);
+    fake.wait_for_first_hit().await;
+    app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
+        .await;
+    let before = fake.hits();
+
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let app = Arc::clone(&app);
+        tasks.push(tokio::spawn(async move {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(format!("random-kid-{i}-{}", uuid::Uuid::new_v4()));
+            let token = encode(&header, &user_claims(json!({})), &attacker().encoding).unwrap();
+            app.mint(&token, BODY()).await.status()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    assert!(
+        fake.hits() <= before + 1,
+        "{} fetches for 100 unknown kids",
+        fake.hits() - before
+    );
+    // Valid tokens were never held up.
+    app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
+        .await;
+}
+
+async fn an_unreachable_jwks_at_start_is_503_for_entra_only_until_it_answers(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    fake.set_up(false);
+    let app = spawn_with_entra(backend, &fake).await;
+
+    let token = sign(current(), &user_claims(json!({})));
+    let response = app.mint(&token, BODY()).await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "entra_unavailable",
+    )
+    .await;
+    app.mint_ok(ACME_KEY, BODY()).await;
+
+    fake.set_up(true);
+    app.mint_ok(&token, BODY()).await;
+    assert_eq!(app.mint_count().await, 2);
+}
+
+async fn with_entra_off_every_foreign_jwt_is_401(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_app_with(backend, |c| c.entra.jwks_url = fake.url.clone()).await;
+    assert_invalid(&app, &sign(current(), &user_claims(json!({})))).await;
+    assert_eq!(fake.hits(), 0, "Entra is never called while it is off");
+}
+
+backend_tests!(
+    a_valid_user_token_mints_and_the_record_names_the_user,
+    time_claims_are_required_and_checked,
+    audience_and_issuer_must_be_ours_and_match_the_tenant,
+    forged_and_confused_signatures_are_refused,
+    valid_tokens_without_the_right_to_mint_get_403,
+    a_rolled_key_is_picked_up_after_one_refetch,
+    a_flood_of_unknown_kids_causes_at_most_one_fetch,
+    an_unreachable_jwks_at_start_is_503_for_entra_only_until_it_answers,
+    with_entra_off_every_foreign_jwt_is_401,
+);
