@@ -21,7 +21,8 @@ use crate::{
         SessionTokenVerifier,
     },
     config::Config,
-    http::{health, jwks, middleware, openapi, sessions},
+    http::{health, jwks, middleware, openapi, rate_limit, sessions},
+    ratelimit::{RateLimits, TrustedProxies},
     store::Store,
     tokens::TokenIssuer,
 };
@@ -32,6 +33,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub issuer: Arc<TokenIssuer>,
     pub authenticator: Arc<Authenticator>,
+    pub limits: Arc<RateLimits>,
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl AppState {
@@ -41,6 +44,7 @@ impl AppState {
         store: Arc<dyn Store>,
         issuer: TokenIssuer,
         entra_keys: Option<Arc<dyn EntraKeySource>>,
+        limits: RateLimits,
     ) -> Self {
         let issuer = Arc::new(issuer);
         let entra =
@@ -54,20 +58,26 @@ impl AppState {
             session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
             entra,
         };
+        let trusted_proxies =
+            TrustedProxies::parse(&config.server.trusted_proxies).unwrap_or_default();
         Self {
             config: Arc::new(config),
             store,
             issuer,
             authenticator: Arc::new(authenticator),
+            limits: Arc::new(limits),
+            trusted_proxies: Arc::new(trusted_proxies),
         }
     }
 }
 
 /// Every route, each registered with its OpenAPI documentation, so none goes undocumented.
 fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
-    // Routes that need a caller. The per-principal rate limiter goes after the bearer layer.
+    // Routes that need a caller: bearer authentication (with the failed-auth limit per client
+    // IP), then the per-principal limit. `route_layer` wraps what is there, so the last is outermost.
     let authenticated = OpenApiRouter::new()
         .routes(routes!(sessions::mint_session_token))
+        .route_layer(from_fn_with_state(state.clone(), rate_limit::per_principal))
         .route_layer(from_fn_with_state(state.clone(), auth::require_principal));
 
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -78,7 +88,8 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
 }
 
 /// The router with its layers, outermost first: request id + span + envelope → catch panic →
-/// timeout → body limit → (per route) bearer authentication → handler.
+/// timeout → body limit → (per route) failed-auth limit + bearer authentication →
+/// per-principal rate limit → handler.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);

@@ -45,11 +45,32 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Per-tenant overrides of the per-principal rate limit.
+    #[command(subcommand)]
+    RateLimit(RateLimitCommand),
     /// Exit 0 when the local server's /public-api/health answers 200 (for container health checks).
     Healthcheck,
     /// Work with minted tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RateLimitCommand {
+    /// Give every principal of a tenant its own quota (replicas pick it up within 30 s).
+    Set {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        per_minute: u32,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        burst: u32,
+    },
+    /// Return a tenant to the configured default.
+    Clear {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +118,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Seed { file } => seed(&config, file).await,
         Command::ApiKey(command) => api_key_command(&config, command).await,
+        Command::RateLimit(command) => rate_limit_command(&config, command).await,
         Command::Healthcheck => healthcheck(&config).await,
         Command::Token(TokenCommand::Decode { token }) => decode_token(token),
     }
@@ -277,6 +299,29 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
             }
         },
     }
+}
+
+async fn rate_limit_command(
+    config: &Config,
+    command: RateLimitCommand,
+) -> anyhow::Result<ExitCode> {
+    let store = connect(config).await?;
+    let (tenant, limit) = match command {
+        RateLimitCommand::Set {
+            tenant,
+            per_minute,
+            burst,
+        } => (tenant, Some((per_minute, burst))),
+        RateLimitCommand::Clear { tenant } => (tenant, None),
+    };
+    if !store.set_tenant_rate_limit(&tenant, limit).await? {
+        bail!("no tenant {tenant:?}");
+    }
+    match limit {
+        Some((per_minute, burst)) => println!("tenant {tenant}: {per_minute}/min, burst {burst}"),
+        None => println!("tenant {tenant}: the configured default"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn decode_token(token: Option<String>) -> anyhow::Result<ExitCode> {

@@ -57,6 +57,16 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "NEO_ENTRA_HTTP_TIMEOUT_SECONDS",
         "entra.http_timeout_seconds",
     ),
+    ("NEO_RATE_LIMIT_PER_MINUTE", "rate_limit.per_minute"),
+    ("NEO_RATE_LIMIT_BURST", "rate_limit.burst"),
+    (
+        "NEO_AUTH_FAILURE_PER_MINUTE",
+        "rate_limit.auth_failure_per_minute",
+    ),
+    ("NEO_AUTH_FAILURE_BURST", "rate_limit.auth_failure_burst"),
+    ("NEO_RATE_LIMIT_REDIS_URL", "rate_limit.redis_url"),
+    ("NEO_RATE_LIMIT_REDIS_PREFIX", "rate_limit.redis_prefix"),
+    ("NEO_TRUSTED_PROXIES", "server.trusted_proxies"),
     ("NEO_LOG_FORMAT", "log.format"),
     ("NEO_LOG_FILTER", "log.filter"),
 ];
@@ -71,6 +81,7 @@ pub struct Config {
     pub token: TokenConfig,
     pub signing: SigningConfig,
     pub entra: EntraConfig,
+    pub rate_limit: RateLimitConfig,
     pub log: LogConfig,
 }
 
@@ -82,6 +93,8 @@ pub struct ServerConfig {
     pub migrate_on_start: bool,
     pub request_timeout_seconds: u64,
     pub body_limit_bytes: usize,
+    /// Comma-separated IPs/CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: String,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +104,7 @@ impl Default for ServerConfig {
             migrate_on_start: true,
             request_timeout_seconds: 10,
             body_limit_bytes: 64 * 1024,
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -219,6 +233,59 @@ pub struct SigningConfig {
     /// PKCS#8 PEM private key. Without it a key is generated once in the data directory.
     pub key_file: Option<PathBuf>,
     pub algorithm: SigningAlgorithm,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Per principal (API key, Entra user): sustained rate and burst.
+    pub per_minute: u32,
+    pub burst: u32,
+    /// Failed authentications per client IP.
+    pub auth_failure_per_minute: u32,
+    pub auth_failure_burst: u32,
+    /// Shared buckets for several replicas; in-memory buckets when unset or unreachable.
+    pub redis_url: Option<SecretString>,
+    /// Prefix of the Redis keys (one per deployment sharing a Redis).
+    pub redis_prefix: String,
+    /// A Redis call slower than this counts as a failure (the request uses memory instead).
+    pub redis_timeout_ms: u64,
+    /// How long a per-tenant override read from the database is reused.
+    pub override_cache_seconds: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_minute: 600,
+            burst: 60,
+            auth_failure_per_minute: 30,
+            auth_failure_burst: 10,
+            redis_url: None,
+            redis_prefix: "neo-sessions:rl:".to_owned(),
+            redis_timeout_ms: 100,
+            override_cache_seconds: 30,
+        }
+    }
+}
+
+impl fmt::Debug for RateLimitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitConfig")
+            .field("per_minute", &self.per_minute)
+            .field("burst", &self.burst)
+            .field("auth_failure_per_minute", &self.auth_failure_per_minute)
+            .field("auth_failure_burst", &self.auth_failure_burst)
+            .field(
+                "redis_url",
+                &self
+                    .redis_url
+                    .as_ref()
+                    .map(|url| redact_url(url.expose_secret())),
+            )
+            .field("redis_prefix", &self.redis_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Microsoft Entra ID login for dashboard users; off while `audience` is unset.
@@ -400,6 +467,33 @@ impl Config {
                 "server.request_timeout_seconds",
                 "must be at least 1",
             ));
+        }
+        let limits = &self.rate_limit;
+        for (key, value) in [
+            ("rate_limit.per_minute", limits.per_minute),
+            ("rate_limit.burst", limits.burst),
+            (
+                "rate_limit.auth_failure_per_minute",
+                limits.auth_failure_per_minute,
+            ),
+            ("rate_limit.auth_failure_burst", limits.auth_failure_burst),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if let Some(url) = &limits.redis_url {
+            let url = url.expose_secret();
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(invalid(
+                    "rate_limit.redis_url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+        }
+        if let Err(message) = crate::ratelimit::TrustedProxies::parse(&self.server.trusted_proxies)
+        {
+            return Err(invalid("server.trusted_proxies", &message));
         }
         let entra = &self.entra;
         if entra.enabled() {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod ratelimit;
 pub mod seed;
 pub mod store;
 pub mod telemetry;
@@ -19,6 +20,7 @@ use crate::{
     app::AppState,
     auth::entra::{EntraKeySource, JwksCache},
     config::Config,
+    ratelimit::RateLimits,
     tokens::{SigningKey, TokenIssuer},
 };
 
@@ -36,7 +38,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     } else {
         None
     };
-    Ok(AppState::new(config, store, issuer, entra_keys))
+    let limits = RateLimits::new(&config.rate_limit, Arc::clone(&store))
+        .context("invalid rate_limit.redis_url")?;
+    Ok(AppState::new(config, store, issuer, entra_keys, limits))
 }
 
 /// Connects to the configured database. With `server.migrate_on_start` (the default) it first
@@ -75,8 +79,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = app::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")
+    // The peer address feeds the per-IP limit on failed authentications.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("server error")
 }

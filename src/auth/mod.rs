@@ -6,9 +6,11 @@ pub mod entra;
 pub mod own_token;
 pub mod principal;
 
+use std::net::SocketAddr;
+
 use axum::{
-    extract::{Request, State},
-    http::{header::AUTHORIZATION, HeaderMap},
+    extract::{ConnectInfo, Request, State},
+    http::{header::AUTHORIZATION, HeaderMap, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -19,7 +21,7 @@ pub use entra::EntraVerifier;
 pub use own_token::SessionTokenVerifier;
 pub use principal::{MintingPrincipal, Principal};
 
-use crate::{app::AppState, http::error::ApiError};
+use crate::{app::AppState, http::error::ApiError, ratelimit::Decision};
 
 pub struct Authenticator {
     pub api_keys: ApiKeyVerifier,
@@ -88,11 +90,22 @@ fn bearer_credential(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// The tower layer (via `from_fn_with_state`) that puts the [`Principal`] into the request.
+/// A client over its failed-authentication budget is refused before its credential is looked
+/// up; each failed authentication takes from that budget, a successful one does not.
 pub async fn require_principal(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let client_ip = state.trusted_proxies.client_ip(peer, request.headers());
+    if let Some(retry_after) = state.limits.auth_failures_exhausted(&client_ip).await {
+        return ApiError::RateLimited { retry_after }.into_response();
+    }
     match state.authenticator.authenticate(request.headers()).await {
         Ok(principal) => {
             let span = tracing::Span::current();
@@ -101,6 +114,14 @@ pub async fn require_principal(
             span.record("tenant", principal.tenant_id());
             request.extensions_mut().insert(principal);
             next.run(request).await
+        }
+        Err(error) if error.status() == StatusCode::UNAUTHORIZED => {
+            match state.limits.record_auth_failure(&client_ip).await {
+                Decision::Limited { retry_after } => {
+                    ApiError::RateLimited { retry_after }.into_response()
+                }
+                Decision::Allowed { .. } => error.into_response(),
+            }
         }
         Err(error) => error.into_response(),
     }

@@ -39,6 +39,8 @@ pub enum ApiError {
     InvalidEndCompany,
     #[error("unknown agents")]
     InvalidAgentIds(Vec<i64>),
+    #[error("rate limited")]
+    RateLimited { retry_after: std::time::Duration },
     #[error("Entra ID signing keys unavailable")]
     EntraUnavailable,
     #[error("database unavailable: {0}")]
@@ -116,6 +118,7 @@ impl ApiError {
             Self::Validation(_) | Self::InvalidEndCompany | Self::InvalidAgentIds(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable(_) | Self::EntraUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -180,6 +183,11 @@ impl ApiError {
                 "allowed_agent_ids names agents that are not the target tenant's.".into(),
                 Some(json!({ "unknown_agent_ids": ids })),
             ),
+            Self::RateLimited { retry_after } => (
+                "rate_limited",
+                "Too many requests; retry after the number of seconds in Retry-After.".into(),
+                Some(json!({ "retry_after_seconds": crate::ratelimit::whole_seconds(*retry_after) })),
+            ),
             Self::EntraUnavailable => (
                 "entra_unavailable",
                 "Microsoft Entra ID signing keys cannot be fetched right now; retry shortly. API keys are unaffected.".into(),
@@ -239,6 +247,12 @@ impl IntoResponse for ApiError {
         let mut response = status.into_response();
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().insert(WWW_AUTHENTICATE, value);
+        }
+        if let Self::RateLimited { retry_after } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(crate::ratelimit::whole_seconds(*retry_after)),
+            );
         }
         response.extensions_mut().insert(self.report());
         response

@@ -8,4 +8,5 @@ pub mod health;
 pub mod jwks;
 pub mod middleware;
 pub mod openapi;
+pub mod rate_limit;
 pub mod sessions;

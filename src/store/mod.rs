@@ -169,6 +169,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
 
+    /// A tenant's rate-limit override: `(per_minute, burst)`.
+    async fn tenant_rate_limit(&self, tenant_id: &str) -> StoreResult<Option<(u32, u32)>>;
+
+    /// Sets (`Some`) or removes (`None`) a tenant's override; false for an unknown tenant.
+    async fn set_tenant_rate_limit(
+        &self,
+        tenant_id: &str,
+        limit: Option<(u32, u32)>,
+    ) -> StoreResult<bool>;
+
     async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>>;
 
     /// Returns `None` for an unknown key, else whether this call revoked it (false: already revoked).

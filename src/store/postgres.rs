@@ -141,6 +141,50 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn tenant_rate_limit(&self, tenant_id: &str) -> StoreResult<Option<(u32, u32)>> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT per_minute, burst FROM tenant_rate_limits WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(per_minute, burst)| {
+            (
+                u32::try_from(per_minute).unwrap_or(u32::MAX),
+                u32::try_from(burst).unwrap_or(u32::MAX),
+            )
+        }))
+    }
+
+    async fn set_tenant_rate_limit(
+        &self,
+        tenant_id: &str,
+        limit: Option<(u32, u32)>,
+    ) -> StoreResult<bool> {
+        if self.find_tenant(tenant_id).await?.is_none() {
+            return Ok(false);
+        }
+        match limit {
+            Some((per_minute, burst)) => {
+                sqlx::query(
+                    "INSERT INTO tenant_rate_limits (tenant_id, per_minute, burst) VALUES ($1, $2, $3)
+                     ON CONFLICT (tenant_id) DO UPDATE SET per_minute = excluded.per_minute, burst = excluded.burst",
+                )
+                .bind(tenant_id)
+                .bind(i64::from(per_minute))
+                .bind(i64::from(burst))
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM tenant_rate_limits WHERE tenant_id = $1")
+                    .bind(tenant_id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(true)
+    }
+
     async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>> {
         sqlx::query_as(
             "SELECT id, tenant_id, name, created_at, last_used_at, revoked_at

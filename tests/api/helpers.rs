@@ -183,6 +183,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub config: Config,
+    /// The running app's state (e.g. to read the rate limiter's size).
+    pub state: neo_sessions::app::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     // Field order matters: the server stops before its database is dropped.
     pub db: TestDatabase,
@@ -225,6 +227,11 @@ pub async fn spawn_app_on_with(db: TestDatabase, customize: impl FnOnce(&mut Con
     config.database.max_connections = 5;
     config.data.dir = data_dir.path().join("data");
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    // Rate limits out of the way of tests that are not about them (those set their own).
+    config.rate_limit.per_minute = 1_000_000;
+    config.rate_limit.burst = 100_000;
+    config.rate_limit.auth_failure_per_minute = 1_000_000;
+    config.rate_limit.auth_failure_burst = 100_000;
     customize(&mut config);
 
     let state = neo_sessions::build_state(config.clone())
@@ -233,7 +240,7 @@ pub async fn spawn_app_on_with(db: TestDatabase, customize: impl FnOnce(&mut Con
     let listener = TcpListener::bind(config.server.listen).await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("local addr"));
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(neo_sessions::serve(state, listener, async {
+    tokio::spawn(neo_sessions::serve(state.clone(), listener, async {
         let _ = rx.await;
     }));
 
@@ -244,6 +251,7 @@ pub async fn spawn_app_on_with(db: TestDatabase, customize: impl FnOnce(&mut Con
             .build()
             .expect("client"),
         config,
+        state,
         shutdown: Some(tx),
         db,
         _data_dir: data_dir,

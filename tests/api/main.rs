@@ -29,4 +29,5 @@ mod hostile;
 mod logging;
 mod mint;
 mod openapi;
+mod rate_limit;
 mod schema;

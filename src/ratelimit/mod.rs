@@ -1,0 +1,247 @@
+//! Rate limits: per principal (after authentication) and per client IP for failed
+//! authentications (before the credential is looked up). GCRA buckets in one of two backends
+//! behind [`LimitBackend`]: in memory (governor), or Redis so that replicas share one budget.
+//! When Redis is unreachable the in-memory buckets answer until it is back.
+
+mod client_ip;
+mod memory;
+mod redis;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+
+pub use client_ip::{ClientIp, TrustedProxies};
+pub use memory::MemoryLimits;
+pub use redis::RedisLimits;
+
+use crate::{
+    auth::Principal,
+    config::RateLimitConfig,
+    store::{Store, StoreResult},
+};
+
+/// A GCRA quota: a sustained rate and a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Quota {
+    /// The time one request "costs": 60 s / per_minute.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(60) / self.per_minute.max(1)
+    }
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// `remaining` requests could follow at once; the bucket is full again after `reset`.
+    Allowed {
+        remaining: u32,
+        reset: Duration,
+    },
+    Limited {
+        retry_after: Duration,
+    },
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Self::Allowed { .. })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rate-limit backend unavailable: {0}")]
+pub struct BackendError(pub String);
+
+#[async_trait]
+pub trait LimitBackend: Send + Sync {
+    /// Takes one request from `key`'s bucket.
+    async fn acquire(&self, key: &str, quota: Quota) -> Result<Decision, BackendError>;
+    /// Whether `key`'s bucket is exhausted right now, without taking anything from it.
+    async fn peek(&self, key: &str, quota: Quota) -> Result<Decision, BackendError>;
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Acquire,
+    Peek,
+}
+
+impl Op {
+    async fn run(
+        self,
+        backend: &dyn LimitBackend,
+        key: &str,
+        quota: Quota,
+    ) -> Result<Decision, BackendError> {
+        match self {
+            Self::Acquire => backend.acquire(key, quota).await,
+            Self::Peek => backend.peek(key, quota).await,
+        }
+    }
+}
+
+/// The rate limits of one process: configured quotas, per-tenant overrides, the backends.
+pub struct RateLimits {
+    principal_quota: Quota,
+    auth_failure_quota: Quota,
+    memory: Arc<MemoryLimits>,
+    redis: Option<RedisLimits>,
+    /// Whether the last Redis call failed (so transitions are logged once each way).
+    redis_down: AtomicBool,
+    overrides: TenantQuotas,
+}
+
+impl RateLimits {
+    pub fn new(config: &RateLimitConfig, store: Arc<dyn Store>) -> Result<Self, BackendError> {
+        let redis = match &config.redis_url {
+            Some(url) => Some(RedisLimits::new(
+                secrecy::ExposeSecret::expose_secret(url),
+                &config.redis_prefix,
+                Duration::from_millis(config.redis_timeout_ms),
+            )?),
+            None => None,
+        };
+        let memory = Arc::new(MemoryLimits::new());
+        MemoryLimits::spawn_sweeper(&memory, Duration::from_secs(30));
+        Ok(Self {
+            principal_quota: Quota {
+                per_minute: config.per_minute,
+                burst: config.burst,
+            },
+            auth_failure_quota: Quota {
+                per_minute: config.auth_failure_per_minute,
+                burst: config.auth_failure_burst,
+            },
+            memory,
+            redis,
+            redis_down: AtomicBool::new(false),
+            overrides: TenantQuotas::new(store, Duration::from_secs(config.override_cache_seconds)),
+        })
+    }
+
+    /// The in-memory backend (for its size, and for sweeping in tests).
+    pub fn memory(&self) -> &MemoryLimits {
+        &self.memory
+    }
+
+    /// Redis when configured and reachable, else this process's memory.
+    async fn call(&self, op: Op, key: &str, quota: Quota) -> Decision {
+        if let Some(redis) = self.redis.as_ref().filter(|r| r.available()) {
+            match op.run(redis, key, quota).await {
+                Ok(decision) => {
+                    if self.redis_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            "Redis answers again; rate limits are shared across replicas"
+                        );
+                    }
+                    return decision;
+                }
+                Err(error) => {
+                    redis.back_off();
+                    if !self.redis_down.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%error, "Redis unreachable; rate limits fall back to this process's memory");
+                    }
+                }
+            }
+        }
+        // The in-memory backend does not fail; if it ever did, fail open rather than lock out.
+        op.run(self.memory.as_ref(), key, quota)
+            .await
+            .unwrap_or(Decision::Allowed {
+                remaining: 0,
+                reset: Duration::ZERO,
+            })
+    }
+
+    /// The quota of `principal`: its tenant's override, else the configured one.
+    pub async fn quota_for(&self, principal: &Principal) -> Quota {
+        match self.overrides.get(principal.tenant_id()).await {
+            Ok(Some(quota)) => quota,
+            Ok(None) => self.principal_quota,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the tenant's rate-limit override; using the default");
+                self.principal_quota
+            }
+        }
+    }
+
+    /// Takes one request from the principal's bucket.
+    pub async fn acquire_for_principal(&self, principal: &Principal, quota: Quota) -> Decision {
+        let key = format!("p:{}:{}", principal.kind(), principal.id());
+        self.call(Op::Acquire, &key, quota).await
+    }
+
+    /// Before a credential is looked up: is this client over its failed-authentication budget?
+    pub async fn auth_failures_exhausted(&self, ip: &ClientIp) -> Option<Duration> {
+        let key = format!("ip:{ip}");
+        match self.call(Op::Peek, &key, self.auth_failure_quota).await {
+            Decision::Limited { retry_after } => Some(retry_after),
+            Decision::Allowed { .. } => None,
+        }
+    }
+
+    /// After a failed authentication: takes one from the client's failure budget.
+    pub async fn record_auth_failure(&self, ip: &ClientIp) -> Decision {
+        let key = format!("ip:{ip}");
+        self.call(Op::Acquire, &key, self.auth_failure_quota).await
+    }
+
+    pub fn principal_quota(&self) -> Quota {
+        self.principal_quota
+    }
+}
+
+/// Per-tenant quota overrides from the database, cached briefly so a mint costs no extra query.
+struct TenantQuotas {
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Option<Quota>, Instant)>>,
+}
+
+impl TenantQuotas {
+    fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get(&self, tenant_id: &str) -> StoreResult<Option<Quota>> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((quota, at)) = cache.get(tenant_id) {
+                if at.elapsed() < self.ttl {
+                    return Ok(*quota);
+                }
+            }
+        }
+        let quota = self
+            .store
+            .tenant_rate_limit(tenant_id)
+            .await?
+            .map(|(per_minute, burst)| Quota { per_minute, burst });
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the number of tenants that authenticated.
+        cache.insert(tenant_id.to_owned(), (quota, Instant::now()));
+        Ok(quota)
+    }
+}
+
+/// Whole seconds, rounded up, at least 1 (for `Retry-After`).
+pub fn whole_seconds(duration: Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
+}

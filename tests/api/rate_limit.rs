@@ -1,0 +1,404 @@
+//! Rate limits from the outside: per principal (with per-tenant overrides), per client IP for
+//! failed authentications, shared through a real Redis, and falling back to memory without it.
+
+use std::{
+    net::TcpListener as StdListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{assert_error, spawn_app_with, Backend, ACME_KEY, GLOBEX_KEY};
+
+fn redis_url() -> String {
+    std::env::var("NEO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix of its own, so tests sharing the machine's Redis never share buckets.
+fn unique_prefix() -> String {
+    format!("neo-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+const BODY: fn() -> serde_json::Value = || json!({"session_id": "s-acme-1"});
+const UNKNOWN_KEY: &str = "neo_sk_test_UnknownUnknownUnknown00";
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn principal_limit_gives_429_with_retry_after_and_the_budget_comes_back(backend: Backend) {
+    // 600/min: one request per 100 ms comes back; a burst of 2.
+    let app = spawn_app_with(backend, |c| {
+        c.rate_limit.per_minute = 600;
+        c.rate_limit.burst = 2;
+    })
+    .await;
+    for remaining in [1, 0] {
+        let response = app.mint(ACME_KEY, BODY()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "ratelimit-policy").as_deref(),
+            Some("\"per-principal\";q=600;w=60;burst=2")
+        );
+        let current = header(&response, "ratelimit").unwrap();
+        assert!(
+            current.starts_with(&format!("\"per-principal\";r={remaining};t=")),
+            "{current}"
+        );
+    }
+    let response = app.mint(ACME_KEY, BODY()).await;
+    let retry_after: u64 = header(&response, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert_eq!(retry_after, 1, "100 ms rounds up to one whole second");
+    assert!(header(&response, "ratelimit").unwrap().contains("r=0"));
+    let body = assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(body["error"]["details"]["retry_after_seconds"], 1);
+    assert_eq!(
+        app.mint_count().await,
+        2,
+        "a refused request records nothing"
+    );
+
+    // Another principal has its own budget.
+    let response = app
+        .mint(GLOBEX_KEY, json!({"session_id": "s-globex-1"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Waiting what Retry-After said is enough.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let response = app.mint(ACME_KEY, BODY()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+async fn a_tenant_override_replaces_the_default(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.rate_limit.per_minute = 1;
+        c.rate_limit.burst = 3;
+    })
+    .await;
+    assert!(app
+        .state
+        .store
+        .set_tenant_rate_limit("globex", Some((1, 1)))
+        .await
+        .unwrap());
+    assert!(!app
+        .state
+        .store
+        .set_tenant_rate_limit("nope", Some((1, 1)))
+        .await
+        .unwrap());
+
+    let globex = json!({"session_id": "s-globex-1"});
+    assert_eq!(
+        app.mint(GLOBEX_KEY, globex.clone()).await.status(),
+        StatusCode::OK
+    );
+    let response = app.mint(GLOBEX_KEY, globex).await;
+    assert_eq!(
+        header(&response, "ratelimit-policy").as_deref(),
+        Some("\"per-principal\";q=1;w=60;burst=1")
+    );
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    for _ in 0..3 {
+        assert_eq!(app.mint(ACME_KEY, BODY()).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        app.mint(ACME_KEY, BODY()).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+fn tight_failure_budget(c: &mut neo_sessions::config::Config) {
+    c.rate_limit.auth_failure_per_minute = 1;
+    c.rate_limit.auth_failure_burst = 3;
+}
+
+async fn failed_authentications_are_limited_per_ip_before_any_lookup(backend: Backend) {
+    let app = spawn_app_with(backend, tight_failure_budget).await;
+    // Successful calls take nothing from the failure budget.
+    for _ in 0..5 {
+        assert_eq!(app.mint(ACME_KEY, BODY()).await.status(), StatusCode::OK);
+    }
+    for _ in 0..3 {
+        let response = app.mint(UNKNOWN_KEY, BODY()).await;
+        assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    }
+    let response = app.mint(UNKNOWN_KEY, BODY()).await;
+    assert!(header(&response, "retry-after").is_some());
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    // With the key table gone, a lookup would be a 500: a 429 proves none happens, even for a
+    // valid key, while the client is over its budget.
+    sqlx::query("ALTER TABLE api_keys RENAME TO api_keys_gone")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    for key in [UNKNOWN_KEY, ACME_KEY, "garbage"] {
+        let response = app.mint(key, BODY()).await;
+        assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    }
+}
+
+async fn a_spoofed_forwarded_for_gets_no_fresh_bucket(backend: Backend) {
+    let app = spawn_app_with(backend, tight_failure_budget).await;
+    let attempt = |xff: String| {
+        app.client
+            .post(app.url("/public-api/sessions"))
+            .bearer_auth(UNKNOWN_KEY)
+            .header("x-forwarded-for", xff)
+            .json(&BODY())
+            .send()
+    };
+    for i in 0..4 {
+        attempt(format!("198.51.100.{i}")).await.unwrap();
+    }
+    for i in 10..20 {
+        let response = attempt(format!("198.51.100.{i}")).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "X-Forwarded-For from an untrusted peer is ignored"
+        );
+    }
+
+    // Behind a trusted proxy (here: loopback) the forwarded client is what counts.
+    let proxied = spawn_app_with(backend, |c| {
+        tight_failure_budget(c);
+        c.server.trusted_proxies = "127.0.0.1/32, ::1".to_owned();
+    })
+    .await;
+    let send = |xff: &'static str| {
+        proxied
+            .client
+            .post(proxied.url("/public-api/sessions"))
+            .bearer_auth(UNKNOWN_KEY)
+            .header("x-forwarded-for", xff)
+            .json(&BODY())
+            .send()
+    };
+    for _ in 0..4 {
+        send("203.0.113.5").await.unwrap();
+    }
+    assert_eq!(
+        send("203.0.113.5").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        send("203.0.113.6").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // A client cannot escape by prepending hops: the nearest untrusted hop is the client.
+    assert_eq!(
+        send("192.0.2.1, 203.0.113.5").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+async fn two_replicas_sharing_redis_enforce_one_budget(backend: Backend) {
+    let prefix = unique_prefix();
+    let configure = |c: &mut neo_sessions::config::Config| {
+        c.rate_limit.per_minute = 1;
+        c.rate_limit.burst = 5;
+        tight_failure_budget(c);
+        c.rate_limit.redis_url = Some(redis_url().into());
+        c.rate_limit.redis_prefix = prefix.clone();
+    };
+    let first = spawn_app_with(backend, configure).await;
+    let second = spawn_app_with(backend, configure).await;
+    let mut ok = 0;
+    for i in 0..12 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        match app.mint(ACME_KEY, BODY()).await.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 5, "one budget of 5 between both replicas, not 5 each");
+
+    // The failed-authentication budget of a client is shared too: 3 failures in all, then the
+    // other replica refuses before looking anything up.
+    for app in [&first, &second, &first] {
+        let response = app.mint(UNKNOWN_KEY, BODY()).await;
+        assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    }
+    let response = second.mint(UNKNOWN_KEY, BODY()).await;
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let response = first
+        .mint(GLOBEX_KEY, json!({"session_id": "s-globex-1"}))
+        .await;
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
+/// A `redis-server` of the test's own, on a free port, that the test may stop and start.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (see README: the machine's Redis packages)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn without_redis_requests_are_still_answered_and_limited_in_memory() {
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Postgres, |c| {
+        c.rate_limit.per_minute = 1;
+        c.rate_limit.burst = 3;
+        c.rate_limit.redis_url = Some(url.into());
+        c.rate_limit.redis_prefix = unique_prefix();
+    })
+    .await;
+    // On Redis: the budget of 3 is spent there.
+    for _ in 0..3 {
+        assert_eq!(app.mint(ACME_KEY, BODY()).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        app.mint(ACME_KEY, BODY()).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Redis gone: still answered (no 5xx), with this process's own budget of 3.
+    redis.stop();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(app.mint(ACME_KEY, BODY()).await.status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+
+    // Redis back (empty: it keeps nothing on disk): after the one-second back-off the service
+    // uses it again, whose fresh bucket admits what the spent in-memory one would not.
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut back = false;
+    for _ in 0..40 {
+        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the service returns to Redis when it is back");
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_failing_keys_leaves_the_limiter_small() {
+    let app = Arc::new(
+        spawn_app_with(Backend::Postgres, |c| {
+            c.rate_limit.auth_failure_per_minute = 30;
+            c.rate_limit.auth_failure_burst = 10;
+        })
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let app = Arc::clone(&app);
+        tasks.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for i in 0..6_250 {
+                let key = format!("neo_sk_test_{worker:04}x{i:019}");
+                if app.mint(&key, BODY()).await.status() == StatusCode::TOO_MANY_REQUESTS {
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for task in tasks {
+        refused += task.await.unwrap();
+    }
+    assert!(refused >= 100_000 - 20, "{refused} of 100000 refused");
+    // Buckets are never keyed on an unverified credential: one client, one bucket (plus its
+    // exhaustion mark), however many keys it tries.
+    let tracked = app.state.limits.memory().tracked_keys();
+    assert!(
+        tracked <= 2,
+        "{tracked} keys tracked after 100000 distinct failing keys"
+    );
+}
+
+backend_tests!(
+    principal_limit_gives_429_with_retry_after_and_the_budget_comes_back,
+    a_tenant_override_replaces_the_default,
+    failed_authentications_are_limited_per_ip_before_any_lookup,
+    a_spoofed_forwarded_for_gets_no_fresh_bucket,
+    two_replicas_sharing_redis_enforce_one_budget,
+);
