@@ -54,6 +54,7 @@ impl AppState {
                 Arc::clone(&store),
                 config.api_key.env.clone(),
                 Duration::from_secs(config.api_key.last_used_resolution_seconds),
+                Duration::from_secs(config.api_key.cache_seconds),
             ),
             session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
             entra,
@@ -82,6 +83,7 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
 
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::health))
+        .routes(routes!(health::live))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(jwks::jwks))
         .merge(authenticated)

@@ -34,6 +34,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("NEO_BODY_LIMIT_BYTES", "server.body_limit_bytes"),
     ("NEO_API_KEY_ENV", "api_key.env"),
+    ("NEO_API_KEY_CACHE_SECONDS", "api_key.cache_seconds"),
     ("NEO_TOKEN_ISSUER", "token.issuer"),
     ("NEO_TOKEN_AUDIENCE", "token.audience"),
     ("NEO_TOKEN_DEFAULT_TTL", "token.default_ttl"),
@@ -173,6 +174,9 @@ pub struct ApiKeyConfig {
     pub env: String,
     /// `last_used_at` is written at most once per key per this many seconds.
     pub last_used_resolution_seconds: u64,
+    /// A key looked up by its hash is reused for this long: a revoked key is refused by every
+    /// replica at most this many seconds later. 0 looks every request up.
+    pub cache_seconds: u64,
 }
 
 impl Default for ApiKeyConfig {
@@ -180,6 +184,7 @@ impl Default for ApiKeyConfig {
         Self {
             env: "test".to_owned(),
             last_used_resolution_seconds: 60,
+            cache_seconds: 5,
         }
     }
 }

@@ -13,7 +13,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Principal;
-use crate::{http::error::ApiError, store::Store};
+use crate::{
+    cache::TtlCache,
+    http::error::ApiError,
+    store::{ApiKeyRow, Store},
+};
 
 pub const PREFIX: &str = "neo_sk_";
 const SECRET_LEN: usize = 32;
@@ -72,15 +76,36 @@ pub struct ApiKeyVerifier {
     store: Arc<dyn Store>,
     env: String,
     last_used: LastUsed,
+    /// Keys found by hash. Only keys that exist go in (made-up keys cannot grow it), so it is
+    /// bounded by the number of keys in the database.
+    cache: TtlCache<[u8; 32], ApiKeyRow>,
 }
 
 impl ApiKeyVerifier {
-    pub fn new(store: Arc<dyn Store>, env: String, last_used_resolution: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        env: String,
+        last_used_resolution: Duration,
+        cache_ttl: Duration,
+    ) -> Self {
         Self {
             store,
             env,
             last_used: LastUsed::new(last_used_resolution),
+            cache: TtlCache::new(cache_ttl),
         }
+    }
+
+    /// The key row for `digest`: from the cache while it is fresh, else from the store.
+    async fn find(&self, digest: &[u8; 32]) -> Result<Option<ApiKeyRow>, ApiError> {
+        if let Some(row) = self.cache.get(digest) {
+            return Ok(Some(row));
+        }
+        let row = self.store.find_api_key_by_hash(digest).await?;
+        if let Some(row) = &row {
+            self.cache.insert(*digest, row.clone());
+        }
+        Ok(row)
     }
 
     pub async fn verify(&self, raw: &str) -> Result<Principal, ApiError> {
@@ -95,7 +120,7 @@ impl ApiKeyVerifier {
             });
         }
         let digest = hash(raw);
-        let Some(row) = self.store.find_api_key_by_hash(&digest).await? else {
+        let Some(row) = self.find(&digest).await? else {
             return Err(ApiError::InvalidCredentials {
                 reason: "unknown API key",
             });

@@ -13,7 +13,7 @@ use jsonwebtoken::{decode, jwk::JwkSet, Algorithm, DecodingKey, Header, Validati
 use serde::Deserialize;
 
 use super::Principal;
-use crate::{config::EntraConfig, http::error::ApiError, store::Store};
+use crate::{cache::TtlCache, config::EntraConfig, http::error::ApiError, store::Store};
 
 /// A JWKS larger than this is refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -244,6 +244,18 @@ pub struct EntraVerifier {
     validation: Validation,
     required_scope: Option<String>,
     store: Arc<dyn Store>,
+    /// `tid` → tenant id (or none), briefly: only `tid`s of validly signed tokens get here.
+    directories: TtlCache<String, Option<String>>,
+}
+
+/// How long a directory → tenant mapping read from the database is reused.
+const DIRECTORY_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// A validly signed Entra user token that may mint: who it is, before tenant mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraIdentity {
+    pub tid: String,
+    pub oid: String,
 }
 
 impl EntraVerifier {
@@ -261,10 +273,39 @@ impl EntraVerifier {
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             store,
+            directories: TtlCache::new(DIRECTORY_CACHE_TTL),
         }
     }
 
+    /// Validates the token and maps its directory to our tenant.
     pub async fn verify(&self, token: &str, header: &Header) -> Result<Principal, ApiError> {
+        let EntraIdentity { tid, oid } = self.validate(token, header).await?;
+        let tenant_id = match self.directories.get(&tid) {
+            Some(tenant_id) => tenant_id,
+            None => {
+                let tenant_id = self
+                    .store
+                    .find_tenant_by_entra_id(&tid)
+                    .await?
+                    .map(|t| t.id);
+                self.directories.insert(tid.clone(), tenant_id.clone());
+                tenant_id
+            }
+        };
+        let Some(tenant_id) = tenant_id else {
+            return Err(ApiError::Forbidden(
+                "This Microsoft Entra directory is not registered with any tenant.",
+            ));
+        };
+        Ok(Principal::DashboardUser {
+            tenant_id,
+            tid,
+            oid,
+        })
+    }
+
+    /// Signature and claims (401s), then the right to mint (403s). No database access.
+    pub async fn validate(&self, token: &str, header: &Header) -> Result<EntraIdentity, ApiError> {
         let invalid = |reason| ApiError::InvalidCredentials { reason };
         // RS256 only: never none, never HS* (which would make Entra's public key a shared secret).
         if header.alg != Algorithm::RS256 {
@@ -303,16 +344,7 @@ impl EntraVerifier {
                 return Err(ApiError::InsufficientScope);
             }
         }
-        let Some(tenant) = self.store.find_tenant_by_entra_id(&tid).await? else {
-            return Err(ApiError::Forbidden(
-                "This Microsoft Entra directory is not registered with any tenant.",
-            ));
-        };
-        Ok(Principal::DashboardUser {
-            tenant_id: tenant.id,
-            tid,
-            oid,
-        })
+        Ok(EntraIdentity { tid, oid })
     }
 }
 

@@ -1,4 +1,5 @@
-//! `GET /public-api/health`: liveness, and readiness of the database.
+//! `GET /public-api/health`: liveness and readiness of the database; `GET /public-api/health/live`:
+//! liveness alone, touching nothing (for process supervisors, and the HTTP ceiling in benchmarks).
 
 use axum::{extract::State, Json};
 use serde::Serialize;
@@ -53,4 +54,31 @@ pub async fn health(
         health,
         SuccessMeta::new(ctx, timings, Vec::new()),
     ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`: the process answers.
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LivenessEnvelope {
+    pub data: Liveness,
+    pub meta: SuccessMeta,
+}
+
+#[utoipa::path(
+    get,
+    path = "/public-api/health/live",
+    operation_id = "public_api.health_live_get",
+    tag = "Meta",
+    summary = "Liveness only (touches nothing)",
+    responses((status = 200, description = "The process answers.", body = LivenessEnvelope))
+)]
+pub async fn live(ctx: RequestContext) -> Json<Success<Liveness>> {
+    Success::new(
+        Liveness { status: "ok" },
+        SuccessMeta::new(ctx, Timings::default(), Vec::new()),
+    )
 }

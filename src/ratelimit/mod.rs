@@ -8,12 +8,11 @@ mod memory;
 mod redis;
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -24,6 +23,7 @@ pub use redis::RedisLimits;
 
 use crate::{
     auth::Principal,
+    cache::TtlCache,
     config::RateLimitConfig,
     store::{Store, StoreResult},
 };
@@ -205,38 +205,30 @@ impl RateLimits {
 }
 
 /// Per-tenant quota overrides from the database, cached briefly so a mint costs no extra query.
+/// Bounded by the number of tenants whose principals authenticated.
 struct TenantQuotas {
     store: Arc<dyn Store>,
-    ttl: Duration,
-    cache: Mutex<HashMap<String, (Option<Quota>, Instant)>>,
+    cache: TtlCache<String, Option<Quota>>,
 }
 
 impl TenantQuotas {
     fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
         Self {
             store,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlCache::new(ttl),
         }
     }
 
     async fn get(&self, tenant_id: &str) -> StoreResult<Option<Quota>> {
-        {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((quota, at)) = cache.get(tenant_id) {
-                if at.elapsed() < self.ttl {
-                    return Ok(*quota);
-                }
-            }
+        if let Some(quota) = self.cache.get(&tenant_id.to_owned()) {
+            return Ok(quota);
         }
         let quota = self
             .store
             .tenant_rate_limit(tenant_id)
             .await?
             .map(|(per_minute, burst)| Quota { per_minute, burst });
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded by the number of tenants that authenticated.
-        cache.insert(tenant_id.to_owned(), (quota, Instant::now()));
+        self.cache.insert(tenant_id.to_owned(), quota);
         Ok(quota)
     }
 }

@@ -227,6 +227,8 @@ pub async fn spawn_app_on_with(db: TestDatabase, customize: impl FnOnce(&mut Con
     config.database.max_connections = 5;
     config.data.dir = data_dir.path().join("data");
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    // Every request sees the database as it is (the key cache has a test of its own).
+    config.api_key.cache_seconds = 0;
     // Rate limits out of the way of tests that are not about them (those set their own).
     config.rate_limit.per_minute = 1_000_000;
     config.rate_limit.burst = 100_000;

@@ -126,6 +126,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
         [
             "GET /.well-known/jwks.json",
             "GET /public-api/health",
+            "GET /public-api/health/live",
             "GET /public-api/openapi.json",
             "POST /public-api/sessions",
         ]

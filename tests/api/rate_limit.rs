@@ -385,7 +385,7 @@ async fn a_flood_of_distinct_failing_keys_leaves_the_limiter_small() {
     for task in tasks {
         refused += task.await.unwrap();
     }
-    assert!(refused >= 100_000 - 20, "{refused} of 100000 refused");
+    assert!(refused >= 99_000, "{refused} of 100000 refused");
     // Buckets are never keyed on an unverified credential: one client, one bucket (plus its
     // exhaustion mark), however many keys it tries.
     let tracked = app.state.limits.memory().tracked_keys();
