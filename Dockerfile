@@ -7,11 +7,12 @@ WORKDIR /build
 
 # Dependency layer: compile every dependency against stub sources, so this
 # layer is only invalidated when Cargo.toml / Cargo.lock change.
-# Cargo.toml declares [[test]] path = "tests/api/main.rs", so a stub keeps
-# that target resolvable; it is never compiled by `cargo build --bin`.
+# Cargo.toml declares [[test]] tests/api/main.rs and [[bench]] benches/hot_paths.rs, so stubs keep
+# those targets resolvable; they are never compiled by `cargo build --bin`.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/api \
+RUN mkdir -p src tests/api benches \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > benches/hot_paths.rs \
  && touch src/lib.rs tests/api/main.rs \
  && cargo build --release --locked --bin neo-sessions \
  && rm -rf src

@@ -23,19 +23,34 @@ use crate::{
     config::Config,
     http::{health, jwks, middleware, openapi, rate_limit, sessions},
     ratelimit::{RateLimits, TrustedProxies},
-    store::Store,
+    store::{MintRecorder, Store},
     tokens::TokenIssuer,
 };
 
+/// What every request needs, behind one `Arc` (extractors clone it per request).
 #[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
+pub struct AppState(Arc<Services>);
+
+pub struct Services {
+    pub config: Config,
     pub store: Arc<dyn Store>,
+    pub recorder: MintRecorder,
     pub issuer: Arc<TokenIssuer>,
-    pub authenticator: Arc<Authenticator>,
-    pub limits: Arc<RateLimits>,
-    pub trusted_proxies: Arc<TrustedProxies>,
+    pub authenticator: Authenticator,
+    pub limits: RateLimits,
+    pub trusted_proxies: TrustedProxies,
 }
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// Mint records written in one commit at most.
+const MAX_MINT_BATCH: usize = 256;
 
 impl AppState {
     /// `entra_keys` is the Entra key source, present when Entra login is configured.
@@ -61,14 +76,15 @@ impl AppState {
         };
         let trusted_proxies =
             TrustedProxies::parse(&config.server.trusted_proxies).unwrap_or_default();
-        Self {
-            config: Arc::new(config),
+        Self(Arc::new(Services {
+            recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH),
+            config,
             store,
             issuer,
-            authenticator: Arc::new(authenticator),
-            limits: Arc::new(limits),
-            trusted_proxies: Arc::new(trusted_proxies),
-        }
+            authenticator,
+            limits,
+            trusted_proxies,
+        }))
     }
 }
 

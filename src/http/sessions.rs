@@ -194,7 +194,7 @@ pub async fn mint_session_token(
         issued_at: minted.issued_at,
         expires_at: minted.expires_at,
     };
-    timings.time("db", store.record_mint(&record)).await?;
+    timings.time("db", state.recorder.record(record)).await?;
 
     let data = MintSessionTokenResponse {
         token: minted.token,

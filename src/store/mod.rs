@@ -2,6 +2,7 @@
 //! All SQL lives behind [`Store`]; handlers never see a query.
 
 mod postgres;
+mod recorder;
 mod sqlite;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use postgres::PostgresStore;
+pub use recorder::MintRecorder;
 pub use sqlite::SqliteStore;
 
 pub type StoreResult<T> = Result<T, sqlx::Error>;
@@ -157,7 +159,8 @@ pub trait Store: Send + Sync + 'static {
     /// The subset of `agent_ids` that are agents of `tenant_id`.
     async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>>;
 
-    async fn record_mint(&self, record: &MintRecord) -> StoreResult<()>;
+    /// Records mints in one statement and one commit (all or none).
+    async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()>;
 
     async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>>;
 

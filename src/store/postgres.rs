@@ -94,20 +94,40 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn record_mint(&self, record: &MintRecord) -> StoreResult<()> {
+    async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
+        // Columns as arrays: one prepared statement whatever the batch size.
+        let mut jti = Vec::with_capacity(records.len());
+        let mut session_id = Vec::with_capacity(records.len());
+        let mut tenant_id = Vec::with_capacity(records.len());
+        let mut kind = Vec::with_capacity(records.len());
+        let mut minted_by = Vec::with_capacity(records.len());
+        let mut end_user = Vec::with_capacity(records.len());
+        let mut issued_at = Vec::with_capacity(records.len());
+        let mut expires_at = Vec::with_capacity(records.len());
+        for r in records {
+            jti.push(r.jti);
+            session_id.push(r.session_id.as_str());
+            tenant_id.push(r.tenant_id.as_str());
+            kind.push(r.minted_by_kind);
+            minted_by.push(r.minted_by.as_str());
+            end_user.push(r.end_user.as_deref());
+            issued_at.push(r.issued_at);
+            expires_at.push(r.expires_at);
+        }
         sqlx::query(
             "INSERT INTO session_token_mints
                (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::timestamptz[], $8::timestamptz[])",
         )
-        .bind(record.jti)
-        .bind(&record.session_id)
-        .bind(&record.tenant_id)
-        .bind(record.minted_by_kind)
-        .bind(&record.minted_by)
-        .bind(&record.end_user)
-        .bind(record.issued_at)
-        .bind(record.expires_at)
+        .bind(jti)
+        .bind(session_id)
+        .bind(tenant_id)
+        .bind(kind)
+        .bind(minted_by)
+        .bind(end_user)
+        .bind(issued_at)
+        .bind(expires_at)
         .execute(&self.pool)
         .await?;
         Ok(())

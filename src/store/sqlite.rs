@@ -130,22 +130,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_mint(&self, record: &MintRecord) -> StoreResult<()> {
-        sqlx::query(
+    async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO session_token_mints
-               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(record.jti.to_string())
-        .bind(&record.session_id)
-        .bind(&record.tenant_id)
-        .bind(record.minted_by_kind)
-        .bind(&record.minted_by)
-        .bind(&record.end_user)
-        .bind(ts(record.issued_at))
-        .bind(ts(record.expires_at))
-        .execute(&self.pool)
-        .await?;
+               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at) ",
+        );
+        insert.push_values(records, |mut row, r| {
+            row.push_bind(r.jti.to_string())
+                .push_bind(r.session_id.clone())
+                .push_bind(r.tenant_id.clone())
+                .push_bind(r.minted_by_kind)
+                .push_bind(r.minted_by.clone())
+                .push_bind(r.end_user.clone())
+                .push_bind(ts(r.issued_at))
+                .push_bind(ts(r.expires_at));
+        });
+        insert.build().execute(&self.pool).await?;
         Ok(())
     }
 

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Load benchmark: builds the release binary, starts it against the local PostgreSQL with the
+# example fixture, drives it with oha over keep-alive connections, and prints one table; the
+# same figures go to bench/results/<UTC time>.json.
+#
+#   bash bench/load.sh                     # defaults below
+#   DURATION=20s CONNECTIONS=64 SOAK_MINTS=1000000 bash bench/load.sh
+#
+# Everything (oha, the service, PostgreSQL) shares this machine, as it would on one 2-core host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+SOAK_MINTS=${SOAK_MINTS:-1000000}
+PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
+DB_URL=${DB_URL:-postgres://postgres@127.0.0.1:5432/neo_bench}
+PORT=${PORT:-18180}
+JWKS_PORT=${JWKS_PORT:-18181}
+KEY=neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd
+AUDIENCE=api://neo-sessions-bench
+SCOPE=Sessions.Mint
+
+command -v oha >/dev/null || cargo install oha --locked
+command -v psql >/dev/null || { echo "psql is needed to reset the benchmark database" >&2; exit 1; }
+cargo build --release --locked --bin neo-sessions --example entra_fixture
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# A fresh database, the fixture, and a local Entra (a JWKS served from a file).
+psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS neo_bench WITH (FORCE)"
+./target/release/examples/entra_fixture "$work" "$AUDIENCE" "$SCOPE" > "$work/entra-token"
+python3 -m http.server "$JWKS_PORT" --bind 127.0.0.1 --directory "$work" >/dev/null 2>&1 &
+pids+=($!)
+
+export NEO_DATABASE_URL=$DB_URL NEO_DATA_DIR=$work/data NEO_LISTEN=127.0.0.1:$PORT
+export NEO_LOG_FORMAT=json NEO_LOG_FILTER=info
+export NEO_ENTRA_AUDIENCE=$AUDIENCE NEO_ENTRA_REQUIRED_SCOPE=$SCOPE
+export NEO_ENTRA_JWKS_URL=http://127.0.0.1:$JWKS_PORT/jwks.json
+# The benchmark measures minting, not the limiter's refusals.
+export NEO_RATE_LIMIT_PER_MINUTE=1000000000 NEO_RATE_LIMIT_BURST=1000000
+./target/release/neo-sessions seed config/seed.example.json >/dev/null
+./target/release/neo-sessions serve > "$work/server.log" 2>&1 &
+server=$!
+pids+=("$server")
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$PORT/public-api/health" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$PORT/public-api/health" >/dev/null || { cat "$work/server.log"; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+# All PostgreSQL processes (the server shares the cores; its cost per mint matters as much).
+pg_ticks() { for p in $(pgrep -x postgres); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done | awk '{s += $1} END {print s + 0}'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server/status"; }
+base="http://127.0.0.1:$PORT"
+mint_url="$base/public-api/sessions"
+entra_token=$(cat "$work/entra-token")
+
+# run NAME OHA-ARGS...: one oha run; saves its JSON and the server's CPU ticks spent.
+run() {
+  local name=$1; shift
+  local before after pg_before pg_after
+  before=$(cpu_ticks); pg_before=$(pg_ticks)
+  oha --no-tui --output-format json "$@" > "$work/$name.json"
+  after=$(cpu_ticks); pg_after=$(pg_ticks)
+  echo $((after - before)) > "$work/$name.ticks"
+  echo $((pg_after - pg_before)) > "$work/$name.pgticks"
+  echo "  $name done" >&2
+}
+mint() { # mint NAME AUTH BODY OHA-ARGS...
+  local name=$1 auth=$2 body=$3; shift 3
+  run "$name" -m POST -H "Authorization: Bearer $auth" -H 'Content-Type: application/json' -d "$body" "$@" "$mint_url"
+}
+
+sleep 1
+rss_idle=$(rss_kib)
+# Warm-up: caches, connections, the JWKS.
+mint warmup "$KEY" '{"session_id":"s-acme-1"}' -n 2000 -c 8 >/dev/null
+
+echo "closed-loop runs, $DURATION each, $CONNECTIONS connections" >&2
+run liveness -z "$DURATION" -c "$CONNECTIONS" "$base/public-api/health/live"
+mint mint_key "$KEY" '{"session_id":"s-acme-1","end_user":"pat"}' -z "$DURATION" -c "$CONNECTIONS"
+mint mint_entra "$entra_token" '{"session_id":"s-acme-1","end_user":"pat"}' -z "$DURATION" -c "$CONNECTIONS"
+mint mint_agents "$KEY" '{"session_id":"s-acme-1","end_user":"pat","allowed_agent_ids":[101,102]}' -z "$DURATION" -c "$CONNECTIONS"
+
+saturation=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary']['requestsPerSec'])" "$work/mint_key.json")
+for pct in 50 80; do
+  rate=$(python3 -c "print(max(1, int($saturation * $pct / 100)))")
+  echo "fixed rate $pct% of key-mint saturation: $rate req/s" >&2
+  mint "mint_key_at_${pct}pct" "$KEY" '{"session_id":"s-acme-1","end_user":"pat"}' \
+    -z "$DURATION" -c "$CONNECTIONS" -q "$rate" --latency-correction
+done
+
+if [ "$SOAK_MINTS" -gt 0 ]; then
+  echo "soak: $SOAK_MINTS mints" >&2
+  mint soak "$KEY" '{"session_id":"s-acme-1"}' -n "$SOAK_MINTS" -c "$CONNECTIONS"
+fi
+rss_after=$(rss_kib)
+recorded=$(psql -tA "$DB_URL" -c "SELECT count(*) FROM session_token_mints")
+
+mkdir -p bench/results
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+python3 bench/report.py "$work" "$rss_idle" "$rss_after" "$recorded" "$(getconf CLK_TCK)" \
+  "bench/results/$stamp.json"

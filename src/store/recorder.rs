@@ -1,0 +1,66 @@
+//! Group commit for mint records: concurrent mints share one multi-row INSERT (one commit, one
+//! round trip) instead of one each, and every request still waits until its own row is durable
+//! before its token is sent. Under light load a batch is a single row, so nothing waits longer.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{MintRecord, Store, StoreResult};
+
+type Waiter = (MintRecord, oneshot::Sender<StoreResult<()>>);
+
+#[derive(Clone)]
+pub struct MintRecorder {
+    queue: mpsc::Sender<Waiter>,
+}
+
+impl MintRecorder {
+    /// Starts the writer. It ends when the last `MintRecorder` is dropped, after draining.
+    pub fn spawn(store: Arc<dyn Store>, max_batch: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(max_batch * 8);
+        tokio::spawn(write_batches(store, receiver, max_batch.max(1)));
+        Self { queue }
+    }
+
+    /// Records one mint; returns once it is committed.
+    pub async fn record(&self, record: MintRecord) -> StoreResult<()> {
+        let (done, committed) = oneshot::channel();
+        self.queue
+            .send((record, done))
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        committed.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+}
+
+async fn write_batches(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<Waiter>,
+    max_batch: usize,
+) {
+    let mut batch: Vec<Waiter> = Vec::with_capacity(max_batch);
+    // Whatever queued up while the previous batch was being written goes in the next one.
+    while receiver.recv_many(&mut batch, max_batch).await > 0 {
+        let (records, waiters): (Vec<MintRecord>, Vec<_>) = batch.drain(..).unzip();
+        match store.record_mints(&records).await {
+            Ok(()) => {
+                for done in waiters {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            // One bad row must not fail its neighbours: retry each on its own.
+            Err(error) if records.len() > 1 => {
+                tracing::warn!(%error, rows = records.len(), "batched mint insert failed; retrying row by row");
+                for (record, done) in records.iter().zip(waiters) {
+                    let _ = done.send(store.record_mints(std::slice::from_ref(record)).await);
+                }
+            }
+            Err(error) => {
+                if let Some(done) = waiters.into_iter().next() {
+                    let _ = done.send(Err(error));
+                }
+            }
+        }
+    }
+}
