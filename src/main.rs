@@ -22,10 +22,14 @@ async fn main() -> ExitCode {
         Command::Serve { .. } => LogTarget::Stdout,
         _ => LogTarget::Stderr,
     };
-    if let Err(error) = telemetry::init(&config.log, log_target) {
-        eprintln!("neo-sessions: {error}");
-        return ExitCode::from(2);
-    }
+    // Held until exit: dropping it flushes the log lines still queued.
+    let _log_guard = match telemetry::init(&config.log, log_target) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("neo-sessions: {error}");
+            return ExitCode::from(2);
+        }
+    };
     match neo_sessions::cli::run(cli, config).await {
         Ok(code) => code,
         Err(error) => {

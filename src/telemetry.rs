@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 use crate::config::{LogConfig, LogFormat};
@@ -14,7 +15,11 @@ pub enum LogTarget {
     Stderr,
 }
 
-pub fn init(config: &LogConfig, target: LogTarget) -> anyhow::Result<()> {
+/// Installs the subscriber. Lines are formatted on the calling thread and written by a
+/// background thread through a buffer flushed whenever no more lines are queued, so a request
+/// never waits on a write syscall (or on a slow pipe). Keep the guard until exit: dropping it
+/// flushes what is left.
+pub fn init(config: &LogConfig, target: LogTarget) -> anyhow::Result<WorkerGuard> {
     let filter = EnvFilter::try_new(&config.filter).map_err(|e| {
         anyhow::anyhow!(
             "invalid configuration: log.filter: {e} (environment variable NEO_LOG_FILTER)"
@@ -28,12 +33,14 @@ pub fn init(config: &LogConfig, target: LogTarget) -> anyhow::Result<()> {
             LogTarget::Stderr => !std::io::stderr().is_terminal(),
         },
     };
-    let writer = move || -> Box<dyn std::io::Write> {
-        match target {
-            LogTarget::Stdout => Box::new(std::io::stdout()),
-            LogTarget::Stderr => Box::new(std::io::stderr()),
-        }
+    let sink: Box<dyn std::io::Write + Send> = match target {
+        LogTarget::Stdout => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        LogTarget::Stderr => Box::new(std::io::BufWriter::new(std::io::stderr())),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Under a flood, drop log lines rather than block requests; the drop is counted.
+        .lossy(true)
+        .finish(sink);
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry
@@ -49,5 +56,5 @@ pub fn init(config: &LogConfig, target: LogTarget) -> anyhow::Result<()> {
     } else {
         registry.with(fmt::layer().with_writer(writer)).try_init()?;
     }
-    Ok(())
+    Ok(guard)
 }
