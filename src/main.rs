@@ -7,6 +7,9 @@ use neo_sessions::{
     telemetry::{self, LogTarget},
 };
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     neo_sessions::auth::entra::install_crypto_provider();
