@@ -441,6 +441,23 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch(backend: Backend) {
         .await;
 }
 
+async fn a_failed_refetch_keeps_the_last_good_key_set(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = spawn_with_entra(backend, &fake).await;
+    fake.wait_for_first_hit().await;
+    app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
+        .await;
+
+    // Entra goes down; a token with a new kid makes the service refetch, which fails.
+    fake.set_up(false);
+    let before = fake.hits();
+    assert_invalid(&app, &sign(rolled(), &user_claims(json!({})))).await;
+    assert_eq!(fake.hits(), before + 1, "the unknown kid was looked for");
+    // The keys fetched before still verify tokens.
+    app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
+        .await;
+}
+
 async fn an_unreachable_jwks_at_start_is_503_for_entra_only_until_it_answers(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
     fake.set_up(false);
@@ -476,6 +493,7 @@ backend_tests!(
     valid_tokens_without_the_right_to_mint_get_403,
     a_rolled_key_is_picked_up_after_one_refetch,
     a_flood_of_unknown_kids_causes_at_most_one_fetch,
+    a_failed_refetch_keeps_the_last_good_key_set,
     an_unreachable_jwks_at_start_is_503_for_entra_only_until_it_answers,
     with_entra_off_every_foreign_jwt_is_401,
 );
