@@ -25,10 +25,56 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
                     _ => ApiError::InvalidJson("the body could not be read".to_owned()),
                 })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::InvalidJson(e.to_string()))
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        if let Some(key) = duplicate_top_level_key(&bytes) {
+            // Two readers of one body must not see two different requests (RFC 8259 §4: names
+            // SHOULD be unique; which one wins differs between parsers).
+            return Err(ApiError::InvalidJson(format!("duplicate key `{key}`")));
+        }
+        Ok(ApiJson(value))
     }
+}
+
+/// The first key that appears twice in a top-level JSON object (the body parsed already).
+fn duplicate_top_level_key(bytes: &[u8]) -> Option<String> {
+    struct FirstDuplicate(Option<String>);
+    struct Visitor;
+
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = FirstDuplicate;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(FirstDuplicate(Some(key)));
+                }
+            }
+            Ok(FirstDuplicate(None))
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for FirstDuplicate {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<FirstDuplicate>(bytes)
+        .ok()
+        .and_then(|d| d.0)
 }
 
 /// `application/json` or `application/<anything>+json`, parameters allowed.
@@ -52,6 +98,22 @@ fn is_json_content_type(value: Option<&axum::http::HeaderValue>) -> bool {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn duplicate_keys_are_found_at_the_top_level() {
+        assert_eq!(
+            duplicate_top_level_key(br#"{"session_id":"a","x":{"y":1},"session_id":"b"}"#)
+                .as_deref(),
+            Some("session_id")
+        );
+        assert_eq!(duplicate_top_level_key(br#"{"a":1,"b":{"a":2}}"#), None);
+        assert_eq!(duplicate_top_level_key(br#"[1,1]"#), None);
+        // Escapes are compared decoded: "\u0061" is "a".
+        assert_eq!(
+            duplicate_top_level_key(br#"{"a":1,"\u0061":2}"#).as_deref(),
+            Some("a")
+        );
+    }
 
     #[test]
     fn json_content_types() {

@@ -942,7 +942,36 @@ async fn unknown_routes_and_wrong_methods_get_the_envelope(backend: Backend) {
     }
 }
 
+async fn duplicate_keys_are_refused_so_no_two_readers_disagree(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for body in [
+        r#"{"session_id": "s-acme-1", "session_id": "s-globex-1"}"#,
+        r#"{"session_id": "s-acme-1", "client_id": null, "client_id": "globex"}"#,
+        r#"{"session_id": "s-acme-1", "s\u0065ssion_id": "s-acme-wl"}"#,
+    ] {
+        let response = app
+            .mint_raw(
+                &[
+                    ("authorization", &format!("Bearer {ACME_KEY}")),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await;
+        let error = assert_error(response, StatusCode::BAD_REQUEST, "invalid_json").await;
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate key"),
+            "{error}"
+        );
+    }
+    assert_eq!(app.mint_count().await, 0);
+}
+
 backend_tests!(
+    duplicate_keys_are_refused_so_no_two_readers_disagree,
     malformed_json_is_400_invalid_json,
     json_that_is_not_an_object_is_422,
     body_over_the_limit_is_413,
