@@ -50,12 +50,7 @@ fn session_claims(app: &TestApp, overrides: Value) -> Value {
 }
 
 async fn server_kid(app: &TestApp) -> String {
-    let jwks: Value = app
-        .get("/.well-known/jwks.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json").await;
     jwks["keys"][0]["kid"].as_str().unwrap().to_owned()
 }
 

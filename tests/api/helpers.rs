@@ -292,6 +292,11 @@ impl TestApp {
         request.send().await.expect("request")
     }
 
+    /// `GET path`, the body parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("JSON body")
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.client
             .get(self.url(path))

@@ -36,12 +36,7 @@ async fn a_minimal_mint_returns_a_verifiable_token_with_every_claim(backend: Bac
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
     assert_eq!(header.typ.as_deref(), Some("neo-session+jwt"));
-    let jwks: Value = app
-        .get("/.well-known/jwks.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json").await;
     assert_eq!(header.kid.as_deref(), jwks["keys"][0]["kid"].as_str());
 
     let claims = app.verify(token).await;

@@ -9,12 +9,7 @@ const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.js
 
 async fn the_committed_document_is_the_served_document(backend: Backend) {
     let app = spawn_app(backend).await;
-    let served: Value = app
-        .get("/public-api/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let served: Value = app.get_json("/public-api/openapi.json").await;
     if std::env::var_os("NEO_UPDATE_OPENAPI").is_some() {
         let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
         std::fs::write(COMMITTED, pretty).unwrap();
@@ -31,12 +26,7 @@ async fn the_committed_document_is_the_served_document(backend: Backend) {
 
 async fn the_document_keeps_the_seed_contract(backend: Backend) {
     let app = spawn_app(backend).await;
-    let doc: Value = app
-        .get("/public-api/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.get_json("/public-api/openapi.json").await;
     let schemas = &doc["components"]["schemas"];
     for name in [
         "MintSessionTokenRequest",
@@ -95,12 +85,7 @@ async fn the_document_keeps_the_seed_contract(backend: Backend) {
 
 async fn every_route_is_documented_and_every_documented_route_exists(backend: Backend) {
     let app = spawn_app(backend).await;
-    let doc: Value = app
-        .get("/public-api/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.get_json("/public-api/openapi.json").await;
     let paths = doc["paths"].as_object().unwrap();
     let mut documented: Vec<String> = Vec::new();
     for (path, item) in paths {
