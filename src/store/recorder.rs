@@ -64,3 +64,61 @@ async fn write_batches(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::seed::Fixture;
+
+    fn record(session_id: &str) -> MintRecord {
+        let now = Utc::now();
+        MintRecord {
+            jti: uuid::Uuid::new_v4(),
+            session_id: session_id.to_owned(),
+            tenant_id: "acme".to_owned(),
+            minted_by_kind: "api_key",
+            minted_by: "k-acme".to_owned(),
+            end_user: None,
+            issued_at: now,
+            expires_at: now + chrono::Duration::seconds(900),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_bad_row_fails_alone_and_its_neighbours_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = crate::store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let plan = Fixture::from_json(include_str!("../../config/seed.example.json"))
+            .unwrap()
+            .prepare("test")
+            .unwrap()
+            .plan;
+        store.apply_seed(&plan).await.unwrap();
+
+        let recorder = MintRecorder::spawn(Arc::clone(&store), 64);
+        // On this single-threaded runtime the three are queued before the writer runs, so they
+        // share one batch; the middle one names no session (a foreign-key violation).
+        let tasks: Vec<_> = ["s-acme-1", "no-such-session", "s-acme-wl"]
+            .into_iter()
+            .map(|session_id| {
+                let recorder = recorder.clone();
+                tokio::spawn(async move { recorder.record(record(session_id)).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(results[1].is_err());
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM session_token_mints")
+            .fetch_one(&sqlx::SqlitePool::connect(&url).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+    }
+}
