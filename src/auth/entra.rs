@@ -244,6 +244,8 @@ pub struct EntraVerifier {
     validation: Validation,
     required_scope: Option<String>,
     store: Arc<dyn Store>,
+    /// What a 503 tells Entra callers to wait: the on-demand fetch interval.
+    retry_after: Duration,
     /// `tid` → tenant id (or none), briefly: only `tid`s of validly signed tokens get here.
     directories: TtlCache<String, Option<String>>,
 }
@@ -273,6 +275,7 @@ impl EntraVerifier {
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             store,
+            retry_after: Duration::from_secs(config.retry_seconds),
             directories: TtlCache::new(DIRECTORY_CACHE_TTL),
         }
     }
@@ -318,7 +321,11 @@ impl EntraVerifier {
         let key = match self.keys.key(kid).await {
             KeyLookup::Found(key) => key,
             KeyLookup::Unknown => return Err(invalid("Entra token signed by an unknown key")),
-            KeyLookup::Unavailable => return Err(ApiError::EntraUnavailable),
+            KeyLookup::Unavailable => {
+                return Err(ApiError::EntraUnavailable {
+                    retry_after: self.retry_after,
+                })
+            }
         };
         let claims = decode::<EntraClaims>(token, &key, &self.validation)
             .map_err(|_| invalid("Entra token failed verification"))?

@@ -42,7 +42,7 @@ pub enum ApiError {
     #[error("rate limited")]
     RateLimited { retry_after: std::time::Duration },
     #[error("Entra ID signing keys unavailable")]
-    EntraUnavailable,
+    EntraUnavailable { retry_after: std::time::Duration },
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(sqlx::Error),
     #[error("database error: {0}")]
@@ -119,7 +119,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::DatabaseUnavailable(_) | Self::EntraUnavailable => {
+            Self::DatabaseUnavailable(_) | Self::EntraUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -188,7 +188,7 @@ impl ApiError {
                 "Too many requests; retry after the number of seconds in Retry-After.".into(),
                 Some(json!({ "retry_after_seconds": crate::ratelimit::whole_seconds(*retry_after) })),
             ),
-            Self::EntraUnavailable => (
+            Self::EntraUnavailable { .. } => (
                 "entra_unavailable",
                 "Microsoft Entra ID signing keys cannot be fetched right now; retry shortly. API keys are unaffected.".into(),
                 None,
@@ -248,7 +248,7 @@ impl IntoResponse for ApiError {
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().insert(WWW_AUTHENTICATE, value);
         }
-        if let Self::RateLimited { retry_after } = &self {
+        if let Self::RateLimited { retry_after } | Self::EntraUnavailable { retry_after } = &self {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 HeaderValue::from(crate::ratelimit::whole_seconds(*retry_after)),
