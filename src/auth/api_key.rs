@@ -78,7 +78,7 @@ pub struct ApiKeyVerifier {
     last_used: LastUsed,
     /// Keys found by hash. Only keys that exist go in (made-up keys cannot grow it), so it is
     /// bounded by the number of keys in the database.
-    cache: TtlCache<[u8; 32], ApiKeyRow>,
+    cache: TtlCache<[u8; 32], Arc<ApiKeyRow>>,
 }
 
 impl ApiKeyVerifier {
@@ -97,13 +97,13 @@ impl ApiKeyVerifier {
     }
 
     /// The key row for `digest`: from the cache while it is fresh, else from the store.
-    async fn find(&self, digest: &[u8; 32]) -> Result<Option<ApiKeyRow>, ApiError> {
+    async fn find(&self, digest: &[u8; 32]) -> Result<Option<Arc<ApiKeyRow>>, ApiError> {
         if let Some(row) = self.cache.get(digest) {
             return Ok(Some(row));
         }
-        let row = self.store.find_api_key_by_hash(digest).await?;
+        let row = self.store.find_api_key_by_hash(digest).await?.map(Arc::new);
         if let Some(row) = &row {
-            self.cache.insert(*digest, row.clone());
+            self.cache.insert(*digest, Arc::clone(row));
         }
         Ok(row)
     }
@@ -145,8 +145,8 @@ impl ApiKeyVerifier {
             });
         }
         Ok(Principal::ServiceAccount {
-            tenant_id: row.tenant_id,
-            key_id: row.id,
+            tenant_id: row.tenant_id.clone(),
+            key_id: row.id.clone(),
             platform: row.tenant_platform,
         })
     }

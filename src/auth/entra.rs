@@ -283,7 +283,7 @@ impl EntraVerifier {
     /// Validates the token and maps its directory to our tenant.
     pub async fn verify(&self, token: &str, header: &Header) -> Result<Principal, ApiError> {
         let EntraIdentity { tid, oid } = self.validate(token, header).await?;
-        let tenant_id = match self.directories.get(&tid) {
+        let tenant_id = match self.directories.get(tid.as_str()) {
             Some(tenant_id) => tenant_id,
             None => {
                 let tenant_id = self

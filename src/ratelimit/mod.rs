@@ -220,7 +220,7 @@ impl TenantQuotas {
     }
 
     async fn get(&self, tenant_id: &str) -> StoreResult<Option<Quota>> {
-        if let Some(quota) = self.cache.get(&tenant_id.to_owned()) {
+        if let Some(quota) = self.cache.get(tenant_id) {
             return Ok(quota);
         }
         let quota = self
