@@ -949,16 +949,8 @@ async fn duplicate_keys_are_refused_so_no_two_readers_disagree(backend: Backend)
         r#"{"session_id": "s-acme-1", "client_id": null, "client_id": "globex"}"#,
         r#"{"session_id": "s-acme-1", "s\u0065ssion_id": "s-acme-wl"}"#,
     ] {
-        let response = app
-            .mint_raw(
-                &[
-                    ("authorization", &format!("Bearer {ACME_KEY}")),
-                    ("content-type", "application/json"),
-                ],
-                body,
-            )
-            .await;
-        let error = assert_error(response, StatusCode::BAD_REQUEST, "invalid_json").await;
+        let response = post_json_text(&app, body).await;
+        let error = refused(&app, response, StatusCode::BAD_REQUEST, "invalid_json").await;
         assert!(
             error["error"]["message"]
                 .as_str()
@@ -967,7 +959,6 @@ async fn duplicate_keys_are_refused_so_no_two_readers_disagree(backend: Backend)
             "{error}"
         );
     }
-    assert_eq!(app.mint_count().await, 0);
 }
 
 backend_tests!(
