@@ -1,4 +1,5 @@
-//! Application state and the router: every layer in one stack that reads top to bottom.
+//! Assembles the application: the state every request reads, and the router with its layer
+//! stack, which reads top to bottom in the order a request meets it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,93 +10,74 @@ use axum::{
     middleware::{from_fn, from_fn_with_state},
     Extension, Router,
 };
+use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, timeout::TimeoutLayer,
 };
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+pub use crate::http::AppState;
 use crate::{
     auth::{
-        self, entra::EntraKeySource, ApiKeyVerifier, Authenticator, EntraVerifier,
-        SessionTokenVerifier,
+        entra::EntraKeySource, ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
     },
     config::Config,
-    http::{health, jwks, middleware, openapi, rate_limit, sessions},
-    ratelimit::{RateLimits, TrustedProxies},
+    http::{authenticate, health, jwks, openapi, rate_limit, request_context, sessions},
+    ratelimit::RateLimits,
     store::{MintRecorder, Store},
     tokens::TokenIssuer,
 };
 
-/// What every request needs, behind one `Arc` (extractors clone it per request).
-#[derive(Clone)]
-pub struct AppState(Arc<Services>);
-
-pub struct Services {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub recorder: MintRecorder,
-    pub issuer: Arc<TokenIssuer>,
-    pub authenticator: Authenticator,
-    pub limits: RateLimits,
-    pub trusted_proxies: TrustedProxies,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Services;
-
-    fn deref(&self) -> &Services {
-        &self.0
-    }
-}
-
 /// Mint records written in one commit at most.
 const MAX_MINT_BATCH: usize = 256;
 
-impl AppState {
-    /// `entra_keys` is the Entra key source, present when Entra login is configured.
-    pub fn new(
-        config: Config,
-        store: Arc<dyn Store>,
-        issuer: TokenIssuer,
-        entra_keys: Option<Arc<dyn EntraKeySource>>,
-        limits: RateLimits,
-    ) -> Self {
-        let issuer = Arc::new(issuer);
-        let entra =
-            entra_keys.map(|keys| EntraVerifier::new(keys, &config.entra, Arc::clone(&store)));
-        let authenticator = Authenticator {
-            api_keys: ApiKeyVerifier::new(
-                Arc::clone(&store),
-                config.api_key.env.clone(),
-                Duration::from_secs(config.api_key.last_used_resolution_seconds),
-                Duration::from_secs(config.api_key.cache_seconds),
-            ),
-            session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
-            entra,
-        };
-        let trusted_proxies =
-            TrustedProxies::parse(&config.server.trusted_proxies).unwrap_or_default();
-        Self(Arc::new(Services {
-            recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH),
-            config,
-            store,
-            issuer,
-            authenticator,
-            limits,
-            trusted_proxies,
-        }))
-    }
+/// The state of one running app. `entra_keys` is the Entra key source, present when Entra
+/// login is configured. Starts the mint recorder, so it runs inside a Tokio runtime.
+pub fn state(
+    config: Config,
+    store: Arc<dyn Store>,
+    issuer: TokenIssuer,
+    entra_keys: Option<Arc<dyn EntraKeySource>>,
+    limits: RateLimits,
+) -> Arc<AppState> {
+    let issuer = Arc::new(issuer);
+    let entra = entra_keys.map(|keys| EntraVerifier::new(keys, &config.entra, Arc::clone(&store)));
+    let authenticator = Authenticator {
+        api_keys: ApiKeyVerifier::new(
+            Arc::clone(&store),
+            config.api_key.env.clone(),
+            Duration::from_secs(config.api_key.last_used_resolution_seconds),
+            Duration::from_secs(config.api_key.cache_seconds),
+        ),
+        session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
+        entra,
+    };
+    Arc::new(AppState {
+        recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH),
+        config,
+        store,
+        issuer,
+        authenticator,
+        limits,
+    })
 }
 
 /// Every route, each registered with its OpenAPI documentation, so none goes undocumented.
-fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
-    // Routes that need a caller: bearer authentication (with the failed-auth limit per client
-    // IP), then the per-principal limit. `route_layer` wraps what is there, so the last is outermost.
+fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
+    // Routes that need a caller. `route_layer` wraps what is there already, so the layer added
+    // last runs first: bearer authentication (with the failed-auth limit per client IP), then
+    // the per-principal limit, then the handler.
     let authenticated = OpenApiRouter::new()
         .routes(routes!(sessions::mint_session_token))
-        .route_layer(from_fn_with_state(state.clone(), rate_limit::per_principal))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_principal));
+        .route_layer(from_fn_with_state(
+            Arc::clone(state),
+            rate_limit::per_principal,
+        ))
+        .route_layer(from_fn_with_state(
+            Arc::clone(state),
+            authenticate::require_principal,
+        ));
 
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::health))
@@ -105,26 +87,39 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(authenticated)
 }
 
-/// The router with its layers, outermost first: request id + span + envelope → catch panic →
-/// timeout → body limit → (per route) failed-auth limit + bearer authentication →
-/// per-principal rate limit → handler.
-pub fn router(state: AppState) -> Router {
+/// The router and the layers every request passes, outermost first.
+pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
     let (routes, document) = api_routes(&state).split_for_parts();
     let document = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
-    routes
-        .fallback(|| async { StatusCode::NOT_FOUND })
-        .method_not_allowed_fallback(|| async { StatusCode::METHOD_NOT_ALLOWED })
-        // `Router::layer` wraps what is already there, so the last layer is the outermost.
-        .layer(Extension(openapi::OpenApiJson(document)))
-        .layer(DefaultBodyLimit::max(body_limit))
+
+    let layers = ServiceBuilder::new()
+        // Outermost, so that it sees every response: the request id, the span every log line of
+        // the request carries, one log line per request, and the envelope for every error the
+        // layers below produce (their own 404/405/413/415/503 and panics included).
+        .layer(from_fn(request_context::request_context))
+        // A panicking handler becomes a 500 (rendered by the layer above), not a dropped
+        // connection; inside the request context so the panic is logged with its request id.
+        .layer(CatchPanicLayer::custom(request_context::panic_response))
+        // The one body limit, before authentication: a declared Content-Length over it is 413
+        // before anything is read or looked up (and before a timer is armed), and a chunked body
+        // is cut off at the limit as it is read. axum's own default limit (2 MiB, in the
+        // extractors) is turned off so that this is the only number to configure.
         .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(DefaultBodyLimit::disable())
+        // A request that takes too long is abandoned with 503 `timeout`, whatever it waits on
+        // (reading the body, authentication, the database).
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(from_fn(middleware::request_context))
+        // The OpenAPI document, serialized once, for the route that serves it.
+        .layer(Extension(openapi::OpenApiJson(document)));
+
+    routes
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .method_not_allowed_fallback(|| async { StatusCode::METHOD_NOT_ALLOWED })
+        .layer(layers)
         .with_state(state)
 }

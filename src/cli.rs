@@ -1,6 +1,6 @@
 //! The `neo-sessions` command line: serve, migrate, seed, api-key, healthcheck.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -13,7 +13,7 @@ use crate::{
     auth::api_key,
     config::Config,
     seed::Fixture,
-    store::{self, NewApiKey, Store},
+    store::{self, NewApiKey},
 };
 
 #[derive(Debug, Parser)]
@@ -194,15 +194,11 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    crate::connect_store(config).await
-}
-
 async fn seed(config: &Config, file: PathBuf) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
     let prepared = Fixture::from_json(&text)?.prepare(&config.api_key.env)?;
-    let store = connect(config).await?;
+    let store = crate::connect_store(config).await?;
     let outcome = store
         .apply_seed(&prepared.plan)
         .await
@@ -225,7 +221,7 @@ async fn seed(config: &Config, file: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Result<ExitCode> {
-    let store = connect(config).await?;
+    let store = crate::connect_store(config).await?;
     match command {
         ApiKeyCommand::Create {
             tenant,
@@ -305,7 +301,7 @@ async fn rate_limit_command(
     config: &Config,
     command: RateLimitCommand,
 ) -> anyhow::Result<ExitCode> {
-    let store = connect(config).await?;
+    let store = crate::connect_store(config).await?;
     let (tenant, limit) = match command {
         RateLimitCommand::Set {
             tenant,

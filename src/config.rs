@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -13,8 +13,9 @@ use figment::{
     value::Value,
     Figment,
 };
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The file read when `--config` is not given and the file exists (relative to the working directory).
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
@@ -35,6 +36,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("NEO_BODY_LIMIT_BYTES", "server.body_limit_bytes"),
     ("NEO_API_KEY_ENV", "api_key.env"),
     ("NEO_API_KEY_CACHE_SECONDS", "api_key.cache_seconds"),
+    (
+        "NEO_API_KEY_LAST_USED_RESOLUTION_SECONDS",
+        "api_key.last_used_resolution_seconds",
+    ),
     ("NEO_TOKEN_ISSUER", "token.issuer"),
     ("NEO_TOKEN_AUDIENCE", "token.audience"),
     ("NEO_TOKEN_DEFAULT_TTL", "token.default_ttl"),
@@ -67,12 +72,24 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("NEO_AUTH_FAILURE_BURST", "rate_limit.auth_failure_burst"),
     ("NEO_RATE_LIMIT_REDIS_URL", "rate_limit.redis_url"),
     ("NEO_RATE_LIMIT_REDIS_PREFIX", "rate_limit.redis_prefix"),
+    (
+        "NEO_RATE_LIMIT_REDIS_TIMEOUT_MS",
+        "rate_limit.redis_timeout_ms",
+    ),
+    (
+        "NEO_RATE_LIMIT_OVERRIDE_CACHE_SECONDS",
+        "rate_limit.override_cache_seconds",
+    ),
     ("NEO_TRUSTED_PROXIES", "server.trusted_proxies"),
     ("NEO_LOG_FORMAT", "log.format"),
     ("NEO_LOG_FILTER", "log.filter"),
 ];
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Keys that can be set only in the config file. Empty on purpose: every key has a variable (a
+/// test keeps it so); a key added here must say why it has none.
+pub const FILE_ONLY_KEYS: &[&str] = &[];
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -86,7 +103,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -94,8 +111,9 @@ pub struct ServerConfig {
     pub migrate_on_start: bool,
     pub request_timeout_seconds: u64,
     pub body_limit_bytes: usize,
-    /// Comma-separated IPs/CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: String,
+    /// Reverse proxies whose `X-Forwarded-For` is believed: comma-separated IPs and CIDRs in
+    /// the file and the variable, parsed once, here.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ServerConfig {
@@ -105,14 +123,73 @@ impl Default for ServerConfig {
             migrate_on_start: true,
             request_timeout_seconds: 10,
             body_limit_bytes: 64 * 1024,
-            trusted_proxies: String::new(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
 
-#[derive(Clone, Deserialize)]
+/// The networks of trusted reverse proxies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Comma-separated IPs and CIDRs, e.g. `10.0.0.0/8, 192.0.2.7`.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl TryFrom<String> for TrustedProxies {
+    type Error = String;
+
+    fn try_from(list: String) -> Result<Self, String> {
+        Self::parse(&list)
+    }
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        list.join(", ").serialize(serializer)
+    }
+}
+
+/// The database backend a URL names: its scheme decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    Postgres,
+    Sqlite,
+}
+
+impl DatabaseBackend {
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0;
+        match scheme {
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "sqlite" => Some(Self::Sqlite),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: Option<SecretString>,
     pub max_connections: u32,
 }
@@ -138,6 +215,16 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+/// Secrets in a serialized configuration (`config show`, tests) come out as [`redact_url`] does.
+fn serialize_redacted_url<S: Serializer>(
+    url: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    url.as_ref()
+        .map(|url| redact_url(url.expose_secret()))
+        .serialize(serializer)
+}
+
 /// `scheme://user:password@host/db` → `scheme://user:***@host/db`; anything unparsable is hidden whole.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -152,7 +239,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
     /// Where the generated signing key (and, later, the embedded database) lives.
@@ -167,7 +254,7 @@ impl Default for DataConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// The `<env>` accepted in `neo_sk_<env>_<secret>`.
@@ -189,7 +276,7 @@ impl Default for ApiKeyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenConfig {
     pub issuer: String,
@@ -214,7 +301,7 @@ impl Default for TokenConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum SigningAlgorithm {
     #[default]
     ES256,
@@ -232,7 +319,7 @@ impl SigningAlgorithm {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct SigningConfig {
     /// PKCS#8 PEM private key. Without it a key is generated once in the data directory.
@@ -240,7 +327,7 @@ pub struct SigningConfig {
     pub algorithm: SigningAlgorithm,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Per principal (API key, Entra user): sustained rate and burst.
@@ -250,6 +337,7 @@ pub struct RateLimitConfig {
     pub auth_failure_per_minute: u32,
     pub auth_failure_burst: u32,
     /// Shared buckets for several replicas; in-memory buckets when unset or unreachable.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub redis_url: Option<SecretString>,
     /// Prefix of the Redis keys (one per deployment sharing a Redis).
     pub redis_prefix: String,
@@ -294,7 +382,7 @@ impl fmt::Debug for RateLimitConfig {
 }
 
 /// Microsoft Entra ID login for dashboard users; off while `audience` is unset.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EntraConfig {
     pub jwks_url: String,
@@ -350,7 +438,7 @@ impl EntraConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// `pretty` on a terminal, `json` otherwise.
@@ -360,7 +448,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -449,13 +537,7 @@ impl Config {
                 "an end-user scope may not grant minting or revoking",
             ));
         }
-        let env = &self.api_key.env;
-        if env.is_empty()
-            || env.len() > 16
-            || !env
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
+        if !is_valid_key_env(&self.api_key.env) {
             return Err(invalid(
                 "api_key.env",
                 "must be 1 to 16 lowercase letters or digits",
@@ -496,10 +578,6 @@ impl Config {
                 ));
             }
         }
-        if let Err(message) = crate::ratelimit::TrustedProxies::parse(&self.server.trusted_proxies)
-        {
-            return Err(invalid("server.trusted_proxies", &message));
-        }
         let entra = &self.entra;
         if entra.enabled() {
             let url = &entra.jwks_url;
@@ -520,7 +598,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.database.url {
-            if crate::store::Backend::of_url(url.expose_secret()).is_none() {
+            if DatabaseBackend::of_url(url.expose_secret()).is_none() {
                 return Err(invalid(
                     "database.url",
                     "must be a postgres://, postgresql:// or sqlite: URL",
@@ -541,6 +619,16 @@ impl Config {
     pub fn embedded_database_path(&self) -> PathBuf {
         self.data.dir.join("neo-sessions.db")
     }
+}
+
+/// The one definition of a valid API-key `<env>` (in `neo_sk_<env>_<secret>`): 1 to 16 lowercase
+/// letters or digits. The configured env and every presented key are held to it.
+pub fn is_valid_key_env(env: &str) -> bool {
+    !env.is_empty()
+        && env.len() <= 16
+        && env
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 fn invalid(key: &str, message: &str) -> ConfigError {
@@ -682,5 +770,111 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("postgres://neo:***@db:5432/neo"), "{debug}");
+    }
+
+    /// Every leaf key of a serialized configuration, as `section.key`.
+    fn leaf_keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaf_keys(value, &path, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_shipped_default_file_is_exactly_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let from_file = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_key_has_a_variable_or_is_listed_as_file_only() {
+        let mut keys = Vec::new();
+        leaf_keys(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut keys,
+        );
+        assert!(keys.len() > 30, "{keys:?}");
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|key| {
+                !ENV_KEYS.iter().any(|(_, k)| k == key) && !FILE_ONLY_KEYS.contains(&key.as_str())
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys without a NEO_* variable: {missing:?}"
+        );
+        // And no variable names a key that does not exist.
+        for (var, key) in ENV_KEYS {
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{var} sets unknown key {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_parsed_once_into_networks() {
+        let config = Config::load(
+            None,
+            env(&[("NEO_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7")]),
+        )
+        .unwrap();
+        assert!(config
+            .server
+            .trusted_proxies
+            .contains("10.1.2.3".parse().unwrap()));
+        assert!(config
+            .server
+            .trusted_proxies
+            .contains("192.0.2.7".parse().unwrap()));
+        assert!(!config
+            .server
+            .trusted_proxies
+            .contains("192.0.2.8".parse().unwrap()));
+        let err = Config::load(None, env(&[("NEO_TRUSTED_PROXIES", "10.0.0.0/33")])).unwrap_err();
+        assert!(err.to_string().contains("server.trusted_proxies"), "{err}");
+        assert!(err.to_string().contains("NEO_TRUSTED_PROXIES"), "{err}");
+    }
+
+    #[test]
+    fn serialized_configuration_redacts_secrets() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("NEO_DATABASE_URL", "postgres://neo:hunter2@db:5432/neo"),
+                ("NEO_RATE_LIMIT_REDIS_URL", "redis://:s3cret@cache:6379"),
+            ]),
+        )
+        .unwrap();
+        let text = serde_json::to_string(&config).unwrap();
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn api_key_envs() {
+        assert!(is_valid_key_env("live"));
+        assert!(is_valid_key_env("eu2"));
+        assert!(!is_valid_key_env(""));
+        assert!(!is_valid_key_env("Live"));
+        assert!(!is_valid_key_env("a_b"));
+        assert!(!is_valid_key_env("abcdefghijklmnopq"));
     }
 }

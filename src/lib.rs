@@ -27,7 +27,7 @@ use crate::{
 
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
-pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let store = connect_store(&config).await?;
     let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
     let issuer = TokenIssuer::new(key, &config.token)?;
@@ -41,7 +41,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     };
     let limits = RateLimits::new(&config.rate_limit, Arc::clone(&store))
         .context("invalid rate_limit.redis_url")?;
-    Ok(AppState::new(config, store, issuer, entra_keys, limits))
+    Ok(app::state(config, store, issuer, entra_keys, limits))
 }
 
 /// Connects to the configured database. With `server.migrate_on_start` (the default) it first
@@ -74,8 +74,9 @@ pub async fn run(
     serve(state, listener, shutdown).await
 }
 
+/// Serves `state` (from [`build_state`]) on `listener` until `shutdown` resolves.
 pub async fn serve(
-    state: AppState,
+    state: Arc<AppState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {

@@ -6,7 +6,10 @@ use serde::Deserialize;
 
 use crate::{
     auth::api_key,
-    store::{SeedAgent, SeedApiKey, SeedEndCompany, SeedPlan, SeedTenant, SessionRow},
+    store::{
+        SeedAgent, SeedApiKey, SeedEndCompany, SeedPlan, SeedTenant, SessionKind, SessionRow,
+        SessionStatus,
+    },
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,20 +54,12 @@ pub struct FixtureAgent {
 pub struct FixtureSession {
     pub id: String,
     pub tenant_id: String,
-    #[serde(default = "default_kind")]
-    pub kind: String,
-    #[serde(default = "default_status")]
-    pub status: String,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
     #[serde(default)]
     pub end_company_id: Option<String>,
-}
-
-fn default_kind() -> String {
-    "standard".to_owned()
-}
-
-fn default_status() -> String {
-    "active".to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,23 +130,32 @@ impl Fixture {
         }
         for s in self.sessions {
             check_id("session id", &s.id)?;
-            if !["standard", "neo_support"].contains(&s.kind.as_str()) {
-                return Err(FixtureError(format!(
-                    "session {}: kind must be standard or neo_support",
-                    s.id
-                )));
-            }
-            if !["active", "closed"].contains(&s.status.as_str()) {
-                return Err(FixtureError(format!(
-                    "session {}: status must be active or closed",
-                    s.id
-                )));
-            }
+            let kind = match s.kind.as_deref() {
+                None => SessionKind::Standard,
+                Some(word) => SessionKind::ALL
+                    .into_iter()
+                    .find(|kind| kind.as_str() == word)
+                    .ok_or_else(|| {
+                        FixtureError(format!(
+                            "session {}: kind must be standard or neo_support",
+                            s.id
+                        ))
+                    })?,
+            };
+            let status = match s.status.as_deref() {
+                None => SessionStatus::Active,
+                Some(word) => SessionStatus::ALL
+                    .into_iter()
+                    .find(|status| status.as_str() == word)
+                    .ok_or_else(|| {
+                        FixtureError(format!("session {}: status must be active or closed", s.id))
+                    })?,
+            };
             plan.sessions.push(SessionRow {
                 id: s.id,
                 tenant_id: s.tenant_id,
-                kind: s.kind,
-                status: s.status,
+                kind,
+                status,
                 end_company_id: s.end_company_id,
             });
         }

@@ -12,11 +12,11 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::Principal;
+use super::{invalid, AuthError, Principal};
 use crate::{
     cache::TtlCache,
-    http::error::ApiError,
-    store::{ApiKeyRow, Store},
+    config::is_valid_key_env,
+    store::{ApiKeyRow, Store, StoreResult},
 };
 
 pub const PREFIX: &str = "neo_sk_";
@@ -27,27 +27,26 @@ const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 pub fn key_env(raw: &str) -> Option<&str> {
     let rest = raw.strip_prefix(PREFIX)?;
     let (env, secret) = rest.split_once('_')?;
-    let env_ok = !env.is_empty()
-        && env.len() <= 16
-        && env
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let secret_ok =
         (16..=128).contains(&secret.len()) && secret.bytes().all(|b| b.is_ascii_alphanumeric());
-    (env_ok && secret_ok).then_some(env)
+    (is_valid_key_env(env) && secret_ok).then_some(env)
 }
 
 pub fn hash(raw: &str) -> [u8; 32] {
     Sha256::digest(raw.as_bytes()).into()
 }
 
-fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
+/// The operating system's random number generator failed: no key can be made.
+#[derive(Debug, thiserror::Error)]
+#[error("the system random number generator failed")]
+pub struct RandomError;
+
+fn random_alphanumeric(len: usize) -> Result<String, RandomError> {
     let rng = SystemRandom::new();
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
     while out.len() < len {
-        rng.fill(&mut buf)
-            .map_err(|_| ApiError::Internal("random number generator failed".into()))?;
+        rng.fill(&mut buf).map_err(|_| RandomError)?;
         // Rejection sampling keeps the characters uniform: 62 * 4 = 248.
         out.extend(
             buf.iter()
@@ -60,7 +59,7 @@ fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
 }
 
 /// A new key for `env`, e.g. `neo_sk_live_<32 alphanumerics>`.
-pub fn generate(env: &str) -> Result<String, ApiError> {
+pub fn generate(env: &str) -> Result<String, RandomError> {
     Ok(format!(
         "{PREFIX}{env}_{}",
         random_alphanumeric(SECRET_LEN)?
@@ -68,7 +67,7 @@ pub fn generate(env: &str) -> Result<String, ApiError> {
 }
 
 /// A new non-secret key id, for listings and logs.
-pub fn generate_id() -> Result<String, ApiError> {
+pub fn generate_id() -> Result<String, RandomError> {
     Ok(format!("key_{}", random_alphanumeric(12)?.to_lowercase()))
 }
 
@@ -97,7 +96,7 @@ impl ApiKeyVerifier {
     }
 
     /// The key row for `digest`: from the cache while it is fresh, else from the store.
-    async fn find(&self, digest: &[u8; 32]) -> Result<Option<Arc<ApiKeyRow>>, ApiError> {
+    async fn find(&self, digest: &[u8; 32]) -> StoreResult<Option<Arc<ApiKeyRow>>> {
         if let Some(row) = self.cache.get(digest) {
             return Ok(Some(row));
         }
@@ -108,32 +107,22 @@ impl ApiKeyVerifier {
         Ok(row)
     }
 
-    pub async fn verify(&self, raw: &str) -> Result<Principal, ApiError> {
+    pub async fn verify(&self, raw: &str) -> Result<Principal, AuthError> {
         let Some(env) = key_env(raw) else {
-            return Err(ApiError::InvalidCredentials {
-                reason: "malformed API key",
-            });
+            return Err(invalid("malformed API key"));
         };
         if env != self.env {
-            return Err(ApiError::InvalidCredentials {
-                reason: "API key of another environment",
-            });
+            return Err(invalid("API key of another environment"));
         }
         let digest = hash(raw);
         let Some(row) = self.find(&digest).await? else {
-            return Err(ApiError::InvalidCredentials {
-                reason: "unknown API key",
-            });
+            return Err(invalid("unknown API key"));
         };
         if !bool::from(row.key_hash.as_slice().ct_eq(&digest)) {
-            return Err(ApiError::InvalidCredentials {
-                reason: "unknown API key",
-            });
+            return Err(invalid("unknown API key"));
         }
         if row.revoked_at.is_some() {
-            return Err(ApiError::InvalidCredentials {
-                reason: "revoked API key",
-            });
+            return Err(invalid("revoked API key"));
         }
         if self.last_used.due(&row.id) {
             let store = Arc::clone(&self.store);
@@ -144,7 +133,7 @@ impl ApiKeyVerifier {
                 }
             });
         }
-        Ok(Principal::ServiceAccount {
+        Ok(Principal::ApiKey {
             tenant_id: row.tenant_id.clone(),
             key_id: row.id.clone(),
             platform: row.tenant_platform,

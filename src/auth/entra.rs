@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use jsonwebtoken::{decode, jwk::JwkSet, Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
 
-use super::Principal;
-use crate::{cache::TtlCache, config::EntraConfig, http::error::ApiError, store::Store};
+use super::{invalid, AuthError, Principal};
+use crate::{cache::TtlCache, config::EntraConfig, store::Store};
 
 /// A JWKS larger than this is refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -281,7 +281,7 @@ impl EntraVerifier {
     }
 
     /// Validates the token and maps its directory to our tenant.
-    pub async fn verify(&self, token: &str, header: &Header) -> Result<Principal, ApiError> {
+    pub async fn verify(&self, token: &str, header: &Header) -> Result<Principal, AuthError> {
         let EntraIdentity { tid, oid } = self.validate(token, header).await?;
         let tenant_id = match self.directories.get(tid.as_str()) {
             Some(tenant_id) => tenant_id,
@@ -296,11 +296,9 @@ impl EntraVerifier {
             }
         };
         let Some(tenant_id) = tenant_id else {
-            return Err(ApiError::Forbidden(
-                "This Microsoft Entra directory is not registered with any tenant.",
-            ));
+            return Err(AuthError::UnknownDirectory);
         };
-        Ok(Principal::DashboardUser {
+        Ok(Principal::EntraUser {
             tenant_id,
             tid,
             oid,
@@ -308,8 +306,7 @@ impl EntraVerifier {
     }
 
     /// Signature and claims (401s), then the right to mint (403s). No database access.
-    pub async fn validate(&self, token: &str, header: &Header) -> Result<EntraIdentity, ApiError> {
-        let invalid = |reason| ApiError::InvalidCredentials { reason };
+    pub async fn validate(&self, token: &str, header: &Header) -> Result<EntraIdentity, AuthError> {
         // RS256 only: never none, never HS* (which would make Entra's public key a shared secret).
         if header.alg != Algorithm::RS256 {
             return Err(invalid("Entra token not signed with RS256"));
@@ -322,7 +319,7 @@ impl EntraVerifier {
             KeyLookup::Found(key) => key,
             KeyLookup::Unknown => return Err(invalid("Entra token signed by an unknown key")),
             KeyLookup::Unavailable => {
-                return Err(ApiError::EntraUnavailable {
+                return Err(AuthError::EntraUnavailable {
                     retry_after: self.retry_after,
                 })
             }
@@ -344,11 +341,11 @@ impl EntraVerifier {
         // Valid token; from here on the caller is known and refusals are 403.
         let Some(scopes) = claims.scp else {
             // App-only tokens carry `roles` and no `scp`: only users sign in to the dashboard.
-            return Err(ApiError::InsufficientScope);
+            return Err(AuthError::InsufficientScope);
         };
         if let Some(required) = &self.required_scope {
             if !scopes.split_whitespace().any(|s| s == required) {
-                return Err(ApiError::InsufficientScope);
+                return Err(AuthError::InsufficientScope);
             }
         }
         Ok(EntraIdentity { tid, oid })

@@ -6,22 +6,60 @@ pub mod entra;
 pub mod own_token;
 pub mod principal;
 
-use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::{
-    extract::{ConnectInfo, Request, State},
-    http::{header::AUTHORIZATION, HeaderMap, StatusCode},
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use axum::http::{header::AUTHORIZATION, HeaderMap};
 use tracing::instrument;
 
 pub use api_key::ApiKeyVerifier;
 pub use entra::EntraVerifier;
 pub use own_token::SessionTokenVerifier;
-pub use principal::{MintingPrincipal, Principal};
+pub use principal::Principal;
 
-use crate::{app::AppState, http::error::ApiError, ratelimit::Decision};
+use crate::store::StoreError;
+
+/// Why a credential did not resolve into a [`Principal`]. The HTTP layer maps each reason to a
+/// status, a code and a challenge (`http/error.rs`); the failed-authentication budget is charged
+/// for the reasons [`AuthError::is_failed_authentication`] names.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No bearer credential at all (no header, or another scheme).
+    #[error("missing bearer credentials")]
+    Missing,
+    /// `reason` is for logs only; the client sees a generic message.
+    #[error("invalid bearer credentials: {reason}")]
+    Invalid { reason: &'static str },
+    #[error("ambiguous credentials: {0}")]
+    Ambiguous(&'static str),
+    /// A valid credential whose holder may not do this (an end user, an app-only or
+    /// out-of-scope Entra token).
+    #[error("the credential may not mint tokens")]
+    InsufficientScope,
+    /// A valid Entra token whose directory (`tid`) is no tenant's.
+    #[error("the Microsoft Entra directory is not registered with any tenant")]
+    UnknownDirectory,
+    /// Entra's signing keys cannot be had right now: we cannot tell (retry later).
+    #[error("Entra ID signing keys unavailable")]
+    EntraUnavailable { retry_after: Duration },
+    #[error("store failure during authentication: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    /// The refusals that take from the client address's failed-authentication budget: a
+    /// credential that is absent, unparsable or wrong, never a valid one refused for scope or
+    /// an outage of ours.
+    pub fn is_failed_authentication(&self) -> bool {
+        matches!(
+            self,
+            Self::Missing | Self::Invalid { .. } | Self::Ambiguous(_)
+        )
+    }
+}
+
+fn invalid(reason: &'static str) -> AuthError {
+    AuthError::Invalid { reason }
+}
 
 pub struct Authenticator {
     pub api_keys: ApiKeyVerifier,
@@ -33,98 +71,51 @@ pub struct Authenticator {
 impl Authenticator {
     /// Resolves the request's bearer credential. Skips all fields so no credential reaches a log.
     #[instrument(skip_all, name = "authenticate")]
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         let credential = bearer_credential(headers)?;
         if credential.starts_with(api_key::PREFIX) {
             return self.api_keys.verify(credential).await;
         }
         if credential.bytes().filter(|b| *b == b'.').count() == 2 {
-            let header = jsonwebtoken::decode_header(credential).map_err(|_| {
-                ApiError::InvalidCredentials {
-                    reason: "malformed JWT",
-                }
-            })?;
+            let header =
+                jsonwebtoken::decode_header(credential).map_err(|_| invalid("malformed JWT"))?;
             if self.session_tokens.claims_to_be_ours(&header) {
                 return self.session_tokens.verify(credential, &header);
             }
             // Any other JWT can only be a Microsoft Entra ID access token of a dashboard user.
             return match &self.entra {
                 Some(entra) => entra.verify(credential, &header).await,
-                None => Err(ApiError::InvalidCredentials {
-                    reason: "JWT not issued by us and Entra login is off",
-                }),
+                None => Err(invalid("JWT not issued by us and Entra login is off")),
             };
         }
-        Err(ApiError::InvalidCredentials {
-            reason: "unrecognised credential",
-        })
+        Err(invalid("unrecognised credential"))
     }
 }
 
 /// The credential of the one `Authorization: Bearer` header (scheme case-insensitive).
-fn bearer_credential(headers: &HeaderMap) -> Result<&str, ApiError> {
+fn bearer_credential(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
-        return Err(ApiError::MissingCredentials);
+        return Err(AuthError::Missing);
     };
     if values.next().is_some() {
-        return Err(ApiError::AmbiguousCredentials(
+        return Err(AuthError::Ambiguous(
             "Send exactly one Authorization header",
         ));
     }
-    let value = value.to_str().map_err(|_| ApiError::InvalidCredentials {
-        reason: "non-ASCII Authorization header",
-    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| invalid("non-ASCII Authorization header"))?;
     let (scheme, credential) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         // Another scheme (Basic, ...) is no bearer credential at all: a bare challenge (RFC 6750 §3).
-        return Err(ApiError::MissingCredentials);
+        return Err(AuthError::Missing);
     }
     let credential = credential.trim();
     if credential.is_empty() || credential.contains(char::is_whitespace) {
-        return Err(ApiError::InvalidCredentials {
-            reason: "malformed bearer credential",
-        });
+        return Err(invalid("malformed bearer credential"));
     }
     Ok(credential)
-}
-
-/// The tower layer (via `from_fn_with_state`) that puts the [`Principal`] into the request.
-/// A client over its failed-authentication budget is refused before its credential is looked
-/// up; each failed authentication takes from that budget, a successful one does not.
-pub async fn require_principal(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let client_ip = state.trusted_proxies.client_ip(peer, request.headers());
-    if let Some(retry_after) = state.limits.auth_failures_exhausted(&client_ip).await {
-        return ApiError::RateLimited { retry_after }.into_response();
-    }
-    match state.authenticator.authenticate(request.headers()).await {
-        Ok(principal) => {
-            let span = tracing::Span::current();
-            span.record("principal_kind", principal.kind());
-            span.record("principal_id", principal.id());
-            span.record("tenant", principal.tenant_id());
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(error) if error.status() == StatusCode::UNAUTHORIZED => {
-            match state.limits.record_auth_failure(&client_ip).await {
-                Decision::Limited { retry_after } => {
-                    ApiError::RateLimited { retry_after }.into_response()
-                }
-                Decision::Allowed { .. } => error.into_response(),
-            }
-        }
-        Err(error) => error.into_response(),
-    }
 }
 
 #[cfg(test)]
@@ -150,23 +141,191 @@ mod tests {
         );
         assert!(matches!(
             bearer_credential(&headers(&[])),
-            Err(ApiError::MissingCredentials)
+            Err(AuthError::Missing)
         ));
         assert!(matches!(
             bearer_credential(&headers(&["Basic abc"])),
-            Err(ApiError::MissingCredentials)
+            Err(AuthError::Missing)
         ));
         assert!(matches!(
             bearer_credential(&headers(&["Bearer"])),
-            Err(ApiError::InvalidCredentials { .. })
+            Err(AuthError::Invalid { .. })
         ));
         assert!(matches!(
             bearer_credential(&headers(&["Bearer a b"])),
-            Err(ApiError::InvalidCredentials { .. })
+            Err(AuthError::Invalid { .. })
         ));
         assert!(matches!(
             bearer_credential(&headers(&["Bearer a", "Bearer b"])),
-            Err(ApiError::AmbiguousCredentials(_))
+            Err(AuthError::Ambiguous(_))
         ));
+    }
+
+    /// The verifiers on their own: a real SQLite store seeded with the example fixture, a real
+    /// signing key, no router, no HTTP types but the header map.
+    mod verifiers {
+        use std::{sync::Arc, time::Duration};
+
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+
+        use super::super::*;
+        use crate::{
+            config::{SigningConfig, TokenConfig},
+            seed::Fixture,
+            store::Store,
+            tokens::{SigningKey, TokenGrant, TokenIssuer},
+        };
+
+        const ACME_KEY: &str = "neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd";
+        const REVOKED_KEY: &str = "neo_sk_test_Hh2Jk9Lm4Nn7Pp1Qq5Rr8Ss3";
+
+        struct Fixtures {
+            authenticator: Authenticator,
+            issuer: Arc<TokenIssuer>,
+            _dir: tempfile::TempDir,
+        }
+
+        async fn fixtures() -> Fixtures {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+            let store: Arc<dyn Store> = crate::store::connect(&url, 2).await.unwrap();
+            store.migrate().await.unwrap();
+            let plan = Fixture::from_json(include_str!("../../config/seed.example.json"))
+                .unwrap()
+                .prepare("test")
+                .unwrap()
+                .plan;
+            store.apply_seed(&plan).await.unwrap();
+            let key = SigningKey::load_or_generate(&SigningConfig::default(), dir.path()).unwrap();
+            let issuer = Arc::new(TokenIssuer::new(key, &TokenConfig::default()).unwrap());
+            let authenticator = Authenticator {
+                api_keys: ApiKeyVerifier::new(
+                    Arc::clone(&store),
+                    "test".to_owned(),
+                    Duration::from_secs(60),
+                    Duration::ZERO,
+                ),
+                session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
+                entra: None,
+            };
+            Fixtures {
+                authenticator,
+                issuer,
+                _dir: dir,
+            }
+        }
+
+        async fn authenticate(f: &Fixtures, credential: &str) -> Result<Principal, AuthError> {
+            let mut map = HeaderMap::new();
+            map.insert(
+                AUTHORIZATION,
+                format!("Bearer {credential}").parse().unwrap(),
+            );
+            f.authenticator.authenticate(&map).await
+        }
+
+        fn grant() -> TokenGrant {
+            TokenGrant {
+                session_id: "s-acme-1".into(),
+                client_id: "acme".into(),
+                end_company_id: None,
+                end_user: Some("pat".into()),
+                end_user_email: None,
+                allowed_agent_ids: vec![],
+                ttl_seconds: 900,
+            }
+        }
+
+        fn is_invalid(result: &Result<Principal, AuthError>) -> bool {
+            matches!(result, Err(AuthError::Invalid { .. }))
+        }
+
+        #[tokio::test]
+        async fn api_keys_resolve_to_their_tenant_and_bad_ones_are_invalid() {
+            let f = fixtures().await;
+            assert_eq!(
+                authenticate(&f, ACME_KEY).await.unwrap(),
+                Principal::ApiKey {
+                    tenant_id: "acme".into(),
+                    key_id: "k-acme".into(),
+                    platform: false,
+                }
+            );
+            assert!(is_invalid(&authenticate(&f, REVOKED_KEY).await));
+            // Same shape, another env; and an unknown key of the right env.
+            let live = ACME_KEY.replace("_test_", "_live_");
+            assert!(is_invalid(&authenticate(&f, &live).await));
+            assert!(is_invalid(
+                &authenticate(&f, "neo_sk_test_AAAAAAAAAAAAAAAAAAAAAAAA").await
+            ));
+            assert!(is_invalid(&authenticate(&f, "not-a-credential").await));
+        }
+
+        #[tokio::test]
+        async fn our_tokens_are_end_users_and_tampered_ones_are_invalid() {
+            let f = fixtures().await;
+            let minted = f.issuer.issue(grant()).unwrap();
+            let principal = authenticate(&f, &minted.token).await.unwrap();
+            assert_eq!(
+                principal,
+                Principal::EndUser {
+                    tenant_id: "acme".into(),
+                    session_id: "s-acme-1".into(),
+                    jti: minted.jti,
+                }
+            );
+            assert!(!principal.may_mint());
+
+            // Claims swapped for another tenant's, signature kept: forged.
+            let parts: Vec<&str> = minted.token.split('.').collect();
+            let mut claims: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+            claims["client_id"] = "globex".into();
+            let forged = format!(
+                "{}.{}.{}",
+                parts[0],
+                URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()),
+                parts[2]
+            );
+            assert!(is_invalid(&authenticate(&f, &forged).await));
+
+            // `alg: none` with our typ and kid, no signature.
+            let header = serde_json::json!({
+                "alg": "none",
+                "typ": crate::tokens::SESSION_TOKEN_TYP,
+                "kid": f.issuer.key().kid(),
+            });
+            let unsigned = format!(
+                "{}.{}.",
+                URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap()),
+                parts[1]
+            );
+            assert!(is_invalid(&authenticate(&f, &unsigned).await));
+
+            // Expired beyond the leeway.
+            let mut old = grant();
+            old.ttl_seconds = 60;
+            let expired = f.issuer.issue(old).unwrap();
+            let parts: Vec<&str> = expired.token.split('.').collect();
+            let mut claims: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+            claims["exp"] = (claims["iat"].as_i64().unwrap() - 3600).into();
+            let resigned_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+            let signing_input = format!("{}.{}", parts[0], resigned_payload);
+            let signature = f.issuer.key().sign(signing_input.as_bytes()).unwrap();
+            let expired = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature));
+            assert!(is_invalid(&authenticate(&f, &expired).await));
+        }
+
+        #[tokio::test]
+        async fn a_foreign_jwt_is_invalid_while_entra_login_is_off() {
+            let f = fixtures().await;
+            let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"entra-1"}"#);
+            let claims = URL_SAFE_NO_PAD.encode(br#"{"tid":"x"}"#);
+            let token = format!("{header}.{claims}.c2ln");
+            let result = authenticate(&f, &token).await;
+            assert!(is_invalid(&result), "{result:?}");
+            assert!(result.unwrap_err().is_failed_authentication());
+        }
     }
 }

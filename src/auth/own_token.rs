@@ -6,11 +6,8 @@ use std::sync::Arc;
 
 use jsonwebtoken::{decode, Header, Validation};
 
-use super::Principal;
-use crate::{
-    http::error::ApiError,
-    tokens::{SessionClaims, TokenIssuer, SESSION_TOKEN_TYP},
-};
+use super::{invalid, AuthError, Principal};
+use crate::tokens::{SessionClaims, TokenIssuer, SESSION_TOKEN_TYP};
 
 /// Clock skew tolerated on `exp`/`nbf` of our own tokens.
 const LEEWAY_SECONDS: u64 = 30;
@@ -37,8 +34,7 @@ impl SessionTokenVerifier {
             || header.typ.as_deref() == Some(SESSION_TOKEN_TYP)
     }
 
-    pub fn verify(&self, token: &str, header: &Header) -> Result<Principal, ApiError> {
-        let invalid = |reason| ApiError::InvalidCredentials { reason };
+    pub fn verify(&self, token: &str, header: &Header) -> Result<Principal, AuthError> {
         if header.typ.as_deref() != Some(SESSION_TOKEN_TYP) {
             return Err(invalid("session token with a wrong typ"));
         }

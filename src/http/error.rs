@@ -8,6 +8,8 @@ use axum::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::{auth::AuthError, ratelimit::whole_seconds, store::StoreError, tokens::KeyError};
+
 const REALM: &str = "neo-sessions";
 
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +46,9 @@ pub enum ApiError {
     #[error("Entra ID signing keys unavailable")]
     EntraUnavailable { retry_after: std::time::Duration },
     #[error("database unavailable: {0}")]
-    DatabaseUnavailable(sqlx::Error),
+    DatabaseUnavailable(StoreError),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -122,7 +124,7 @@ impl ApiError {
             Self::DatabaseUnavailable(_) | Self::EntraUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -186,7 +188,7 @@ impl ApiError {
             Self::RateLimited { retry_after } => (
                 "rate_limited",
                 "Too many requests; retry after the number of seconds in Retry-After.".into(),
-                Some(json!({ "retry_after_seconds": crate::ratelimit::whole_seconds(*retry_after) })),
+                Some(json!({ "retry_after_seconds": whole_seconds(*retry_after) })),
             ),
             Self::EntraUnavailable { .. } => (
                 "entra_unavailable",
@@ -198,13 +200,13 @@ impl ApiError {
                 "The service cannot reach its database.".into(),
                 None,
             ),
-            Self::Database(_) | Self::Internal(_) => {
+            Self::Store(_) | Self::Internal(_) => {
                 ("internal_error", "An internal error occurred.".into(), None)
             }
         };
         let cause = match &self {
             Self::InvalidCredentials { reason } => Some((*reason).to_owned()),
-            Self::Database(_) | Self::Internal(_) | Self::DatabaseUnavailable(_) => {
+            Self::Store(_) | Self::Internal(_) | Self::DatabaseUnavailable(_) => {
                 Some(self.to_string())
             }
             _ => None,
@@ -234,9 +236,27 @@ impl ApiError {
     }
 }
 
-impl From<crate::tokens::KeyError> for ApiError {
-    fn from(error: crate::tokens::KeyError) -> Self {
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
         Self::Internal(error.to_string())
+    }
+}
+
+/// The one place where a reason for refusing a credential becomes a status, a code and a
+/// challenge.
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Missing => Self::MissingCredentials,
+            AuthError::Invalid { reason } => Self::InvalidCredentials { reason },
+            AuthError::Ambiguous(why) => Self::AmbiguousCredentials(why),
+            AuthError::InsufficientScope => Self::InsufficientScope,
+            AuthError::UnknownDirectory => {
+                Self::Forbidden("This Microsoft Entra directory is not registered with any tenant.")
+            }
+            AuthError::EntraUnavailable { retry_after } => Self::EntraUnavailable { retry_after },
+            AuthError::Store(error) => Self::Store(error),
+        }
     }
 }
 
@@ -251,10 +271,100 @@ impl IntoResponse for ApiError {
         if let Self::RateLimited { retry_after } | Self::EntraUnavailable { retry_after } = &self {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                HeaderValue::from(crate::ratelimit::whole_seconds(*retry_after)),
+                HeaderValue::from(whole_seconds(*retry_after)),
             );
         }
         response.extensions_mut().insert(self.report());
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Every reason `auth` can give, and what the client sees for it.
+    #[test]
+    fn auth_errors_map_to_status_code_and_challenge() {
+        let invalid_token = "Bearer realm=\"neo-sessions\", error=\"invalid_token\", error_description=\"The credential is invalid, expired or revoked\"";
+        let cases: Vec<(AuthError, StatusCode, &str, Option<&str>)> = vec![
+            (
+                AuthError::Missing,
+                StatusCode::UNAUTHORIZED,
+                "missing_credentials",
+                Some("Bearer realm=\"neo-sessions\""),
+            ),
+            (
+                AuthError::Invalid {
+                    reason: "unknown API key",
+                },
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                Some(invalid_token),
+            ),
+            (
+                AuthError::Ambiguous("Send exactly one Authorization header"),
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                Some("Bearer realm=\"neo-sessions\", error=\"invalid_request\""),
+            ),
+            (
+                AuthError::InsufficientScope,
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                Some("Bearer realm=\"neo-sessions\", error=\"insufficient_scope\""),
+            ),
+            (
+                AuthError::UnknownDirectory,
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                None,
+            ),
+            (
+                AuthError::EntraUnavailable {
+                    retry_after: Duration::from_secs(5),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "entra_unavailable",
+                None,
+            ),
+            (
+                AuthError::Store(StoreError::RecorderStopped),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                None,
+            ),
+        ];
+        for (auth, status, code, challenge) in cases {
+            let failed = auth.is_failed_authentication();
+            let response = ApiError::from(auth).into_response();
+            assert_eq!(response.status(), status, "{code}");
+            // The failed-auth budget is charged for exactly the 401s.
+            assert_eq!(failed, status == StatusCode::UNAUTHORIZED, "{code}");
+            let report = response.extensions().get::<ErrorReport>().expect("report");
+            assert_eq!(report.code, code);
+            let www = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(www, challenge, "{code}");
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(
+                    response.headers().get(axum::http::header::RETRY_AFTER),
+                    Some(&HeaderValue::from(5u64))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn internal_causes_are_logged_not_sent() {
+        let error = ApiError::Store(StoreError::Database(sqlx::Error::PoolTimedOut));
+        let report = error.report();
+        assert_eq!(report.code, "internal_error");
+        assert!(!report.message.contains("pool"), "{}", report.message);
+        assert!(report.cause.is_some_and(|c| c.contains("pool")));
     }
 }

@@ -1,13 +1,32 @@
-//! `ApiJson`: axum's `Json`, but its rejections come out in our envelope (400, 413, 415).
+//! Extractors whose rejections come out in our envelope: `ApiJson` (axum's `Json` with 400, 413
+//! and 415 of ours) and `MintingPrincipal` (the caller, when it may mint).
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, Request},
-    http::{header::CONTENT_TYPE, StatusCode},
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header::CONTENT_TYPE, request::Parts, StatusCode},
 };
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::auth::Principal;
+
+/// A principal allowed to mint: service accounts and dashboard users. End users get 403.
+#[derive(Debug, Clone)]
+pub struct MintingPrincipal(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for MintingPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Principal>() {
+            // Only reachable if a route forgot the bearer layer: refuse rather than serve anonymously.
+            None => Err(ApiError::MissingCredentials),
+            Some(principal) if !principal.may_mint() => Err(ApiError::InsufficientScope),
+            Some(principal) => Ok(Self(principal.clone())),
+        }
+    }
+}
 
 pub struct ApiJson<T>(pub T);
 

@@ -1,6 +1,8 @@
 //! `GET /public-api/health`: liveness and readiness of the database; `GET /public-api/health/live`:
 //! liveness alone, touching nothing (for process supervisors, and the HTTP ceiling in benchmarks).
 
+use std::sync::Arc;
+
 use axum::{extract::State, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -8,8 +10,8 @@ use utoipa::ToSchema;
 use super::{
     envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
     error::ApiError,
+    AppState,
 };
-use crate::app::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -37,7 +39,7 @@ pub struct HealthEnvelope {
     )
 )]
 pub async fn health(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     ctx: RequestContext,
 ) -> Result<Json<Success<Health>>, ApiError> {
     let mut timings = Timings::default();

@@ -1,6 +1,8 @@
 //! `GET /.well-known/jwks.json`: the public keys that verify our session tokens, so the chat
 //! service verifies them without calling us.
 
+use std::sync::Arc;
+
 use axum::{
     extract::State,
     http::{header::CACHE_CONTROL, HeaderValue},
@@ -10,7 +12,8 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{app::AppState, tokens::PublicJwk};
+use super::AppState;
+use crate::tokens::PublicJwk;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JwkSet {
@@ -25,7 +28,7 @@ pub struct JwkSet {
     summary = "Public keys of minted session tokens (RFC 7517 JWK Set)",
     responses((status = 200, description = "The JWK Set.", body = JwkSet))
 )]
-pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn jwks(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let set = JwkSet {
         keys: vec![state.issuer.key().public_jwk().clone()],
     };

@@ -1,12 +1,33 @@
-//! The HTTP surface: one file per endpoint group, plus the envelope, the error type and the
-//! request-context middleware.
+//! The HTTP surface: one file per endpoint group, plus the envelope, the error type, the
+//! extractors and the middleware (request context, bearer authentication, rate limit).
 
+pub mod authenticate;
 pub mod envelope;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jwks;
-pub mod middleware;
 pub mod openapi;
 pub mod rate_limit;
+pub mod request_context;
 pub mod sessions;
+
+use std::sync::Arc;
+
+use crate::{
+    auth::Authenticator,
+    config::Config,
+    ratelimit::RateLimits,
+    store::{MintRecorder, Store},
+    tokens::TokenIssuer,
+};
+
+/// What handlers and middleware read, shared behind one `Arc` (`app.rs` builds it).
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub recorder: MintRecorder,
+    pub issuer: Arc<TokenIssuer>,
+    pub authenticator: Authenticator,
+    pub limits: RateLimits,
+}

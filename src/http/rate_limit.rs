@@ -2,6 +2,8 @@
 //! over its budget, and the IETF draft `RateLimit-Policy` / `RateLimit` headers on every
 //! response to an authenticated caller.
 
+use std::sync::Arc;
+
 use axum::{
     extract::{Request, State},
     http::{HeaderName, HeaderValue},
@@ -9,9 +11,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::error::ApiError;
+use super::{error::ApiError, AppState};
 use crate::{
-    app::AppState,
     auth::Principal,
     ratelimit::{whole_seconds, Decision, Quota},
 };
@@ -20,7 +21,7 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 pub async fn per_principal(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {

@@ -1,8 +1,10 @@
 //! `POST /public-api/sessions`: the mint rules of SPEC §2, in their order.
 
+use std::sync::Arc;
+
 use axum::{extract::State, Json};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -10,11 +12,11 @@ use uuid::Uuid;
 use super::{
     envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
     error::ApiError,
-    extract::ApiJson,
+    extract::{ApiJson, MintingPrincipal},
+    AppState,
 };
 use crate::{
-    app::AppState,
-    auth::{MintingPrincipal, Principal},
+    auth::Principal,
     config::TokenConfig,
     store::{MintRecord, SessionRow},
     tokens::TokenGrant,
@@ -24,15 +26,16 @@ const MAX_ID_LEN: usize = 255;
 const MAX_EMAIL_LEN: usize = 254;
 const MAX_AGENT_IDS: usize = 256;
 
+// Built field by field by `from_json` (no `Deserialize`) so that every bad field is reported at
+// once. The doc comment below is the schema's description in the OpenAPI document.
 /// The request body. Unknown fields are ignored.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, ToSchema)]
 pub struct MintSessionTokenRequest {
     /// The chat session the token is bound to (1 to 255 characters).
     #[schema(min_length = 1, max_length = 255)]
     pub session_id: String,
     /// Agents the end user may talk to; each must belong to the target tenant. Duplicates are removed.
-    #[schema(default = json!([]))]
-    #[serde(default)]
+    #[schema(default = json!([]), required = false)]
     pub allowed_agent_ids: Vec<i64>,
     /// Target tenant to mint the token for. Honored only for a platform service account, and only
     /// when `session_id` is that tenant's Neo Support session (otherwise 403); any other caller
@@ -49,8 +52,8 @@ pub struct MintSessionTokenRequest {
     #[schema(nullable, default = json!(null))]
     pub end_user_email: Option<String>,
     /// Token lifetime in seconds; default 900, allowed 60 to 3600 (configurable).
-    #[schema(nullable, default = json!(null))]
-    pub ttl_seconds: Option<i64>,
+    #[schema(value_type = Option<i64>, nullable, default = json!(null))]
+    pub ttl_seconds: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,7 +101,7 @@ pub struct MintSessionTokenEnvelope {
     security(("bearerAuth" = []))
 )]
 pub async fn mint_session_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     ctx: RequestContext,
     MintingPrincipal(principal): MintingPrincipal,
     ApiJson(body): ApiJson<Value>,
@@ -109,14 +112,12 @@ pub async fn mint_session_token(
     // Rule 1: the shape of the body.
     let request = MintSessionTokenRequest::from_json(body, &state.config.token)?;
 
-    // Rules 2 and 3: the target tenant, and its session.
-    if request.client_id.is_some() && !principal.is_platform() {
-        return Err(FORBIDDEN_CLIENT_ID);
-    }
+    // Rules 2 and 3: the target tenant (refused before any lookup), then its session.
+    let target = Target::of(&principal, request.client_id.as_deref())?;
     let session = timings
         .time("db", store.find_session(&request.session_id))
         .await?;
-    let session = target_session(&principal, request.client_id.as_deref(), session)?;
+    let session = target.session(session)?;
 
     // Rule 4: only active sessions.
     if !session.is_active() {
@@ -170,7 +171,6 @@ pub async fn mint_session_token(
     // Rule 7: sign, record, answer.
     let ttl_seconds = request
         .ttl_seconds
-        .and_then(|ttl| u32::try_from(ttl).ok())
         .unwrap_or(state.config.token.default_ttl);
     let signing = std::time::Instant::now();
     let minted = state.issuer.issue(TokenGrant {
@@ -206,25 +206,38 @@ pub async fn mint_session_token(
     Ok(Success::new(data, SuccessMeta::new(ctx, timings, warnings)))
 }
 
-const FORBIDDEN_CLIENT_ID: ApiError =
-    ApiError::Forbidden("client_id may be passed only by a platform service account.");
+/// Whose session a mint may be for (rules 2 and 3).
+enum Target<'a> {
+    /// The caller's own tenant.
+    OwnTenant(&'a str),
+    /// A platform key's `client_id`: only that tenant's Neo Support session.
+    SupportSessionOf(&'a str),
+}
 
-/// Rules 2 and 3. Every refusal reveals nothing of other tenants' sessions.
-fn target_session(
-    principal: &Principal,
-    client_id: Option<&str>,
-    session: Option<SessionRow>,
-) -> Result<SessionRow, ApiError> {
-    match client_id {
-        Some(_) if !principal.is_platform() => Err(FORBIDDEN_CLIENT_ID),
-        Some(client_id) => session
-            .filter(|s| s.tenant_id == client_id && s.is_neo_support())
-            .ok_or(ApiError::Forbidden(
-                "With client_id, session_id must be that tenant's Neo Support session.",
+impl<'a> Target<'a> {
+    fn of(principal: &'a Principal, client_id: Option<&'a str>) -> Result<Self, ApiError> {
+        match client_id {
+            None => Ok(Self::OwnTenant(principal.tenant_id())),
+            Some(client_id) if principal.is_platform() => Ok(Self::SupportSessionOf(client_id)),
+            Some(_) => Err(ApiError::Forbidden(
+                "client_id may be passed only by a platform service account.",
             )),
-        None => session
-            .filter(|s| s.tenant_id == principal.tenant_id())
-            .ok_or(ApiError::SessionNotFound),
+        }
+    }
+
+    /// The session, if it is one this target may mint for. Every refusal reveals nothing of
+    /// other tenants' sessions.
+    fn session(&self, session: Option<SessionRow>) -> Result<SessionRow, ApiError> {
+        match *self {
+            Self::SupportSessionOf(client_id) => session
+                .filter(|s| s.tenant_id == client_id && s.is_neo_support())
+                .ok_or(ApiError::Forbidden(
+                    "With client_id, session_id must be that tenant's Neo Support session.",
+                )),
+            Self::OwnTenant(tenant_id) => session
+                .filter(|s| s.tenant_id == tenant_id)
+                .ok_or(ApiError::SessionNotFound),
+        }
     }
 }
 
@@ -293,10 +306,8 @@ impl MintSessionTokenRequest {
         let (min, max) = (limits.min_ttl, limits.max_ttl);
         match body.remove("ttl_seconds") {
             None | Some(Value::Null) => {}
-            Some(value) => match value.as_i64() {
-                Some(ttl) if (i64::from(min)..=i64::from(max)).contains(&ttl) => {
-                    request.ttl_seconds = Some(ttl)
-                }
+            Some(value) => match value.as_u64().and_then(|ttl| u32::try_from(ttl).ok()) {
+                Some(ttl) if (min..=max).contains(&ttl) => request.ttl_seconds = Some(ttl),
                 _ => {
                     errors.insert(
                         "ttl_seconds".into(),
@@ -339,21 +350,18 @@ fn text_field(
     value: Value,
     max_len: usize,
 ) -> Option<String> {
-    let problem = match &value {
-        Value::String(s) if s.is_empty() => "must not be empty".to_owned(),
-        Value::String(s) if s.chars().count() > max_len => {
-            format!("must be at most {max_len} characters")
-        }
-        Value::String(s) if s.chars().any(char::is_control) => {
-            "must not contain control characters".to_owned()
-        }
-        Value::String(_) => {
-            return match value {
-                Value::String(s) => Some(s),
-                _ => None,
-            }
-        }
-        _ => "must be a string".to_owned(),
+    let Value::String(text) = value else {
+        errors.insert(field.into(), "must be a string".into());
+        return None;
+    };
+    let problem = if text.is_empty() {
+        "must not be empty".to_owned()
+    } else if text.chars().count() > max_len {
+        format!("must be at most {max_len} characters")
+    } else if text.chars().any(char::is_control) {
+        "must not contain control characters".to_owned()
+    } else {
+        return Some(text);
     };
     errors.insert(field.into(), problem.into());
     None

@@ -17,7 +17,7 @@ use std::{
 
 use async_trait::async_trait;
 
-pub use client_ip::{ClientIp, TrustedProxies};
+pub use client_ip::{client_ip, ClientIp};
 pub use memory::MemoryLimits;
 pub use redis::RedisLimits;
 
@@ -55,6 +55,7 @@ pub enum Decision {
     },
 }
 
+#[cfg(test)]
 impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Self::Allowed { .. })
@@ -197,10 +198,6 @@ impl RateLimits {
     pub async fn record_auth_failure(&self, ip: &ClientIp) -> Decision {
         let key = format!("ip:{ip}");
         self.call(Op::Acquire, &key, self.auth_failure_quota).await
-    }
-
-    pub fn principal_quota(&self) -> Quota {
-        self.principal_quota
     }
 }
 

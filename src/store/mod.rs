@@ -15,7 +15,69 @@ pub use postgres::PostgresStore;
 pub use recorder::MintRecorder;
 pub use sqlite::SqliteStore;
 
-pub type StoreResult<T> = Result<T, sqlx::Error>;
+use crate::config::DatabaseBackend;
+
+/// What can go wrong below the store; the layers above map it, the store never speaks HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Database(#[from] sqlx::Error),
+    /// The group-commit writer of mint records is gone (it ended, or panicked).
+    #[error("the mint recorder has stopped")]
+    RecorderStopped,
+    #[error("database URL must start with postgres://, postgresql:// or sqlite:")]
+    UnsupportedUrl,
+    /// The embedded database's directory could not be created.
+    #[error("cannot create the directory {}", path.display())]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a chat session is: an ordinary one, or the tenant's Neo Support session (the only kind a
+/// platform key may mint into with `client_id`). Stored as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum SessionKind {
+    Standard,
+    NeoSupport,
+}
+
+/// Whether tokens may be minted for a session. Stored as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum SessionStatus {
+    Active,
+    Closed,
+}
+
+impl SessionKind {
+    pub const ALL: [Self; 2] = [Self::Standard, Self::NeoSupport];
+
+    /// The word stored in the database and used in fixtures.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::NeoSupport => "neo_support",
+        }
+    }
+}
+
+impl SessionStatus {
+    pub const ALL: [Self; 2] = [Self::Active, Self::Closed];
+
+    /// The word stored in the database and used in fixtures.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Closed => "closed",
+        }
+    }
+}
 
 /// An API key as found by its hash, joined with what authentication needs of its tenant.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -49,21 +111,18 @@ pub struct TenantRow {
 pub struct SessionRow {
     pub id: String,
     pub tenant_id: String,
-    pub kind: String,
-    pub status: String,
+    pub kind: SessionKind,
+    pub status: SessionStatus,
     pub end_company_id: Option<String>,
 }
 
 impl SessionRow {
-    pub const KIND_NEO_SUPPORT: &'static str = "neo_support";
-    pub const STATUS_ACTIVE: &'static str = "active";
-
     pub fn is_neo_support(&self) -> bool {
-        self.kind == Self::KIND_NEO_SUPPORT
+        self.kind == SessionKind::NeoSupport
     }
 
     pub fn is_active(&self) -> bool {
-        self.status == Self::STATUS_ACTIVE
+        self.status == SessionStatus::Active
     }
 }
 
@@ -73,7 +132,7 @@ pub struct MintRecord {
     pub jti: Uuid,
     pub session_id: String,
     pub tenant_id: String,
-    /// `api_key` or `entra_user`.
+    /// The minting principal's kind: `api_key` or `entra_user`.
     pub minted_by_kind: &'static str,
     /// The key id, or the dashboard user's `tid:oid`.
     pub minted_by: String,
@@ -191,29 +250,11 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
 }
 
-/// The backend a database URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-impl Backend {
-    pub fn of_url(url: &str) -> Option<Self> {
-        let scheme = url.split_once(':')?.0;
-        match scheme {
-            "postgres" | "postgresql" => Some(Self::Postgres),
-            "sqlite" => Some(Self::Sqlite),
-            _ => None,
-        }
-    }
-}
-
 /// Creates the database named by `url` when it does not exist yet (first start on a fresh
 /// server). SQLite files are created when they are opened.
 pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
     use sqlx::migrate::MigrateDatabase;
-    if Backend::of_url(url) == Some(Backend::Postgres)
+    if DatabaseBackend::of_url(url) == Some(DatabaseBackend::Postgres)
         && !sqlx::Postgres::database_exists(url).await?
     {
         sqlx::Postgres::create_database(url).await?;
@@ -224,13 +265,13 @@ pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
 
 /// Connects to the database named by `url`; its scheme picks the backend.
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
-    match Backend::of_url(url) {
-        Some(Backend::Postgres) => Ok(Arc::new(
+    match DatabaseBackend::of_url(url) {
+        Some(DatabaseBackend::Postgres) => Ok(Arc::new(
             PostgresStore::connect(url, max_connections).await?,
         )),
-        Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::connect(url, max_connections).await?)),
-        None => Err(sqlx::Error::Configuration(
-            "database URL must start with postgres://, postgresql:// or sqlite:".into(),
-        )),
+        Some(DatabaseBackend::Sqlite) => {
+            Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+        }
+        None => Err(StoreError::UnsupportedUrl),
     }
 }

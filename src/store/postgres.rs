@@ -11,7 +11,7 @@ use sqlx::{
 
 use super::{
     ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow, Store,
-    StoreResult, TenantRow,
+    StoreError, StoreResult, TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -35,7 +35,7 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.pool).await.map_err(sqlx::Error::from)?;
         Ok(())
     }
 
@@ -53,6 +53,7 @@ impl Store for PostgresStore {
         .bind(&key_hash[..])
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()> {
@@ -74,6 +75,7 @@ impl Store for PostgresStore {
         .bind(session_id)
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool> {
@@ -84,6 +86,7 @@ impl Store for PostgresStore {
         .bind(end_company_id)
         .fetch_one(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>> {
@@ -92,6 +95,7 @@ impl Store for PostgresStore {
             .bind(agent_ids)
             .fetch_all(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 
     async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
@@ -138,6 +142,7 @@ impl Store for PostgresStore {
             .bind(tenant_id)
             .fetch_optional(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 
     async fn find_tenant_by_entra_id(
@@ -148,6 +153,7 @@ impl Store for PostgresStore {
             .bind(entra_tenant_id)
             .fetch_optional(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
@@ -213,6 +219,7 @@ impl Store for PostgresStore {
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>> {
@@ -284,8 +291,8 @@ impl Store for PostgresStore {
             )
             .bind(&s.id)
             .bind(&s.tenant_id)
-            .bind(&s.kind)
-            .bind(&s.status)
+            .bind(s.kind)
+            .bind(s.status)
             .bind(&s.end_company_id)
             .execute(&mut *tx)
             .await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MintRecord, Store, StoreResult};
+use super::{MintRecord, Store, StoreError, StoreResult};
 
 type Waiter = (MintRecord, oneshot::Sender<StoreResult<()>>);
 
@@ -29,8 +29,8 @@ impl MintRecorder {
         self.queue
             .send((record, done))
             .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        committed.await.map_err(|_| sqlx::Error::PoolClosed)?
+            .map_err(|_| StoreError::RecorderStopped)?;
+        committed.await.map_err(|_| StoreError::RecorderStopped)?
     }
 }
 

@@ -13,7 +13,7 @@ use sqlx::{
 
 use super::{
     ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow, Store,
-    StoreResult, TenantRow,
+    StoreError, StoreResult, TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -60,13 +60,16 @@ fn create_private_dir(dir: &Path) -> StoreResult<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(sqlx::Error::Io)
+        .map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.pool).await.map_err(sqlx::Error::from)?;
         Ok(())
     }
 
@@ -84,6 +87,7 @@ impl Store for SqliteStore {
         .bind(&key_hash[..])
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()> {
@@ -106,6 +110,7 @@ impl Store for SqliteStore {
         .bind(session_id)
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool> {
@@ -116,6 +121,7 @@ impl Store for SqliteStore {
         .bind(end_company_id)
         .fetch_one(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>> {
@@ -128,6 +134,7 @@ impl Store for SqliteStore {
         .bind(ids)
         .fetch_all(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
@@ -157,6 +164,7 @@ impl Store for SqliteStore {
             .bind(tenant_id)
             .fetch_optional(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 
     async fn find_tenant_by_entra_id(
@@ -167,6 +175,7 @@ impl Store for SqliteStore {
             .bind(entra_tenant_id)
             .fetch_optional(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
@@ -235,6 +244,7 @@ impl Store for SqliteStore {
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>> {
@@ -308,8 +318,8 @@ impl Store for SqliteStore {
             )
             .bind(&s.id)
             .bind(&s.tenant_id)
-            .bind(&s.kind)
-            .bind(&s.status)
+            .bind(s.kind)
+            .bind(s.status)
             .bind(&s.end_company_id)
             .execute(&mut *tx)
             .await?;

@@ -184,7 +184,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub config: Config,
     /// The running app's state (e.g. to read the rate limiter's size).
-    pub state: neo_sessions::app::AppState,
+    pub state: std::sync::Arc<neo_sessions::app::AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     // Field order matters: the server stops before its database is dropped.
     pub db: TestDatabase,

@@ -179,7 +179,8 @@ async fn a_spoofed_forwarded_for_gets_no_fresh_bucket(backend: Backend) {
     // Behind a trusted proxy (here: loopback) the forwarded client is what counts.
     let proxied = spawn_app_with(backend, |c| {
         tight_failure_budget(c);
-        c.server.trusted_proxies = "127.0.0.1/32, ::1".to_owned();
+        c.server.trusted_proxies =
+            neo_sessions::config::TrustedProxies::parse("127.0.0.1/32, ::1").expect("proxies");
     })
     .await;
     let send = |xff: &'static str| {

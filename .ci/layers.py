@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Fails when a lower layer of the crate imports a higher one (docs/design.md, "Layers").
+
+Every `crate::...` path in src/ (in `use` trees and inline) is resolved to the module it names, and
+that module's rank must be below the importing file's rank, or be the same module. `#[cfg(test)]`
+modules are not checked: a unit test may assemble whatever it needs.
+
+    python3 .ci/layers.py [SRC_DIR]
+"""
+
+import re
+import sys
+from pathlib import Path
+
+# Lowest first. A module may use modules of a lower rank (and itself), never a higher one.
+LAYERS = [
+    ["config"],
+    ["cache"],
+    ["tokens"],
+    ["auth::principal"],  # the Principal type: below everything that names a caller
+    ["store"],
+    ["auth"],
+    ["ratelimit"],
+    ["seed", "telemetry"],
+    ["http"],
+    ["app"],
+    ["lib"],  # build_state, run, serve
+    ["cli"],
+    ["main"],
+]
+RANK = {module: rank for rank, group in enumerate(LAYERS) for module in group}
+
+TEST_MODULE = re.compile(r"#\[cfg\(test\)\]\s*(pub\s+)?mod\s+\w+\s*\{")
+USE_TREE = re.compile(r"\buse\s+(?:crate|neo_sessions)::(\{.*?\}|[^;]+);", re.S)
+INLINE_PATH = re.compile(r"\b(?:crate|neo_sessions)::((?:[A-Za-z_][A-Za-z0-9_]*::)*[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def module_of_file(src: Path, path: Path) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    if parts == ("auth", "principal"):
+        return "auth::principal"
+    return parts[0]
+
+
+def module_of_path(segments: list) -> str:
+    head = segments[0]
+    if head == "auth" and len(segments) > 1 and segments[1] in ("principal", "Principal"):
+        return "auth::principal"
+    # Anything that is not a module is an item of lib.rs (`crate::build_state`, ...).
+    return head if head in RANK else "lib"
+
+
+def expand(tree: str, prefix=()):
+    """Expands a use tree (`a::{b, c::{d}}`) into its paths, as lists of segments."""
+    tree = tree.strip()
+    if not tree:
+        return []
+    if tree.startswith("{") and tree.endswith("}"):
+        items, depth, start = [], 0, 1
+        for i, ch in enumerate(tree[1:-1], start=1):
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+            elif ch == "," and depth == 0:
+                items.append(tree[start:i])
+                start = i + 1
+        items.append(tree[start:-1])
+        return [path for item in items for path in expand(item, prefix)]
+    head, sep, rest = tree.partition("::")
+    head = head.split(" as ")[0].strip()
+    if not sep:
+        return [list(prefix) + [head]] if head not in ("self", "*") else [list(prefix)]
+    return expand(rest, prefix + (head,))
+
+
+def imports(text: str):
+    """`(line, segments)` of every crate path the text names."""
+    found = []
+    for match in USE_TREE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        found += [(line, path) for path in expand(match.group(1)) if path]
+    without_uses = USE_TREE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+    for match in INLINE_PATH.finditer(without_uses):
+        line = without_uses.count("\n", 0, match.start()) + 1
+        found.append((line, match.group(1).split("::")))
+    return found
+
+
+def main() -> int:
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "src")
+    problems = []
+    for path in sorted(src.rglob("*.rs")):
+        importer = module_of_file(src, path)
+        if importer not in RANK:
+            problems.append(f"{path}: module `{importer}` is not in a layer of .ci/layers.py")
+            continue
+        text = path.read_text()
+        test = TEST_MODULE.search(text)
+        if test:
+            text = text[: test.start()]
+        for line, segments in imports(text):
+            target = module_of_path(segments)
+            if target != importer and RANK[target] >= RANK[importer]:
+                problems.append(
+                    f"{path}:{line}: `{importer}` imports `{'::'.join(segments)}` "
+                    f"(layer `{target}` is not below it)"
+                )
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"layer check failed: {len(problems)} upward import(s); see docs/design.md")
+        return 1
+    print("layer check: no upward imports")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
