@@ -6,23 +6,15 @@ use aws_lc_rs::{
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use reqwest::{header::WWW_AUTHENTICATE, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, parse_timestamp, spawn_app, Backend, TestApp, ACME_KEY, ACME_REVOKED_KEY,
+    assert_error, parse_timestamp, www_authenticate, Backend, TestApp, ACME_KEY, ACME_REVOKED_KEY,
+    JSON,
 };
 
 const TYP: &str = "neo-session+jwt";
-
-fn challenge(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get(WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
-}
 
 /// Claims of a session token for `s-acme-1`, valid now, with `overrides` merged in.
 fn session_claims(app: &TestApp, overrides: Value) -> Value {
@@ -65,31 +57,28 @@ async fn sign_with_server_key(app: &TestApp, typ: Option<&str>, claims: &Value) 
 
 async fn assert_invalid_token(app: &TestApp, token: &str) {
     let response = app.mint(token, json!({"session_id": "s-acme-1"})).await;
-    let www = challenge(&response);
-    assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let www = www_authenticate(&response);
+    app.refused(response, StatusCode::UNAUTHORIZED, "invalid_credentials")
+        .await;
     assert!(www.starts_with("Bearer realm=\"neo-sessions\""), "{www}");
     assert!(www.contains("error=\"invalid_token\""), "{www}");
-    assert_eq!(app.mint_count().await, 0);
 }
 
 async fn no_credentials_get_a_bare_bearer_challenge(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let response = app
-        .client
-        .post(app.url("/public-api/sessions"))
-        .json(&json!({"session_id": "s-acme-1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(challenge(&response), "Bearer realm=\"neo-sessions\"");
+        .mint_with(None, &[], json!({"session_id": "s-acme-1"}))
+        .await;
+    assert_eq!(www_authenticate(&response), "Bearer realm=\"neo-sessions\"");
     assert_error(response, StatusCode::UNAUTHORIZED, "missing_credentials").await;
 }
 
 async fn authentication_comes_before_the_body(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let response = app
         .mint_raw(
-            &[("authorization", "Bearer neo_sk_test_unknownunknownunknown1")],
+            Some("neo_sk_test_unknownunknownunknown1"),
+            None,
             "{not json",
         )
         .await;
@@ -97,28 +86,20 @@ async fn authentication_comes_before_the_body(backend: Backend) {
 }
 
 async fn a_revoked_key_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     assert_invalid_token(&app, ACME_REVOKED_KEY).await;
 }
 
 async fn our_own_session_token_may_not_mint(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let (data, _) = app
         .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
         .await;
     let token = data["token"].as_str().unwrap();
 
     // Whatever the body: an end user is refused before it is read.
-    let response = app
-        .mint_raw(
-            &[
-                ("authorization", &format!("Bearer {token}")),
-                ("content-type", "application/json"),
-            ],
-            "{garbage",
-        )
-        .await;
-    let www = challenge(&response);
+    let response = app.mint_raw(Some(token), Some(JSON), "{garbage").await;
+    let www = www_authenticate(&response);
     assert_error(response, StatusCode::FORBIDDEN, "insufficient_scope").await;
     assert!(www.contains("error=\"insufficient_scope\""), "{www}");
 
@@ -133,7 +114,7 @@ async fn our_own_session_token_may_not_mint(backend: Backend) {
 }
 
 async fn a_token_signed_by_another_key_with_our_kid_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .unwrap();
@@ -150,7 +131,7 @@ async fn a_token_signed_by_another_key_with_our_kid_is_refused(backend: Backend)
 }
 
 async fn an_expired_token_of_ours_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let now = chrono::Utc::now().timestamp();
     let claims = session_claims(
         &app,
@@ -161,7 +142,7 @@ async fn an_expired_token_of_ours_is_refused(backend: Backend) {
 }
 
 async fn a_token_of_ours_for_another_audience_or_issuer_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for overrides in [
         json!({"aud": "https://graph.microsoft.com"}),
         json!({"aud": ["https://graph.microsoft.com", app.config.token.audience]}),
@@ -175,7 +156,7 @@ async fn a_token_of_ours_for_another_audience_or_issuer_is_refused(backend: Back
 }
 
 async fn a_token_of_ours_without_our_typ_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let claims = session_claims(&app, json!({}));
     for typ in [None, Some("JWT"), Some("at+jwt")] {
         let token = sign_with_server_key(&app, typ, &claims).await;
@@ -184,7 +165,7 @@ async fn a_token_of_ours_without_our_typ_is_refused(backend: Backend) {
 }
 
 async fn alg_none_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let header = json!({"alg": "none", "typ": TYP, "kid": server_kid(&app).await});
     let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
     let claims = session_claims(&app, json!({}));
@@ -197,7 +178,7 @@ async fn alg_none_is_refused(backend: Backend) {
 }
 
 async fn hs256_signed_with_our_public_key_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let jwks = app
         .get("/.well-known/jwks.json")
         .await
@@ -217,7 +198,7 @@ async fn hs256_signed_with_our_public_key_is_refused(backend: Backend) {
 }
 
 async fn a_foreign_jwt_is_refused_while_entra_login_is_off(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .unwrap();
@@ -232,7 +213,7 @@ async fn a_foreign_jwt_is_refused_while_entra_login_is_off(backend: Backend) {
 }
 
 async fn last_used_at_is_kept_without_a_write_per_request(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let last_used = || async {
         sqlx::query_scalar::<_, Option<String>>(
             "SELECT CAST(last_used_at AS TEXT) FROM api_keys WHERE id = 'k-acme'",
@@ -267,7 +248,10 @@ async fn last_used_at_is_kept_without_a_write_per_request(backend: Backend) {
 }
 
 async fn a_revoked_key_is_refused_once_its_cache_entry_expires(backend: Backend) {
-    let app = crate::helpers::spawn_app_with(backend, |c| c.api_key.cache_seconds = 2).await;
+    let app = TestApp::builder(backend)
+        .config(|c| c.api_key.cache_seconds = 2)
+        .spawn()
+        .await;
     app.mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
         .await;
     assert_eq!(

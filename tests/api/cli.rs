@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sqlx::{AnyPool, Row};
 use tempfile::TempDir;
 
-use crate::helpers::{assert_error, spawn_app_on, Backend, TestDatabase, FIXTURE};
+use crate::helpers::{assert_error, Backend, TestApp, TestDatabase, FIXTURE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_neo-sessions");
 const TABLES: [&str; 5] = [
@@ -509,7 +509,7 @@ async fn api_key_create_list_revoke_round_trip(backend: Backend) {
     let id = key_id_by_name(&db.pool, "relay").await;
     let hash = key_hash(&db.pool, &id).await;
 
-    let app = spawn_app_on(db).await;
+    let app = TestApp::builder(backend).database(db).spawn().await;
     let (data, _) = app.mint_ok(&key, json!({"session_id": "s-acme-1"})).await;
     let claims = app.verify(data["token"].as_str().expect("token")).await;
     assert_eq!(claims.client_id, "acme");
@@ -602,7 +602,7 @@ async fn api_key_create_enforces_the_platform_flag(backend: Backend) {
     assert_key_shape(&key);
     assert_eq!(counts(&db.pool).await[4], keys_before + 1);
 
-    let app = spawn_app_on(db).await;
+    let app = TestApp::builder(backend).database(db).spawn().await;
     let (data, _) = app
         .mint_ok(
             &key,

@@ -17,10 +17,11 @@ use axum::{
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use reqwest::{header::WWW_AUTHENTICATE, StatusCode};
+use neo_sessions::config::Config;
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app_with, Backend, TestApp, ACME_KEY};
+use crate::helpers::{assert_error, www_authenticate, Backend, TestApp, ACME_KEY};
 
 /// Acme's directory in `config/seed.example.json`.
 pub const TID: &str = "0b9c2a4e-1f6d-4c8e-9a57-3f1e2d4c5b6a";
@@ -180,34 +181,32 @@ pub fn sign(key: &RsaKey, claims: &Value) -> String {
     encode(&header, claims, &key.encoding).expect("sign")
 }
 
-async fn spawn_with_entra(backend: Backend, fake: &FakeEntra) -> TestApp {
+/// Entra login on, against `fake`, for our audiences and scope, retrying at once.
+fn entra_config(fake: &FakeEntra) -> impl FnOnce(&mut Config) {
     let url = fake.url.clone();
-    spawn_app_with(backend, move |c| {
+    move |c| {
         c.entra.jwks_url = url;
         c.entra.audience = Some(format!("{AUD_URI}, {AUD_GUID}"));
         c.entra.required_scope = Some(SCOPE.to_owned());
         c.entra.retry_seconds = 0;
-    })
-    .await
+    }
 }
 
 const BODY: fn() -> Value = || json!({"session_id": "s-acme-1", "end_user": "pat"});
 
 async fn assert_invalid(app: &TestApp, token: &str) {
     let response = app.mint(token, BODY()).await;
-    let www = response
-        .headers()
-        .get(WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let www = www_authenticate(&response);
     assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
     assert!(www.contains("error=\"invalid_token\""), "{www}");
 }
 
 async fn a_valid_user_token_mints_and_the_record_names_the_user(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
 
     let (data, _) = app
         .mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
@@ -250,7 +249,10 @@ async fn a_valid_user_token_mints_and_the_record_names_the_user(backend: Backend
 
 async fn time_claims_are_required_and_checked(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
     let now = chrono::Utc::now().timestamp();
     for overrides in [
         json!({"exp": now - 120, "iat": now - 4000, "nbf": now - 4000}),
@@ -267,7 +269,10 @@ async fn time_claims_are_required_and_checked(backend: Backend) {
 
 async fn audience_and_issuer_must_be_ours_and_match_the_tenant(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
     let other = "11111111-2222-4333-8444-555555555555";
     for overrides in [
         json!({"aud": "https://graph.microsoft.com"}),
@@ -289,7 +294,10 @@ async fn audience_and_issuer_must_be_ours_and_match_the_tenant(backend: Backend)
 
 async fn forged_and_confused_signatures_are_refused(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
     let claims = user_claims(json!({}));
     let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
 
@@ -340,7 +348,10 @@ async fn forged_and_confused_signatures_are_refused(backend: Backend) {
 
 async fn valid_tokens_without_the_right_to_mint_get_403(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
 
     // App-only: roles, no scp.
     let app_only =
@@ -355,12 +366,7 @@ async fn valid_tokens_without_the_right_to_mint_get_403(backend: Backend) {
             BODY(),
         )
         .await;
-    let www = response
-        .headers()
-        .get(WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let www = www_authenticate(&response);
     assert_error(response, StatusCode::FORBIDDEN, "insufficient_scope").await;
     assert!(www.contains("error=\"insufficient_scope\""), "{www}");
 
@@ -389,7 +395,10 @@ async fn valid_tokens_without_the_right_to_mint_get_403(backend: Backend) {
 
 async fn a_rolled_key_is_picked_up_after_one_refetch(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
     app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
         .await;
     let before = fake.hits();
@@ -412,7 +421,12 @@ async fn a_rolled_key_is_picked_up_after_one_refetch(backend: Backend) {
 
 async fn a_flood_of_unknown_kids_causes_at_most_one_fetch(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = Arc::new(spawn_with_entra(backend, &fake).await);
+    let app = Arc::new(
+        TestApp::builder(backend)
+            .config(entra_config(&fake))
+            .spawn()
+            .await,
+    );
     fake.wait_for_first_hit().await;
     app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
         .await;
@@ -443,7 +457,10 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch(backend: Backend) {
 
 async fn a_failed_refetch_keeps_the_last_good_key_set(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
     fake.wait_for_first_hit().await;
     app.mint_ok(&sign(current(), &user_claims(json!({}))), BODY())
         .await;
@@ -461,7 +478,10 @@ async fn a_failed_refetch_keeps_the_last_good_key_set(backend: Backend) {
 async fn an_unreachable_jwks_at_start_is_503_for_entra_only_until_it_answers(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
     fake.set_up(false);
-    let app = spawn_with_entra(backend, &fake).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
 
     let token = sign(current(), &user_claims(json!({})));
     let response = app.mint(&token, BODY()).await;
@@ -480,7 +500,10 @@ async fn an_unreachable_jwks_at_start_is_503_for_entra_only_until_it_answers(bac
 
 async fn with_entra_off_every_foreign_jwt_is_401(backend: Backend) {
     let fake = FakeEntra::start(&[current()]).await;
-    let app = spawn_app_with(backend, |c| c.entra.jwks_url = fake.url.clone()).await;
+    let app = TestApp::builder(backend)
+        .config(|c| c.entra.jwks_url = fake.url.clone())
+        .spawn()
+        .await;
     assert_invalid(&app, &sign(current(), &user_claims(json!({})))).await;
     assert_eq!(fake.hits(), 0, "Entra is never called while it is off");
 }

@@ -1,11 +1,12 @@
-//! `spawn_app()`: a real router on a random port, on its own fresh PostgreSQL database seeded
-//! with `config/seed.example.json`, and typed helpers to talk to it.
+//! `TestApp::spawn(backend)` (or `TestApp::builder(backend)` ... `.spawn()`): a real router on a
+//! random port, on its own fresh database seeded with `config/seed.example.json`, and typed
+//! helpers to talk to it.
 
 use std::sync::OnceLock;
 
 use jsonwebtoken::{jwk::JwkSet, DecodingKey, Validation};
 use neo_sessions::{config::Config, seed::Fixture, tokens::SessionClaims};
-use reqwest::{header, Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::{any::AnyPoolOptions, postgres::PgPoolOptions, AnyPool};
@@ -20,6 +21,10 @@ pub const GLOBEX_KEY: &str = "neo_sk_test_Gx7Lb2Qm9Tz4Wc8Nv3Kd6Rp1";
 pub const NEO_KEY: &str = "neo_sk_test_Np5Vw8Xc2Bz7Mq4Lt9Rf3Hs6";
 
 pub const FIXTURE: &str = include_str!("../../config/seed.example.json");
+
+/// The mint route.
+pub const MINT_PATH: &str = "/public-api/sessions";
+pub const JSON: &str = "application/json";
 
 /// The server that holds the test databases. Tests fail (never skip) when it does not answer.
 pub fn admin_url() -> String {
@@ -121,6 +126,13 @@ impl TestDatabase {
         }
     }
 
+    /// A fresh database, migrated and seeded with `config/seed.example.json`.
+    pub async fn seeded(backend: Backend) -> Self {
+        let db = Self::create(backend).await;
+        db.migrate_and_seed().await;
+        db
+    }
+
     pub async fn migrate_and_seed(&self) {
         let store = neo_sessions::store::connect(&self.url, 2)
             .await
@@ -200,118 +212,181 @@ impl Drop for TestApp {
     }
 }
 
-pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_with(backend, |_| {}).await
+/// One adjustment of the test configuration.
+type ConfigTweak<'a> = Box<dyn FnOnce(&mut Config) + 'a>;
+
+/// How a test asks for its app: `TestApp::builder(backend)`, any configuration tweaks and
+/// perhaps a database of its own, then `spawn()`.
+pub struct TestAppBuilder<'a> {
+    backend: Backend,
+    tweaks: Vec<ConfigTweak<'a>>,
+    database: Option<TestDatabase>,
 }
 
-/// Like [`spawn_app`], with the configuration adjusted first.
-pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Config)) -> TestApp {
-    init_test_process();
-    let db = TestDatabase::create(backend).await;
-    db.migrate_and_seed().await;
-    spawn_app_on_with(db, customize).await
-}
+impl<'a> TestAppBuilder<'a> {
+    /// Adjusts the test configuration before the app is built. Tweaks apply in the order given,
+    /// after the test defaults (so they may override those too).
+    pub fn config(mut self, tweak: impl FnOnce(&mut Config) + 'a) -> Self {
+        self.tweaks.push(Box::new(tweak));
+        self
+    }
 
-/// Like [`spawn_app`], on a database the test prepared itself (e.g. seeded by the CLI).
-pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
-    spawn_app_on_with(db, |_| {}).await
-}
+    /// Serves from a database the test prepared itself (e.g. seeded by the CLI) instead of a
+    /// fresh one seeded with `config/seed.example.json`.
+    pub fn database(mut self, db: TestDatabase) -> Self {
+        assert_eq!(
+            db.backend, self.backend,
+            "the database is not of the app's backend"
+        );
+        self.database = Some(db);
+        self
+    }
 
-/// Like [`spawn_app_with`], on a database the test prepared itself.
-pub async fn spawn_app_on_with(db: TestDatabase, customize: impl FnOnce(&mut Config)) -> TestApp {
-    init_test_process();
-    let data_dir = tempfile::tempdir().expect("tempdir");
+    pub async fn spawn(self) -> TestApp {
+        init_test_process();
+        let db = match self.database {
+            Some(db) => db,
+            None => TestDatabase::seeded(self.backend).await,
+        };
+        let data_dir = tempfile::tempdir().expect("tempdir");
 
-    let mut config = Config::default();
-    config.database.url = Some(SecretString::from(db.url.clone()));
-    config.database.max_connections = 5;
-    config.data.dir = data_dir.path().join("data");
-    config.server.listen = "127.0.0.1:0".parse().expect("addr");
-    // Every request sees the database as it is (the key cache has a test of its own).
-    config.api_key.cache_seconds = 0;
-    // Rate limits out of the way of tests that are not about them (those set their own).
-    config.rate_limit.per_minute = 1_000_000;
-    config.rate_limit.burst = 100_000;
-    config.rate_limit.auth_failure_per_minute = 1_000_000;
-    config.rate_limit.auth_failure_burst = 100_000;
-    customize(&mut config);
+        let mut config = Config::default();
+        config.database.url = Some(SecretString::from(db.url.clone()));
+        config.database.max_connections = 5;
+        config.data.dir = data_dir.path().join("data");
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        // Every request sees the database as it is (the key cache has a test of its own).
+        config.api_key.cache_seconds = 0;
+        // Rate limits out of the way of tests that are not about them (those set their own).
+        config.rate_limit.per_minute = 1_000_000;
+        config.rate_limit.burst = 100_000;
+        config.rate_limit.auth_failure_per_minute = 1_000_000;
+        config.rate_limit.auth_failure_burst = 100_000;
+        for tweak in self.tweaks {
+            tweak(&mut config);
+        }
 
-    let state = neo_sessions::build_state(config.clone())
-        .await
-        .expect("build app state");
-    let listener = TcpListener::bind(config.server.listen).await.expect("bind");
-    let address = format!("http://{}", listener.local_addr().expect("local addr"));
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(neo_sessions::serve(state.clone(), listener, async {
-        let _ = rx.await;
-    }));
+        let state = neo_sessions::build_state(config.clone())
+            .await
+            .expect("build app state");
+        let listener = TcpListener::bind(config.server.listen).await.expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(neo_sessions::serve(state.clone(), listener, async {
+            let _ = rx.await;
+        }));
 
-    TestApp {
-        address,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client"),
-        config,
-        state,
-        shutdown: Some(tx),
-        db,
-        _data_dir: data_dir,
+        TestApp {
+            address,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            config,
+            state,
+            shutdown: Some(tx),
+            db,
+            _data_dir: data_dir,
+        }
     }
 }
 
 impl TestApp {
+    pub fn builder<'a>(backend: Backend) -> TestAppBuilder<'a> {
+        TestAppBuilder {
+            backend,
+            tweaks: Vec::new(),
+            database: None,
+        }
+    }
+
+    /// The app with the test defaults on a fresh seeded database:
+    /// `TestApp::builder(backend).spawn()`.
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::builder(backend).spawn().await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     /// `POST /public-api/sessions` with `Authorization: Bearer <credential>` and a JSON body.
     pub async fn mint(&self, credential: &str, body: Value) -> Response {
-        self.client
-            .post(self.url("/public-api/sessions"))
-            .bearer_auth(credential)
-            .json(&body)
-            .send()
-            .await
-            .expect("request")
+        self.mint_with(Some(credential), &[], body).await
     }
 
-    /// `POST /public-api/sessions` with raw bytes and the given headers.
-    pub async fn mint_raw(
+    /// `POST /public-api/sessions` with a JSON body, an optional bearer credential and further
+    /// headers, sent as given (a repeated name is sent twice).
+    pub async fn mint_with(
         &self,
+        credential: Option<&str>,
         headers: &[(&str, &str)],
-        body: impl Into<reqwest::Body>,
+        body: Value,
     ) -> Response {
-        let mut request = self
-            .client
-            .post(self.url("/public-api/sessions"))
-            .body(body);
+        let mut request = self.client.post(self.url(MINT_PATH)).json(&body);
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         request.send().await.expect("request")
     }
 
-    /// `GET path`, the body parsed as JSON.
-    pub async fn get_json(&self, path: &str) -> Value {
-        self.get(path).await.json().await.expect("JSON body")
+    /// `POST /public-api/sessions` with raw bytes, an optional bearer credential and an optional
+    /// content type.
+    pub async fn mint_raw(
+        &self,
+        credential: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let mut request = self.client.post(self.url(MINT_PATH)).body(body);
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("request")
     }
 
-    pub async fn get(&self, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request")
-    }
-
-    /// Mints with the Acme key and returns `data`, asserting 200.
+    /// Mints and returns `data` and `meta`, asserting 200.
     pub async fn mint_ok(&self, credential: &str, body: Value) -> (Value, Value) {
         let response = self.mint(credential, body).await;
         let status = response.status();
         let json: Value = response.json().await.expect("json body");
         assert_eq!(status, StatusCode::OK, "{json}");
         (json["data"].clone(), json["meta"].clone())
+    }
+
+    /// Asserts the error envelope (see [`assert_error`]) and that no mint was recorded.
+    pub async fn refused(&self, response: Response, status: StatusCode, code: &str) -> Value {
+        let body = assert_error(response, status, code).await;
+        assert_eq!(
+            self.mint_count().await,
+            0,
+            "a refused request recorded a mint: {body}"
+        );
+        body
+    }
+
+    /// `method path` without a body, with an optional bearer credential.
+    pub async fn request(&self, method: Method, path: &str, credential: Option<&str>) -> Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
+        request.send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, None).await
+    }
+
+    /// `GET path`, the body parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("JSON body")
     }
 
     /// Verifies `token` against the served JWKS exactly as the chat service would.
@@ -344,20 +419,31 @@ impl TestApp {
     }
 }
 
+/// A response header as text, if present (and visible ASCII).
+pub fn header(response: &Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The `WWW-Authenticate` challenge, which must be there.
+pub fn www_authenticate(response: &Response) -> String {
+    header(response, "www-authenticate")
+        .unwrap_or_else(|| panic!("no WWW-Authenticate header on {}", response.status()))
+}
+
+/// The `X-Request-Id` the service answered with, which must be there.
+pub fn request_id(response: &Response) -> String {
+    header(response, "x-request-id").expect("x-request-id header")
+}
+
 /// Asserts the error envelope of SPEC §4 and returns the body.
 pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status);
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .expect("x-request-id header");
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id = request_id(&response);
+    let content_type = header(&response, "content-type");
     let text = response.text().await.expect("body");
     let body: Value =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));

@@ -10,51 +10,17 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use reqwest::{header::HeaderValue, Response, StatusCode};
+use reqwest::{header::HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, spawn_app, Backend, TestApp, ACME_KEY, ACME_REVOKED_KEY};
+use crate::helpers::{
+    assert_error, header, request_id, www_authenticate, Backend, TestApp, ACME_KEY,
+    ACME_REVOKED_KEY, JSON, MINT_PATH,
+};
 
-const MINT_PATH: &str = "/public-api/sessions";
-const JSON: &str = "application/json";
 /// `server.body_limit_bytes` by default.
 const BODY_LIMIT: usize = 64 * 1024;
-
-/// `POST /public-api/sessions` with raw bytes, an optional bearer credential and an optional
-/// content type.
-async fn post(
-    app: &TestApp,
-    credential: Option<&str>,
-    content_type: Option<&str>,
-    body: impl Into<reqwest::Body>,
-) -> Response {
-    let authorization = credential.map(|c| format!("Bearer {c}"));
-    let mut headers = Vec::new();
-    if let Some(authorization) = &authorization {
-        headers.push(("authorization", authorization.as_str()));
-    }
-    if let Some(content_type) = content_type {
-        headers.push(("content-type", content_type));
-    }
-    app.mint_raw(&headers, body).await
-}
-
-/// The Acme key, `Content-Type: application/json`, and `text` exactly as given.
-async fn post_json_text(app: &TestApp, text: &str) -> Response {
-    post(app, Some(ACME_KEY), Some(JSON), text.to_owned()).await
-}
-
-/// Asserts the error envelope and that no mint was recorded.
-async fn refused(app: &TestApp, response: Response, status: StatusCode, code: &str) -> Value {
-    let body = assert_error(response, status, code).await;
-    assert_eq!(
-        app.mint_count().await,
-        0,
-        "a refused request recorded a mint: {body}"
-    );
-    body
-}
 
 /// The field names listed in `error.details`.
 fn detail_fields(body: &Value) -> Vec<String> {
@@ -66,16 +32,22 @@ fn detail_fields(body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Sends `text` as the Acme key and asserts 422 `validation_failed` naming `field`.
-async fn assert_rejects_field(app: &TestApp, text: &str, field: &str) -> Value {
-    let response = post_json_text(app, text).await;
-    let body = refused(
-        app,
+/// Sends `text` as the Acme key's JSON body and asserts 422 `validation_failed`, nothing recorded.
+async fn assert_validation_failed(app: &TestApp, text: &str) -> Value {
+    let response = app
+        .mint_raw(Some(ACME_KEY), Some(JSON), text.to_owned())
+        .await;
+    app.refused(
         response,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     )
-    .await;
+    .await
+}
+
+/// Sends `text` as the Acme key and asserts 422 `validation_failed` naming `field`.
+async fn assert_rejects_field(app: &TestApp, text: &str, field: &str) -> Value {
+    let body = assert_validation_failed(app, text).await;
     assert!(
         body["error"]["details"][field]
             .as_str()
@@ -83,24 +55,6 @@ async fn assert_rejects_field(app: &TestApp, text: &str, field: &str) -> Value {
         "details should name {field} for {text}: {body}"
     );
     body
-}
-
-fn www_authenticate(response: &Response) -> String {
-    response
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no WWW-Authenticate header on {}", response.status()))
-}
-
-fn request_id_header(response: &Response) -> String {
-    response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .expect("x-request-id header")
 }
 
 /// A valid mint body padded with an unknown field to exactly `len` bytes.
@@ -120,7 +74,7 @@ fn padded_body(len: usize) -> Vec<u8> {
 // Bodies that are not JSON, or not a JSON object.
 
 async fn malformed_json_is_400_invalid_json(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let bodies: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", br#"{"session_id": "s-acme-1""#.to_vec()),
         (
@@ -143,15 +97,16 @@ async fn malformed_json_is_400_invalid_json(backend: Backend) {
         ("lone surrogate", br#"{"session_id": "\ud800"}"#.to_vec()),
     ];
     for (what, body) in bodies {
-        let response = post(&app, Some(ACME_KEY), Some(JSON), body).await;
+        let response = app.mint_raw(Some(ACME_KEY), Some(JSON), body).await;
         let status = response.status();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
-        refused(&app, response, StatusCode::BAD_REQUEST, "invalid_json").await;
+        app.refused(response, StatusCode::BAD_REQUEST, "invalid_json")
+            .await;
     }
 }
 
 async fn json_that_is_not_an_object_is_422(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for text in [
         "[]",
         r#"["s-acme-1"]"#,
@@ -161,14 +116,7 @@ async fn json_that_is_not_an_object_is_422(backend: Backend) {
         "true",
         "null",
     ] {
-        let response = post_json_text(&app, text).await;
-        let body = refused(
-            &app,
-            response,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let body = assert_validation_failed(&app, text).await;
         assert!(!detail_fields(&body).is_empty(), "{text}: {body}");
     }
 }
@@ -177,47 +125,41 @@ async fn json_that_is_not_an_object_is_422(backend: Backend) {
 // Body size.
 
 async fn body_over_the_limit_is_413(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let response = post(&app, Some(ACME_KEY), Some(JSON), padded_body(100 * 1024)).await;
-    refused(
-        &app,
-        response,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-    )
-    .await;
+    let app = TestApp::spawn(backend).await;
+    let response = app
+        .mint_raw(Some(ACME_KEY), Some(JSON), padded_body(100 * 1024))
+        .await;
+    app.refused(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        .await;
 }
 
 /// reqwest is built without its `stream` feature here, so `Body::wrap_stream` does not exist:
 /// this is the fallback of the brief, a body one byte over the limit with an explicit, correct
 /// `Content-Length`. (The chunked variant is sent over a raw socket below.)
 async fn body_one_byte_over_the_limit_with_content_length_is_413(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let body = padded_body(BODY_LIMIT + 1);
     let length = body.len().to_string();
     let response = app
-        .mint_raw(
-            &[
-                ("authorization", &format!("Bearer {ACME_KEY}")),
-                ("content-type", JSON),
-                ("content-length", &length),
-            ],
-            body,
-        )
+        .client
+        .post(app.url(MINT_PATH))
+        .bearer_auth(ACME_KEY)
+        .header("content-type", JSON)
+        .header("content-length", &length)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    app.refused(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         .await;
-    refused(
-        &app,
-        response,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-    )
-    .await;
 }
 
 /// The limit is not off by one the other way: a body of exactly the limit is served.
 async fn body_of_exactly_the_limit_is_accepted(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let response = post(&app, Some(ACME_KEY), Some(JSON), padded_body(BODY_LIMIT)).await;
+    let app = TestApp::spawn(backend).await;
+    let response = app
+        .mint_raw(Some(ACME_KEY), Some(JSON), padded_body(BODY_LIMIT))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(app.mint_count().await, 1);
 }
@@ -280,7 +222,7 @@ fn raw_exchange(address: &str, head: String, chunks: Vec<Vec<u8>>) -> RawRespons
 /// The same 100 KiB body, sent with `Transfer-Encoding: chunked` (no Content-Length for the
 /// limit layer to look at up front), over a raw socket since reqwest has no stream bodies here.
 async fn chunked_body_over_the_limit_is_413(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let chunks: Vec<Vec<u8>> = padded_body(100 * 1024)
         .chunks(4096)
         .map(<[u8]>::to_vec)
@@ -319,7 +261,7 @@ async fn chunked_body_over_the_limit_is_413(backend: Backend) {
 // Content type, and authentication before everything about the body.
 
 async fn content_type_must_be_json_and_is_checked_after_authentication(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let body = r#"{"session_id": "s-acme-1"}"#;
     for content_type in [
         None,
@@ -327,53 +269,37 @@ async fn content_type_must_be_json_and_is_checked_after_authentication(backend: 
         Some("application/x-www-form-urlencoded"),
         Some("application/jsonx"),
     ] {
-        let response = post(&app, Some(ACME_KEY), content_type, body).await;
-        refused(
-            &app,
+        let response = app.mint_raw(Some(ACME_KEY), content_type, body).await;
+        app.refused(
             response,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
         )
         .await;
 
-        let response = post(&app, None, content_type, body).await;
+        let response = app.mint_raw(None, content_type, body).await;
         let challenge = www_authenticate(&response);
         assert!(challenge.starts_with("Bearer"), "{challenge}");
-        refused(
-            &app,
-            response,
-            StatusCode::UNAUTHORIZED,
-            "missing_credentials",
-        )
-        .await;
+        app.refused(response, StatusCode::UNAUTHORIZED, "missing_credentials")
+            .await;
     }
 }
 
 async fn authentication_comes_before_parsing_the_body(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for body in [
         r#"{"session_id": "s-acme-1""#,
         "[]",
         r#"{"session_id": 5}"#,
         "",
     ] {
-        let response = post(&app, None, Some(JSON), body).await;
-        refused(
-            &app,
-            response,
-            StatusCode::UNAUTHORIZED,
-            "missing_credentials",
-        )
-        .await;
+        let response = app.mint_raw(None, Some(JSON), body).await;
+        app.refused(response, StatusCode::UNAUTHORIZED, "missing_credentials")
+            .await;
 
-        let response = post(&app, Some(ACME_REVOKED_KEY), Some(JSON), body).await;
-        refused(
-            &app,
-            response,
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-        )
-        .await;
+        let response = app.mint_raw(Some(ACME_REVOKED_KEY), Some(JSON), body).await;
+        app.refused(response, StatusCode::UNAUTHORIZED, "invalid_credentials")
+            .await;
     }
 }
 
@@ -381,7 +307,7 @@ async fn authentication_comes_before_parsing_the_body(backend: Backend) {
 // Numbers.
 
 async fn numbers_beyond_i64_are_422_naming_the_field(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for ttl in [
         "1e30",
         "99999999999999999999",
@@ -404,7 +330,7 @@ async fn numbers_beyond_i64_are_422_naming_the_field(backend: Backend) {
 }
 
 async fn negative_zero_fractional_and_out_of_range_ttls_are_422(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for ttl in ["-1", "-900", "0", "59", "3601", "900.5", "60.5", "-0.5"] {
         let text = format!(r#"{{"session_id": "s-acme-1", "ttl_seconds": {ttl}}}"#);
         assert_rejects_field(&app, &text, "ttl_seconds").await;
@@ -415,7 +341,7 @@ async fn negative_zero_fractional_and_out_of_range_ttls_are_422(backend: Backend
 // Nulls and wrong types, field by field.
 
 async fn session_id_of_the_wrong_type_is_422(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for value in ["null", "5", "[]", "{}", "true", r#""""#, r#"["s-acme-1"]"#] {
         assert_rejects_field(&app, &format!(r#"{{"session_id": {value}}}"#), "session_id").await;
     }
@@ -424,7 +350,7 @@ async fn session_id_of_the_wrong_type_is_422(backend: Backend) {
 }
 
 async fn allowed_agent_ids_of_the_wrong_type_are_422(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for value in [
         "null",
         r#""1""#,
@@ -442,7 +368,7 @@ async fn allowed_agent_ids_of_the_wrong_type_are_422(backend: Backend) {
 }
 
 async fn text_fields_of_the_wrong_type_are_422(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for field in ["client_id", "end_company_id", "end_user", "end_user_email"] {
         for value in ["5", "true", "[]", "{}", r#"["acme"]"#] {
             let text = format!(r#"{{"session_id": "s-acme-1", "{field}": {value}}}"#);
@@ -452,7 +378,7 @@ async fn text_fields_of_the_wrong_type_are_422(backend: Backend) {
 }
 
 async fn ttl_of_the_wrong_type_is_422(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for value in [r#""900""#, "true", "[900]", "{}"] {
         let text = format!(r#"{{"session_id": "s-acme-1", "ttl_seconds": {value}}}"#);
         assert_rejects_field(&app, &text, "ttl_seconds").await;
@@ -460,7 +386,7 @@ async fn ttl_of_the_wrong_type_is_422(backend: Backend) {
 }
 
 async fn every_bad_field_of_one_request_is_listed(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let body = json!({
         "session_id": 5,
         "allowed_agent_ids": "1",
@@ -470,14 +396,7 @@ async fn every_bad_field_of_one_request_is_listed(backend: Backend) {
         "end_user_email": 5,
         "ttl_seconds": "900",
     });
-    let response = post_json_text(&app, &body.to_string()).await;
-    let body = refused(
-        &app,
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let body = assert_validation_failed(&app, &body.to_string()).await;
     let mut fields = detail_fields(&body);
     fields.sort();
     assert_eq!(
@@ -499,7 +418,7 @@ async fn every_bad_field_of_one_request_is_listed(backend: Backend) {
 // Injection and odd strings.
 
 async fn sql_metacharacters_in_ids_find_nothing_and_break_nothing(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for id in [
         "s-acme-1' OR '1'='1",
         "\"; DROP TABLE chat_sessions; --",
@@ -511,7 +430,8 @@ async fn sql_metacharacters_in_ids_find_nothing_and_break_nothing(backend: Backe
         "\\",
     ] {
         let response = app.mint(ACME_KEY, json!({ "session_id": id })).await;
-        refused(&app, response, StatusCode::NOT_FOUND, "session_not_found").await;
+        app.refused(response, StatusCode::NOT_FOUND, "session_not_found")
+            .await;
     }
     // In the other id fields too.
     let response = app
@@ -520,8 +440,7 @@ async fn sql_metacharacters_in_ids_find_nothing_and_break_nothing(backend: Backe
             json!({"session_id": "s-acme-1", "end_company_id": "contoso' OR '1'='1"}),
         )
         .await;
-    refused(
-        &app,
+    app.refused(
         response,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_end_company",
@@ -541,29 +460,29 @@ async fn sql_metacharacters_in_ids_find_nothing_and_break_nothing(backend: Backe
 }
 
 async fn overlong_strings_are_422_and_the_limit_counts_characters(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let response = app
         .mint(ACME_KEY, json!({ "session_id": "a".repeat(256) }))
         .await;
-    let body = refused(
-        &app,
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let body = app
+        .refused(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
     assert_eq!(detail_fields(&body), ["session_id"], "{body}");
 
     // 255 characters is allowed (and unknown), also when they take 510 bytes.
     for id in ["a".repeat(255), "é".repeat(255)] {
         let response = app.mint(ACME_KEY, json!({ "session_id": id })).await;
-        refused(&app, response, StatusCode::NOT_FOUND, "session_not_found").await;
+        app.refused(response, StatusCode::NOT_FOUND, "session_not_found")
+            .await;
     }
     let response = app
         .mint(ACME_KEY, json!({ "session_id": "é".repeat(256) }))
         .await;
-    refused(
-        &app,
+    app.refused(
         response,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
@@ -574,19 +493,19 @@ async fn overlong_strings_are_422_and_the_limit_counts_characters(backend: Backe
         let mut body = json!({"session_id": "s-acme-1"});
         body[field] = json!("u".repeat(10_000));
         let response = app.mint(ACME_KEY, body).await;
-        let body = refused(
-            &app,
-            response,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let body = app
+            .refused(
+                response,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            )
+            .await;
         assert_eq!(detail_fields(&body), [field], "{body}");
     }
 }
 
 async fn control_characters_in_ids_are_422(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for id in [
         "s-acme-1\u{0}",
         "s-acme\u{0}-1",
@@ -599,13 +518,13 @@ async fn control_characters_in_ids_are_422(backend: Backend) {
         "\t",
     ] {
         let response = app.mint(ACME_KEY, json!({ "session_id": id })).await;
-        let body = refused(
-            &app,
-            response,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let body = app
+            .refused(
+                response,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            )
+            .await;
         assert_eq!(detail_fields(&body), ["session_id"], "{id:?}: {body}");
     }
     // NUL would be refused by PostgreSQL itself (a 500), while SQLite would store it: either way
@@ -616,18 +535,18 @@ async fn control_characters_in_ids_are_422(backend: Backend) {
             json!({"session_id": "s-acme-1", "end_user": "alice\u{0}"}),
         )
         .await;
-    let body = refused(
-        &app,
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let body = app
+        .refused(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
     assert_eq!(detail_fields(&body), ["end_user"], "{body}");
 }
 
 async fn unknown_fields_are_ignored_and_cannot_widen_the_token(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let (data, _) = app
         .mint_ok(
             ACME_KEY,
@@ -653,7 +572,7 @@ async fn unknown_fields_are_ignored_and_cannot_widen_the_token(backend: Backend)
 // Credentials.
 
 async fn duplicate_authorization_headers_are_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let bearer = format!("Bearer {ACME_KEY}");
     for (first, second) in [
         (bearer.as_str(), bearer.as_str()),
@@ -661,36 +580,27 @@ async fn duplicate_authorization_headers_are_refused(backend: Backend) {
         ("Basic eHl6", bearer.as_str()),
     ] {
         let response = app
-            .client
-            .post(app.url(MINT_PATH))
-            .header("authorization", first)
-            .header("authorization", second)
-            .json(&json!({"session_id": "s-acme-1"}))
-            .send()
-            .await
-            .expect("request");
+            .mint_with(
+                None,
+                &[("authorization", first), ("authorization", second)],
+                json!({"session_id": "s-acme-1"}),
+            )
+            .await;
         let challenge = www_authenticate(&response);
         assert!(challenge.starts_with("Bearer"), "{challenge}");
-        refused(
-            &app,
-            response,
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-        )
-        .await;
+        app.refused(response, StatusCode::UNAUTHORIZED, "invalid_credentials")
+            .await;
     }
 }
 
 async fn the_bearer_scheme_is_case_insensitive(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for scheme in ["bearer", "BEARER", "bEaReR"] {
         let response = app
-            .mint_raw(
-                &[
-                    ("authorization", &format!("{scheme} {ACME_KEY}")),
-                    ("content-type", JSON),
-                ],
-                r#"{"session_id": "s-acme-1"}"#,
+            .mint_with(
+                None,
+                &[("authorization", &format!("{scheme} {ACME_KEY}"))],
+                json!({"session_id": "s-acme-1"}),
             )
             .await;
         assert_eq!(response.status(), StatusCode::OK, "{scheme}");
@@ -699,7 +609,7 @@ async fn the_bearer_scheme_is_case_insensitive(backend: Backend) {
 }
 
 async fn other_schemes_are_missing_credentials(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for authorization in [
         "Basic xyz".to_owned(),
         format!("Token {ACME_KEY}"),
@@ -707,25 +617,21 @@ async fn other_schemes_are_missing_credentials(backend: Backend) {
         format!("Basic {ACME_KEY}"),
     ] {
         let response = app
-            .mint_raw(
-                &[("authorization", &authorization), ("content-type", JSON)],
-                r#"{"session_id": "s-acme-1"}"#,
+            .mint_with(
+                None,
+                &[("authorization", &authorization)],
+                json!({"session_id": "s-acme-1"}),
             )
             .await;
         let challenge = www_authenticate(&response);
         assert!(challenge.starts_with("Bearer"), "{challenge}");
-        refused(
-            &app,
-            response,
-            StatusCode::UNAUTHORIZED,
-            "missing_credentials",
-        )
-        .await;
+        app.refused(response, StatusCode::UNAUTHORIZED, "missing_credentials")
+            .await;
     }
 }
 
 async fn unknown_revoked_and_wrong_env_keys_are_invalid_credentials(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let live = ACME_KEY.replacen("neo_sk_test_", "neo_sk_live_", 1);
     for credential in [
         "neo_sk_test_AAAAbbbbCCCCdddd1234wxyz".to_owned(),
@@ -743,20 +649,15 @@ async fn unknown_revoked_and_wrong_env_keys_are_invalid_credentials(backend: Bac
             .await;
         let challenge = www_authenticate(&response);
         assert!(challenge.starts_with("Bearer"), "{credential}: {challenge}");
-        refused(
-            &app,
-            response,
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-        )
-        .await;
+        app.refused(response, StatusCode::UNAUTHORIZED, "invalid_credentials")
+            .await;
     }
 }
 
 /// 10 KB is well under hyper's header limits, so this reaches the bearer layer: 401, not 431
 /// and not 500.
 async fn a_ten_kilobyte_garbage_credential_is_401(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let plain = "A".repeat(10 * 1024);
     let dotted = format!(
         "{}.{}.{}",
@@ -771,13 +672,8 @@ async fn a_ten_kilobyte_garbage_credential_is_401(backend: Backend) {
             .await;
         let challenge = www_authenticate(&response);
         assert!(challenge.starts_with("Bearer"), "{challenge}");
-        refused(
-            &app,
-            response,
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-        )
-        .await;
+        app.refused(response, StatusCode::UNAUTHORIZED, "invalid_credentials")
+            .await;
     }
 
     // Bytes that are not visible ASCII (obs-text) are legal in a header value, not in a credential.
@@ -792,46 +688,38 @@ async fn a_ten_kilobyte_garbage_credential_is_401(backend: Backend) {
         .send()
         .await
         .expect("request");
-    refused(
-        &app,
-        response,
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-    )
-    .await;
+    app.refused(response, StatusCode::UNAUTHORIZED, "invalid_credentials")
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Request ids.
 
 async fn an_incoming_uuid_request_id_is_kept_on_success_and_on_error(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
 
     let sent = Uuid::new_v4().to_string();
     let response = app
-        .client
-        .post(app.url(MINT_PATH))
-        .bearer_auth(ACME_KEY)
-        .header("x-request-id", &sent)
-        .json(&json!({"session_id": "s-acme-1"}))
-        .send()
-        .await
-        .expect("request");
+        .mint_with(
+            Some(ACME_KEY),
+            &[("x-request-id", &sent)],
+            json!({"session_id": "s-acme-1"}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(request_id_header(&response), sent);
+    assert_eq!(request_id(&response), sent);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["meta"]["request_id"], sent.as_str(), "{body}");
 
     let sent = Uuid::new_v4().to_string();
     let response = app
-        .client
-        .post(app.url(MINT_PATH))
-        .header("x-request-id", &sent)
-        .json(&json!({"session_id": "s-acme-1"}))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(request_id_header(&response), sent);
+        .mint_with(
+            None,
+            &[("x-request-id", &sent)],
+            json!({"session_id": "s-acme-1"}),
+        )
+        .await;
+    assert_eq!(request_id(&response), sent);
     let body = assert_error(response, StatusCode::UNAUTHORIZED, "missing_credentials").await;
     assert_eq!(body["meta"]["request_id"], sent.as_str(), "{body}");
 
@@ -843,13 +731,13 @@ async fn an_incoming_uuid_request_id_is_kept_on_success_and_on_error(backend: Ba
         .send()
         .await
         .expect("request");
-    assert_eq!(request_id_header(&response), sent);
+    assert_eq!(request_id(&response), sent);
     assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(app.mint_count().await, 1);
 }
 
 async fn a_request_id_that_is_not_a_uuid_is_replaced(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for sent in [
         "abc".to_owned(),
         "r".repeat(2048),
@@ -858,16 +746,14 @@ async fn a_request_id_that_is_not_a_uuid_is_replaced(backend: Backend) {
     ] {
         // On success...
         let response = app
-            .client
-            .post(app.url(MINT_PATH))
-            .bearer_auth(ACME_KEY)
-            .header("x-request-id", &sent)
-            .json(&json!({"session_id": "s-acme-1"}))
-            .send()
-            .await
-            .expect("request");
+            .mint_with(
+                Some(ACME_KEY),
+                &[("x-request-id", &sent)],
+                json!({"session_id": "s-acme-1"}),
+            )
+            .await;
         assert_eq!(response.status(), StatusCode::OK);
-        let echoed = request_id_header(&response);
+        let echoed = request_id(&response);
         assert_ne!(echoed, sent);
         Uuid::try_parse(&echoed).expect("a fresh UUID");
         let body: Value = response.json().await.expect("json");
@@ -875,14 +761,13 @@ async fn a_request_id_that_is_not_a_uuid_is_replaced(backend: Backend) {
 
         // ... and on error.
         let response = app
-            .client
-            .post(app.url(MINT_PATH))
-            .header("x-request-id", &sent)
-            .json(&json!({"session_id": "s-acme-1"}))
-            .send()
-            .await
-            .expect("request");
-        let echoed = request_id_header(&response);
+            .mint_with(
+                None,
+                &[("x-request-id", &sent)],
+                json!({"session_id": "s-acme-1"}),
+            )
+            .await;
+        let echoed = request_id(&response);
         assert_ne!(echoed, sent);
         Uuid::try_parse(&echoed).expect("a fresh UUID");
         assert_error(response, StatusCode::UNAUTHORIZED, "missing_credentials").await;
@@ -894,7 +779,7 @@ async fn a_request_id_that_is_not_a_uuid_is_replaced(backend: Backend) {
 // Routing.
 
 async fn unknown_routes_and_wrong_methods_get_the_envelope(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for path in [
         "/nope",
         "/public-api/session",
@@ -902,7 +787,8 @@ async fn unknown_routes_and_wrong_methods_get_the_envelope(backend: Backend) {
         "/public-api/sessions/../sessions/x",
     ] {
         let response = app.get(path).await;
-        refused(&app, response, StatusCode::NOT_FOUND, "not_found").await;
+        app.refused(response, StatusCode::NOT_FOUND, "not_found")
+            .await;
     }
     let response = app
         .client
@@ -912,7 +798,8 @@ async fn unknown_routes_and_wrong_methods_get_the_envelope(backend: Backend) {
         .send()
         .await
         .expect("request");
-    refused(&app, response, StatusCode::NOT_FOUND, "not_found").await;
+    app.refused(response, StatusCode::NOT_FOUND, "not_found")
+        .await;
 
     for (method, credential) in [
         (reqwest::Method::GET, None),
@@ -920,20 +807,10 @@ async fn unknown_routes_and_wrong_methods_get_the_envelope(backend: Backend) {
         (reqwest::Method::PUT, Some(ACME_KEY)),
         (reqwest::Method::DELETE, None),
     ] {
-        let mut request = app.client.request(method.clone(), app.url(MINT_PATH));
-        if let Some(credential) = credential {
-            request = request.bearer_auth(credential);
-        }
-        let response = request.send().await.expect("request");
-        let allow = response
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let response = app.request(method.clone(), MINT_PATH, credential).await;
+        let allow = header(&response, "allow").unwrap_or_default();
         assert!(allow.contains("POST"), "{method}: Allow = {allow:?}");
-        refused(
-            &app,
+        app.refused(
             response,
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -943,14 +820,16 @@ async fn unknown_routes_and_wrong_methods_get_the_envelope(backend: Backend) {
 }
 
 async fn duplicate_keys_are_refused_so_no_two_readers_disagree(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for body in [
         r#"{"session_id": "s-acme-1", "session_id": "s-globex-1"}"#,
         r#"{"session_id": "s-acme-1", "client_id": null, "client_id": "globex"}"#,
         r#"{"session_id": "s-acme-1", "s\u0065ssion_id": "s-acme-wl"}"#,
     ] {
-        let response = post_json_text(&app, body).await;
-        let error = refused(&app, response, StatusCode::BAD_REQUEST, "invalid_json").await;
+        let response = app.mint_raw(Some(ACME_KEY), Some(JSON), body).await;
+        let error = app
+            .refused(response, StatusCode::BAD_REQUEST, "invalid_json")
+            .await;
         assert!(
             error["error"]["message"]
                 .as_str()

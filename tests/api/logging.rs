@@ -17,8 +17,7 @@ use crate::{
 
 async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly(backend: Backend) {
     let fake_entra = FakeEntra::start(&[entra::current()]).await;
-    let db = TestDatabase::create(backend).await;
-    db.migrate_and_seed().await;
+    let db = TestDatabase::seeded(backend).await;
     let data_dir = tempfile::tempdir().unwrap();
     let workdir = tempfile::tempdir().unwrap();
 

@@ -5,20 +5,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, parse_timestamp, spawn_app, spawn_app_with, Backend, ACME_KEY, GLOBEX_KEY,
-    NEO_KEY,
+    assert_error, parse_timestamp, Backend, TestApp, ACME_KEY, GLOBEX_KEY, JSON, NEO_KEY,
 };
 
 async fn a_minimal_mint_returns_a_verifiable_token_with_every_claim(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let response = app
-        .client
-        .post(app.url("/public-api/sessions"))
-        .bearer_auth(ACME_KEY)
-        .json(&json!({"session_id": "s-acme-1"}))
-        .send()
-        .await
-        .unwrap();
+    let app = TestApp::spawn(backend).await;
+    let response = app.mint(ACME_KEY, json!({"session_id": "s-acme-1"})).await;
     assert_eq!(response.status(), StatusCode::OK);
     let request_id = response.headers()["x-request-id"]
         .to_str()
@@ -90,7 +82,7 @@ type MintRow = (
 );
 
 async fn each_mint_is_recorded_with_who_minted_it(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let (data, _) = app
         .mint_ok(
             ACME_KEY,
@@ -125,7 +117,7 @@ async fn each_mint_is_recorded_with_who_minted_it(backend: Backend) {
 }
 
 async fn ttl_bounds_are_inclusive_and_enforced(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for ttl in [60, 3600] {
         let (data, _) = app
             .mint_ok(
@@ -159,12 +151,14 @@ async fn ttl_bounds_are_inclusive_and_enforced(backend: Backend) {
 }
 
 async fn ttl_limits_follow_the_configuration(backend: Backend) {
-    let app = spawn_app_with(backend, |c| {
-        c.token.min_ttl = 30;
-        c.token.default_ttl = 45;
-        c.token.max_ttl = 120;
-    })
-    .await;
+    let app = TestApp::builder(backend)
+        .config(|c| {
+            c.token.min_ttl = 30;
+            c.token.default_ttl = 45;
+            c.token.max_ttl = 120;
+        })
+        .spawn()
+        .await;
     let (data, _) = app
         .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
         .await;
@@ -189,7 +183,7 @@ async fn ttl_limits_follow_the_configuration(backend: Backend) {
 }
 
 async fn rule_1_shape_errors_name_their_fields(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let cases = [
         (json!({}), "session_id"),
         (json!({"session_id": ""}), "session_id"),
@@ -223,20 +217,14 @@ async fn rule_1_shape_errors_name_their_fields(backend: Backend) {
     assert_error(response, StatusCode::NOT_FOUND, "session_not_found").await;
 
     let response = app
-        .mint_raw(
-            &[
-                ("authorization", &format!("Bearer {ACME_KEY}")),
-                ("content-type", "application/json"),
-            ],
-            "{\"session_id\": ",
-        )
+        .mint_raw(Some(ACME_KEY), Some(JSON), "{\"session_id\": ")
         .await;
     assert_error(response, StatusCode::BAD_REQUEST, "invalid_json").await;
     assert_eq!(app.mint_count().await, 0);
 }
 
 async fn rule_1_comes_before_the_session_rules(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     // A closed session of another tenant, but the TTL is out of range: 422 decides.
     let response = app
         .mint(
@@ -253,7 +241,7 @@ async fn rule_1_comes_before_the_session_rules(backend: Backend) {
 }
 
 async fn rule_2_client_id_from_a_tenant_key_is_forbidden(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for (key, body) in [
         (
             ACME_KEY,
@@ -279,7 +267,7 @@ async fn rule_2_client_id_from_a_tenant_key_is_forbidden(backend: Backend) {
 }
 
 async fn rule_2_a_platform_key_mints_for_a_tenants_neo_support_session_only(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let (data, _) = app
         .mint_ok(
             NEO_KEY,
@@ -333,7 +321,7 @@ async fn rule_2_a_platform_key_mints_for_a_tenants_neo_support_session_only(back
 }
 
 async fn rule_3_other_tenants_sessions_are_indistinguishable_from_missing_ones(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let unknown = app
         .mint(ACME_KEY, json!({"session_id": "no-such-session"}))
         .await;
@@ -354,7 +342,7 @@ async fn rule_3_other_tenants_sessions_are_indistinguishable_from_missing_ones(b
 }
 
 async fn rule_4_closed_sessions_conflict_before_scope_and_agent_checks(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let response = app
         .mint(ACME_KEY, json!({"session_id": "s-acme-old", "end_company_id": "nope", "allowed_agent_ids": [999]}))
         .await;
@@ -363,7 +351,7 @@ async fn rule_4_closed_sessions_conflict_before_scope_and_agent_checks(backend: 
 }
 
 async fn rule_5_a_scoped_session_always_carries_its_own_end_company(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     // A different caller value is ignored, with a warning.
     let (data, meta) = app
         .mint_ok(
@@ -420,7 +408,7 @@ async fn rule_5_a_scoped_session_always_carries_its_own_end_company(backend: Bac
 }
 
 async fn rule_5_an_unscoped_session_is_narrowed_to_an_end_company_of_the_tenant(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let (data, _) = app
         .mint_ok(
             ACME_KEY,
@@ -457,7 +445,7 @@ async fn rule_5_an_unscoped_session_is_narrowed_to_an_end_company_of_the_tenant(
 }
 
 async fn rule_6_agents_must_be_the_target_tenants_and_are_deduplicated(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let (data, _) = app
         .mint_ok(
             ACME_KEY,
@@ -511,7 +499,7 @@ async fn rule_6_agents_must_be_the_target_tenants_and_are_deduplicated(backend: 
 }
 
 async fn rule_5_is_checked_before_rule_6(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let response = app
         .mint(
             ACME_KEY,
@@ -527,7 +515,7 @@ async fn rule_5_is_checked_before_rule_6(backend: Backend) {
 }
 
 async fn a_database_failure_is_a_500_that_says_nothing_internal(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     sqlx::query("ALTER TABLE session_token_mints RENAME TO session_token_mints_gone")
         .execute(&app.db.pool)
         .await
@@ -559,7 +547,7 @@ async fn a_database_failure_is_a_500_that_says_nothing_internal(backend: Backend
 }
 
 async fn concurrent_mints_all_succeed_and_are_all_recorded(backend: Backend) {
-    let app = std::sync::Arc::new(spawn_app(backend).await);
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
     let mut tasks = Vec::new();
     for i in 0..64 {
         let app = std::sync::Arc::clone(&app);

@@ -3,12 +3,12 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, Backend};
+use crate::helpers::{Backend, TestApp};
 
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
 
 async fn the_committed_document_is_the_served_document(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let served: Value = app.get_json("/public-api/openapi.json").await;
     if std::env::var_os("NEO_UPDATE_OPENAPI").is_some() {
         let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
@@ -25,7 +25,7 @@ async fn the_committed_document_is_the_served_document(backend: Backend) {
 }
 
 async fn the_document_keeps_the_seed_contract(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let doc: Value = app.get_json("/public-api/openapi.json").await;
     let schemas = &doc["components"]["schemas"];
     for name in [
@@ -84,7 +84,7 @@ async fn the_document_keeps_the_seed_contract(backend: Backend) {
 }
 
 async fn every_route_is_documented_and_every_documented_route_exists(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let doc: Value = app.get_json("/public-api/openapi.json").await;
     let paths = doc["paths"].as_object().unwrap();
     let mut documented: Vec<String> = Vec::new();
@@ -92,11 +92,8 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
         for method in item.as_object().unwrap().keys() {
             documented.push(format!("{} {path}", method.to_uppercase()));
             let response = app
-                .client
-                .request(method.to_uppercase().parse().unwrap(), app.url(path))
-                .send()
-                .await
-                .unwrap();
+                .request(method.to_uppercase().parse().unwrap(), path, None)
+                .await;
             assert_ne!(response.status(), StatusCode::NOT_FOUND, "{method} {path}");
             assert_ne!(
                 response.status(),
@@ -119,7 +116,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
 }
 
 async fn health_reports_the_database(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let response = app.get("/public-api/health").await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
@@ -155,7 +152,7 @@ async fn health_reports_the_database(backend: Backend) {
 }
 
 async fn the_jwks_publishes_only_public_key_material(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let response = app.get("/.well-known/jwks.json").await;
     assert_eq!(response.status(), StatusCode::OK);
     let jwks: Value = response.json().await.unwrap();

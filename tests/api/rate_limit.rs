@@ -8,10 +8,11 @@ use std::{
     time::Duration,
 };
 
-use reqwest::StatusCode;
+use neo_sessions::config::Config;
+use reqwest::{Response, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{assert_error, spawn_app_with, Backend, ACME_KEY, GLOBEX_KEY};
+use crate::helpers::{assert_error, header, Backend, TestApp, ACME_KEY, GLOBEX_KEY};
 
 fn redis_url() -> String {
     std::env::var("NEO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -25,22 +26,22 @@ fn unique_prefix() -> String {
 const BODY: fn() -> serde_json::Value = || json!({"session_id": "s-acme-1"});
 const UNKNOWN_KEY: &str = "neo_sk_test_UnknownUnknownUnknown00";
 
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// A failing authentication, the request saying it was forwarded for `xff`.
+async fn fail_from(app: &TestApp, xff: &str) -> Response {
+    app.mint_with(Some(UNKNOWN_KEY), &[("x-forwarded-for", xff)], BODY())
+        .await
 }
 
 async fn principal_limit_gives_429_with_retry_after_and_the_budget_comes_back(backend: Backend) {
     // 60/min: one request per second comes back (slow enough that no refill sneaks in between
     // the requests below on a busy machine); a burst of 2.
-    let app = spawn_app_with(backend, |c| {
-        c.rate_limit.per_minute = 60;
-        c.rate_limit.burst = 2;
-    })
-    .await;
+    let app = TestApp::builder(backend)
+        .config(|c| {
+            c.rate_limit.per_minute = 60;
+            c.rate_limit.burst = 2;
+        })
+        .spawn()
+        .await;
     for remaining in [1, 0] {
         let response = app.mint(ACME_KEY, BODY()).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -85,11 +86,13 @@ async fn principal_limit_gives_429_with_retry_after_and_the_budget_comes_back(ba
 }
 
 async fn a_tenant_override_replaces_the_default(backend: Backend) {
-    let app = spawn_app_with(backend, |c| {
-        c.rate_limit.per_minute = 1;
-        c.rate_limit.burst = 3;
-    })
-    .await;
+    let app = TestApp::builder(backend)
+        .config(|c| {
+            c.rate_limit.per_minute = 1;
+            c.rate_limit.burst = 3;
+        })
+        .spawn()
+        .await;
     assert!(app
         .state
         .store
@@ -123,13 +126,16 @@ async fn a_tenant_override_replaces_the_default(backend: Backend) {
     );
 }
 
-fn tight_failure_budget(c: &mut neo_sessions::config::Config) {
+fn tight_failure_budget(c: &mut Config) {
     c.rate_limit.auth_failure_per_minute = 1;
     c.rate_limit.auth_failure_burst = 3;
 }
 
 async fn failed_authentications_are_limited_per_ip_before_any_lookup(backend: Backend) {
-    let app = spawn_app_with(backend, tight_failure_budget).await;
+    let app = TestApp::builder(backend)
+        .config(tight_failure_budget)
+        .spawn()
+        .await;
     // Successful calls take nothing from the failure budget.
     for _ in 0..5 {
         assert_eq!(app.mint(ACME_KEY, BODY()).await.status(), StatusCode::OK);
@@ -155,20 +161,15 @@ async fn failed_authentications_are_limited_per_ip_before_any_lookup(backend: Ba
 }
 
 async fn a_spoofed_forwarded_for_gets_no_fresh_bucket(backend: Backend) {
-    let app = spawn_app_with(backend, tight_failure_budget).await;
-    let attempt = |xff: String| {
-        app.client
-            .post(app.url("/public-api/sessions"))
-            .bearer_auth(UNKNOWN_KEY)
-            .header("x-forwarded-for", xff)
-            .json(&BODY())
-            .send()
-    };
+    let app = TestApp::builder(backend)
+        .config(tight_failure_budget)
+        .spawn()
+        .await;
     for i in 0..4 {
-        attempt(format!("198.51.100.{i}")).await.unwrap();
+        fail_from(&app, &format!("198.51.100.{i}")).await;
     }
     for i in 10..20 {
-        let response = attempt(format!("198.51.100.{i}")).await.unwrap();
+        let response = fail_from(&app, &format!("198.51.100.{i}")).await;
         assert_eq!(
             response.status(),
             StatusCode::TOO_MANY_REQUESTS,
@@ -177,50 +178,43 @@ async fn a_spoofed_forwarded_for_gets_no_fresh_bucket(backend: Backend) {
     }
 
     // Behind a trusted proxy (here: loopback) the forwarded client is what counts.
-    let proxied = spawn_app_with(backend, |c| {
-        tight_failure_budget(c);
-        c.server.trusted_proxies =
-            neo_sessions::config::TrustedProxies::parse("127.0.0.1/32, ::1").expect("proxies");
-    })
-    .await;
-    let send = |xff: &'static str| {
-        proxied
-            .client
-            .post(proxied.url("/public-api/sessions"))
-            .bearer_auth(UNKNOWN_KEY)
-            .header("x-forwarded-for", xff)
-            .json(&BODY())
-            .send()
-    };
+    let proxied = TestApp::builder(backend)
+        .config(tight_failure_budget)
+        .config(|c| {
+            c.server.trusted_proxies =
+                neo_sessions::config::TrustedProxies::parse("127.0.0.1/32, ::1").expect("proxies")
+        })
+        .spawn()
+        .await;
     for _ in 0..4 {
-        send("203.0.113.5").await.unwrap();
+        fail_from(&proxied, "203.0.113.5").await;
     }
     assert_eq!(
-        send("203.0.113.5").await.unwrap().status(),
+        fail_from(&proxied, "203.0.113.5").await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(
-        send("203.0.113.6").await.unwrap().status(),
+        fail_from(&proxied, "203.0.113.6").await.status(),
         StatusCode::UNAUTHORIZED
     );
     // A client cannot escape by prepending hops: the nearest untrusted hop is the client.
     assert_eq!(
-        send("192.0.2.1, 203.0.113.5").await.unwrap().status(),
+        fail_from(&proxied, "192.0.2.1, 203.0.113.5").await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
 }
 
 async fn two_replicas_sharing_redis_enforce_one_budget(backend: Backend) {
     let prefix = unique_prefix();
-    let configure = |c: &mut neo_sessions::config::Config| {
+    let configure = |c: &mut Config| {
         c.rate_limit.per_minute = 1;
         c.rate_limit.burst = 5;
         tight_failure_budget(c);
         c.rate_limit.redis_url = Some(redis_url().into());
         c.rate_limit.redis_prefix = prefix.clone();
     };
-    let first = spawn_app_with(backend, configure).await;
-    let second = spawn_app_with(backend, configure).await;
+    let first = TestApp::builder(backend).config(configure).spawn().await;
+    let second = TestApp::builder(backend).config(configure).spawn().await;
     let mut ok = 0;
     for i in 0..12 {
         let app = if i % 2 == 0 { &first } else { &second };
@@ -315,13 +309,15 @@ impl Drop for OwnRedis {
 async fn without_redis_requests_are_still_answered_and_limited_in_memory() {
     let mut redis = OwnRedis::start().await;
     let url = redis.url();
-    let app = spawn_app_with(Backend::Postgres, |c| {
-        c.rate_limit.per_minute = 1;
-        c.rate_limit.burst = 3;
-        c.rate_limit.redis_url = Some(url.into());
-        c.rate_limit.redis_prefix = unique_prefix();
-    })
-    .await;
+    let app = TestApp::builder(Backend::Postgres)
+        .config(|c| {
+            c.rate_limit.per_minute = 1;
+            c.rate_limit.burst = 3;
+            c.rate_limit.redis_url = Some(url.into());
+            c.rate_limit.redis_prefix = unique_prefix();
+        })
+        .spawn()
+        .await;
     // On Redis: the budget of 3 is spent there.
     for _ in 0..3 {
         assert_eq!(app.mint(ACME_KEY, BODY()).await.status(), StatusCode::OK);
@@ -366,11 +362,13 @@ async fn without_redis_requests_are_still_answered_and_limited_in_memory() {
 #[tokio::test]
 async fn a_flood_of_distinct_failing_keys_leaves_the_limiter_small() {
     let app = Arc::new(
-        spawn_app_with(Backend::Postgres, |c| {
-            c.rate_limit.auth_failure_per_minute = 30;
-            c.rate_limit.auth_failure_burst = 10;
-        })
-        .await,
+        TestApp::builder(Backend::Postgres)
+            .config(|c| {
+                c.rate_limit.auth_failure_per_minute = 30;
+                c.rate_limit.auth_failure_burst = 10;
+            })
+            .spawn()
+            .await,
     );
     let mut tasks = Vec::new();
     for worker in 0..16 {

@@ -4,12 +4,6 @@ use std::collections::BTreeSet;
 
 use crate::helpers::{Backend, TestDatabase};
 
-async fn migrated(backend: Backend) -> TestDatabase {
-    let db = TestDatabase::create(backend).await;
-    db.migrate_and_seed().await;
-    db
-}
-
 async fn versions(db: &TestDatabase) -> Vec<i64> {
     sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
         .fetch_all(&db.pool)
@@ -39,8 +33,8 @@ async fn columns(db: &TestDatabase) -> BTreeSet<(String, String)> {
 #[tokio::test]
 async fn postgres_and_sqlite_migrations_define_the_same_schema() {
     let (postgres, sqlite) = (
-        migrated(Backend::Postgres).await,
-        migrated(Backend::Sqlite).await,
+        TestDatabase::seeded(Backend::Postgres).await,
+        TestDatabase::seeded(Backend::Sqlite).await,
     );
 
     let (pg_versions, sqlite_versions) = (versions(&postgres).await, versions(&sqlite).await);
