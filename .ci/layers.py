@@ -24,6 +24,7 @@ LAYERS = [
     ["seed", "telemetry"],
     ["http"],
     ["app"],
+    ["server"],  # the connection loop
     ["lib"],  # build_state, run, serve
     ["cli"],
     ["main"],

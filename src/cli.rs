@@ -128,6 +128,18 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     if demo && config.api_key.env != DEMO_KEY_ENV {
         bail!("--demo seeds keys that are published in the README; it runs only with NEO_API_KEY_ENV=test");
     }
+    let open_files = crate::server::raise_open_files_limit();
+    if let Some(limit) = open_files {
+        // Each connection holds a descriptor; the database pool and logs need a few more.
+        let headroom = config.database.max_connections as u64 + 64;
+        if (config.server.max_connections as u64).saturating_add(headroom) > limit {
+            tracing::warn!(
+                open_files_limit = limit,
+                max_connections = config.server.max_connections,
+                "server.max_connections is close to the open-files limit; accepts may fail before the cap refuses them"
+            );
+        }
+    }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -34,6 +34,16 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "server.request_timeout_seconds",
     ),
     ("NEO_BODY_LIMIT_BYTES", "server.body_limit_bytes"),
+    (
+        "NEO_HEADER_TIMEOUT_SECONDS",
+        "server.header_timeout_seconds",
+    ),
+    ("NEO_IDLE_TIMEOUT_SECONDS", "server.idle_timeout_seconds"),
+    ("NEO_MAX_CONNECTIONS", "server.max_connections"),
+    (
+        "NEO_SHUTDOWN_GRACE_SECONDS",
+        "server.shutdown_grace_seconds",
+    ),
     ("NEO_API_KEY_ENV", "api_key.env"),
     ("NEO_API_KEY_CACHE_SECONDS", "api_key.cache_seconds"),
     (
@@ -111,6 +121,15 @@ pub struct ServerConfig {
     pub migrate_on_start: bool,
     pub request_timeout_seconds: u64,
     pub body_limit_bytes: usize,
+    /// A connection's request head must arrive within this many seconds of its first byte (or
+    /// of the connection); slower clients are disconnected.
+    pub header_timeout_seconds: u64,
+    /// An idle keep-alive connection is closed after this many seconds.
+    pub idle_timeout_seconds: u64,
+    /// Open connections at most; more are answered 503 `too_many_connections` and closed.
+    pub max_connections: usize,
+    /// On SIGTERM, open connections get this long to finish before they are cut.
+    pub shutdown_grace_seconds: u64,
     /// Reverse proxies whose `X-Forwarded-For` is believed: comma-separated IPs and CIDRs in
     /// the file and the variable, parsed once, here.
     pub trusted_proxies: TrustedProxies,
@@ -123,6 +142,10 @@ impl Default for ServerConfig {
             migrate_on_start: true,
             request_timeout_seconds: 10,
             body_limit_bytes: 64 * 1024,
+            header_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            max_connections: 4096,
+            shutdown_grace_seconds: 20,
             trusted_proxies: TrustedProxies::default(),
         }
     }
@@ -549,11 +572,24 @@ impl Config {
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
         }
-        if self.server.request_timeout_seconds == 0 {
-            return Err(invalid(
+        for (key, value) in [
+            (
                 "server.request_timeout_seconds",
-                "must be at least 1",
-            ));
+                self.server.request_timeout_seconds,
+            ),
+            (
+                "server.header_timeout_seconds",
+                self.server.header_timeout_seconds,
+            ),
+            (
+                "server.idle_timeout_seconds",
+                self.server.idle_timeout_seconds,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         let limits = &self.rate_limit;
         for (key, value) in [

@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod ratelimit;
 pub mod seed;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
@@ -74,19 +75,16 @@ pub async fn run(
     serve(state, listener, shutdown).await
 }
 
-/// Serves `state` (from [`build_state`]) on `listener` until `shutdown` resolves.
+/// Serves `state` (from [`build_state`]) on `listener` until `shutdown` resolves, with the
+/// connection limits of `server.*`.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let limits = server::ConnectionLimits::from_config(&state.config.server);
     let app = app::router(state);
-    // The peer address feeds the per-IP limit on failed authentications.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("server error")
+    server::serve(listener, app, limits, shutdown)
+        .await
+        .context("server error")
 }

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, request_context::drain_body, AppState};
 use crate::ratelimit::{client_ip, Decision};
 
 /// Runs via `from_fn_with_state` on the routes that need a caller. A client over its
@@ -32,6 +32,7 @@ pub async fn require_principal(
         request.headers(),
     );
     if let Some(retry_after) = state.limits.auth_failures_exhausted(&client_ip).await {
+        drain_body(request).await;
         return ApiError::RateLimited { retry_after }.into_response();
     }
     match state.authenticator.authenticate(request.headers()).await {
@@ -43,14 +44,19 @@ pub async fn require_principal(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(error) if error.is_failed_authentication() => {
-            match state.limits.record_auth_failure(&client_ip).await {
-                Decision::Limited { retry_after } => {
-                    ApiError::RateLimited { retry_after }.into_response()
+        Err(error) => {
+            let response = if error.is_failed_authentication() {
+                match state.limits.record_auth_failure(&client_ip).await {
+                    Decision::Limited { retry_after } => {
+                        ApiError::RateLimited { retry_after }.into_response()
+                    }
+                    Decision::Allowed { .. } => ApiError::from(error).into_response(),
                 }
-                Decision::Allowed { .. } => ApiError::from(error).into_response(),
-            }
+            } else {
+                ApiError::from(error).into_response()
+            };
+            drain_body(request).await;
+            response
         }
-        Err(error) => ApiError::from(error).into_response(),
     }
 }

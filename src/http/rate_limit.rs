@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, request_context::drain_body, AppState};
 use crate::{
     auth::Principal,
     ratelimit::{whole_seconds, Decision, Quota},
@@ -32,7 +32,10 @@ pub async fn per_principal(
     let decision = state.limits.acquire_for_principal(&principal, quota).await;
     let mut response = match decision {
         Decision::Allowed { .. } => next.run(request).await,
-        Decision::Limited { retry_after } => ApiError::RateLimited { retry_after }.into_response(),
+        Decision::Limited { retry_after } => {
+            drain_body(request).await;
+            ApiError::RateLimited { retry_after }.into_response()
+        }
     };
     let headers = response.headers_mut();
     if let Ok(policy) = HeaderValue::from_str(&policy(quota)) {

@@ -1,11 +1,23 @@
 //! The outermost layer: request id, tracing span, error envelope, one log line per request.
 
-use std::time::Instant;
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
 
 use axum::{
     body::Body,
+    body::{Bytes, HttpBody},
     extract::{MatchedPath, Request},
-    http::{header::CONTENT_TYPE, HeaderName, HeaderValue, StatusCode},
+    http::{
+        header::{CONNECTION, CONTENT_TYPE},
+        HeaderName, HeaderValue, StatusCode,
+    },
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -44,8 +56,21 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         request_id,
         started,
     });
+    let (parts, body) = request.into_parts();
+    let (body, body_read) = ReadToEnd::track(body);
 
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = next
+        .run(Request::from_parts(parts, body))
+        .instrument(span.clone())
+        .await;
+
+    // hyper closes a connection whose request body was left unread (it cannot find the next
+    // request); say so, or a keep-alive client would send its next request into a closed socket.
+    if !body_read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
 
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
@@ -100,4 +125,56 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
     response.extensions_mut().insert(report);
     response
+}
+
+/// A request body that records whether it was read to its end.
+struct ReadToEnd {
+    inner: Body,
+    done: Arc<AtomicBool>,
+}
+
+impl ReadToEnd {
+    fn track(body: Body) -> (Body, Arc<AtomicBool>) {
+        let done = Arc::new(AtomicBool::new(body.is_end_stream()));
+        if done.load(Ordering::Relaxed) {
+            // Nothing to read (no body, or `Content-Length: 0`): no wrapper needed.
+            return (body, done);
+        }
+        let tracked = Self {
+            inner: body,
+            done: Arc::clone(&done),
+        };
+        (Body::new(tracked), done)
+    }
+}
+
+impl HttpBody for ReadToEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads and discards what is left of a request refused before its body was needed (at most
+/// the body limit, which the limit layer enforces), so that the keep-alive connection stays
+/// usable for the client's next request.
+pub async fn drain_body(request: Request) {
+    let _ = axum::body::to_bytes(request.into_body(), usize::MAX).await;
 }

@@ -198,6 +198,7 @@ pub struct TestApp {
     /// The running app's state (e.g. to read the rate limiter's size).
     pub state: std::sync::Arc<neo_sessions::app::AppState>,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     // Field order matters: the server stops before its database is dropped.
     pub db: TestDatabase,
     /// Kept alive for the generated signing key.
@@ -272,7 +273,7 @@ impl<'a> TestAppBuilder<'a> {
         let listener = TcpListener::bind(config.server.listen).await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(neo_sessions::serve(state.clone(), listener, async {
+        let server = tokio::spawn(neo_sessions::serve(state.clone(), listener, async {
             let _ = rx.await;
         }));
 
@@ -285,6 +286,7 @@ impl<'a> TestAppBuilder<'a> {
             config,
             state,
             shutdown: Some(tx),
+            server: Some(server),
             db,
             _data_dir: data_dir,
         }
@@ -292,6 +294,17 @@ impl<'a> TestAppBuilder<'a> {
 }
 
 impl TestApp {
+    /// Asks the server to shut down (as SIGTERM does) and returns its task, which ends when
+    /// `serve` returns.
+    pub fn shut_down(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.server
+            .take()
+            .expect("the server was shut down already")
+    }
+
     pub fn builder<'a>(backend: Backend) -> TestAppBuilder<'a> {
         TestAppBuilder {
             backend,

@@ -24,6 +24,7 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod connections;
 mod demo;
 mod entra;
 mod hostile;

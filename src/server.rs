@@ -1,0 +1,361 @@
+//! The connection loop: HTTP/1.1 over hyper with the timers `axum::serve` does not have. A
+//! connection may wait at most `header_timeout` for a request head once its first byte (or the
+//! connection itself) arrived, and at most `idle_timeout` between requests; at most
+//! `max_connections` are open at once (more are answered 503 and closed); on shutdown every
+//! connection finishes its request and closes, and whatever is still open after `shutdown_grace`
+//! is cut.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{extract::ConnectInfo, Router};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{watch, Notify, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
+use tower::ServiceExt;
+
+use crate::config::ServerConfig;
+
+/// The connection-level limits, from `server.*` in the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(server: &ServerConfig) -> Self {
+        Self {
+            header_timeout: Duration::from_secs(server.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
+            max_connections: server.max_connections,
+            shutdown_grace: Duration::from_secs(server.shutdown_grace_seconds),
+        }
+    }
+}
+
+/// Connections over the cap that are still being answered 503; past this many they are dropped
+/// at once (an attacker must not make the refusals themselves a resource).
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains connections for at most
+/// `limits.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors (or a connection reset before accept): back off
+                    // briefly instead of spinning; established connections keep being served.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connection tasks so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                let router = router.clone();
+                let stop = stop_rx.clone();
+                connections.spawn(async move {
+                    serve_connection(stream, peer, router, limits, stop).await;
+                    drop(slot);
+                });
+            }
+            Err(_) => {
+                if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream).await;
+                        drop(permit);
+                    });
+                }
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection refused: too many open connections"
+                );
+            }
+        }
+    }
+
+    drop(listener);
+    let open = connections.len();
+    tracing::info!(
+        open_connections = open,
+        grace_seconds = limits.shutdown_grace.as_secs(),
+        "stopped accepting; finishing open connections"
+    );
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            cut = connections.len(),
+            "shutdown grace period over; closing the remaining connections"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The answer to a connection over the cap: a complete 503 in the envelope, then close.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = r#"{"error":{"code":"too_many_connections","message":"The server has too many open connections; retry shortly."},"meta":{"request_id":null}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(response.as_bytes()).await?;
+        // Half-close and let the client read it: closing with its request unread would reset
+        // the connection and could destroy the response in flight.
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        loop {
+            use tokio::io::AsyncReadExt;
+            if stream.read(&mut sink).await? == 0 {
+                return Ok::<_, io::Error>(());
+            }
+        }
+    })
+    .await;
+}
+
+/// Where a connection is between requests, for the watchdog.
+const WAITING_FOR_HEAD: u8 = 0;
+const IN_REQUEST: u8 = 1;
+const IDLE: u8 = 2;
+
+/// Shared by a connection's socket wrapper, its service and its watchdog.
+struct ConnectionClock {
+    phase: AtomicU8,
+    /// When the current phase began, in milliseconds since `origin`.
+    since_ms: AtomicU64,
+    origin: Instant,
+    changed: Notify,
+}
+
+impl ConnectionClock {
+    fn new() -> Self {
+        Self {
+            phase: AtomicU8::new(WAITING_FOR_HEAD),
+            since_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+            changed: Notify::new(),
+        }
+    }
+
+    fn enter(&self, phase: u8) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.since_ms.store(now, Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// The phase, and when its timeout runs out (`None`: no timeout while a request runs; the
+    /// request timeout bounds it).
+    fn deadline(&self, limits: &ConnectionLimits) -> (u8, Option<Instant>) {
+        let phase = self.phase.load(Ordering::Acquire);
+        let since = self.origin + Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
+        let deadline = match phase {
+            WAITING_FOR_HEAD => Some(since + limits.header_timeout),
+            IDLE => Some(since + limits.idle_timeout),
+            _ => None,
+        };
+        (phase, deadline)
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let clock = Arc::new(ConnectionClock::new());
+    let io = TokioIo::new(TimedStream {
+        inner: stream,
+        clock: Arc::clone(&clock),
+    });
+    let service_clock = Arc::clone(&clock);
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        service_clock.enter(IN_REQUEST);
+        // The peer address feeds the per-IP limit on failed authentications.
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let router = router.clone();
+        let clock = Arc::clone(&service_clock);
+        async move {
+            let response = router.oneshot(request).await;
+            clock.enter(IDLE);
+            Ok::<_, Infallible>(match response {
+                Ok(response) => response,
+                Err(never) => match never {},
+            })
+        }
+    });
+    let mut builder = http1::Builder::new();
+    // Our watchdog does the header and idle timeouts; hyper's own header timer (which would
+    // also cut idle keep-alive connections at the header timeout) is off.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        let (phase, deadline) = clock.deadline(&limits);
+        // Once asked to close, a connection gets one more header timeout to finish writing.
+        let deadline = match closing_since {
+            Some(at) => Some(at + limits.header_timeout),
+            None => deadline,
+        };
+        let sleep = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+                return;
+            }
+            () = clock.changed.notified() => {}
+            changed = stop.changed(), if closing_since.is_none() => {
+                if changed.is_err() || *stop.borrow() {
+                    connection.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                }
+            }
+            () = sleep => {
+                if closing_since.is_some() {
+                    return;
+                }
+                // Re-read: the phase may have moved on since the deadline was computed.
+                let (now_phase, now_deadline) = clock.deadline(&limits);
+                if now_phase != phase || now_deadline.is_some_and(|d| d > Instant::now()) {
+                    continue;
+                }
+                match phase {
+                    // A request head that did not arrive in time: nothing to finish, cut it.
+                    WAITING_FOR_HEAD => {
+                        tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
+                        return;
+                    }
+                    // An idle keep-alive connection closes cleanly.
+                    _ => {
+                        connection.as_mut().graceful_shutdown();
+                        closing_since = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The socket, noticing the first byte of the next request head after an idle period.
+struct TimedStream {
+    inner: TcpStream,
+    clock: Arc<ConnectionClock>,
+}
+
+impl AsyncRead for TimedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && self.clock.phase.load(Ordering::Acquire) == IDLE {
+            self.clock.enter(WAITING_FOR_HEAD);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for TimedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit, so that the connection cap (not the
+/// process's descriptor table) decides when connections are refused. Returns the limit now in
+/// force, if it can be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
