@@ -42,6 +42,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     };
     let limits = RateLimits::new(&config.rate_limit, Arc::clone(&store))
         .context("invalid rate_limit.redis_url")?;
+    limits.wait_for_redis(Duration::from_secs(1)).await;
     Ok(app::state(config, store, issuer, entra_keys, limits))
 }
 

@@ -12,11 +12,11 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{invalid, AuthError, Principal};
+use super::{invalid, AuthError, Lookups, Principal};
 use crate::{
     cache::TtlCache,
     config::is_valid_key_env,
-    store::{ApiKeyRow, Store, StoreResult},
+    store::{ApiKeyRow, Store},
 };
 
 pub const PREFIX: &str = "neo_sk_";
@@ -96,9 +96,16 @@ impl ApiKeyVerifier {
     }
 
     /// The key row for `digest`: from the cache while it is fresh, else from the store.
-    async fn find(&self, digest: &[u8; 32]) -> StoreResult<Option<Arc<ApiKeyRow>>> {
+    async fn find(
+        &self,
+        digest: &[u8; 32],
+        lookups: Lookups,
+    ) -> Result<Option<Arc<ApiKeyRow>>, AuthError> {
         if let Some(row) = self.cache.get(digest) {
             return Ok(Some(row));
+        }
+        if lookups == Lookups::Refused {
+            return Err(AuthError::LookupRefused);
         }
         let row = self.store.find_api_key_by_hash(digest).await?.map(Arc::new);
         if let Some(row) = &row {
@@ -107,7 +114,7 @@ impl ApiKeyVerifier {
         Ok(row)
     }
 
-    pub async fn verify(&self, raw: &str) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, raw: &str, lookups: Lookups) -> Result<Principal, AuthError> {
         let Some(env) = key_env(raw) else {
             return Err(invalid("malformed API key"));
         };
@@ -115,7 +122,7 @@ impl ApiKeyVerifier {
             return Err(invalid("API key of another environment"));
         }
         let digest = hash(raw);
-        let Some(row) = self.find(&digest).await? else {
+        let Some(row) = self.find(&digest, lookups).await? else {
             return Err(invalid("unknown API key"));
         };
         if !bool::from(row.key_hash.as_slice().ct_eq(&digest)) {

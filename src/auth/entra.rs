@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use jsonwebtoken::{decode, jwk::JwkSet, Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
 
-use super::{invalid, AuthError, Principal};
+use super::{invalid, AuthError, Lookups, Principal};
 use crate::{cache::TtlCache, config::EntraConfig, store::Store};
 
 /// A JWKS larger than this is refused rather than parsed.
@@ -30,7 +30,10 @@ pub enum KeyLookup {
 /// Where Entra's signing keys come from. One real implementation, [`JwksCache`].
 #[async_trait]
 pub trait EntraKeySource: Send + Sync {
+    /// The key, fetching the key set when it is unknown or stale (rate-limited).
     async fn key(&self, kid: &str) -> KeyLookup;
+    /// The key if a current key set holds it, without fetching anything.
+    fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>>;
 }
 
 #[derive(Default)]
@@ -189,6 +192,10 @@ impl JwksCache {
 
 #[async_trait]
 impl EntraKeySource for JwksCache {
+    fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.cached(kid).0
+    }
+
     async fn key(&self, kid: &str) -> KeyLookup {
         if let (Some(key), _) = self.cached(kid) {
             return KeyLookup::Found(key);
@@ -281,10 +288,16 @@ impl EntraVerifier {
     }
 
     /// Validates the token and maps its directory to our tenant.
-    pub async fn verify(&self, token: &str, header: &Header) -> Result<Principal, AuthError> {
-        let EntraIdentity { tid, oid } = self.validate(token, header).await?;
+    pub async fn verify(
+        &self,
+        token: &str,
+        header: &Header,
+        lookups: Lookups,
+    ) -> Result<Principal, AuthError> {
+        let EntraIdentity { tid, oid } = self.validate(token, header, lookups).await?;
         let tenant_id = match self.directories.get(tid.as_str()) {
             Some(tenant_id) => tenant_id,
+            None if lookups == Lookups::Refused => return Err(AuthError::LookupRefused),
             None => {
                 let tenant_id = self
                     .store
@@ -306,7 +319,12 @@ impl EntraVerifier {
     }
 
     /// Signature and claims (401s), then the right to mint (403s). No database access.
-    pub async fn validate(&self, token: &str, header: &Header) -> Result<EntraIdentity, AuthError> {
+    pub async fn validate(
+        &self,
+        token: &str,
+        header: &Header,
+        lookups: Lookups,
+    ) -> Result<EntraIdentity, AuthError> {
         // RS256 only: never none, never HS* (which would make Entra's public key a shared secret).
         if header.alg != Algorithm::RS256 {
             return Err(invalid("Entra token not signed with RS256"));
@@ -315,7 +333,14 @@ impl EntraVerifier {
             return Err(invalid("Entra token without kid"));
         };
         // `jku`, `x5u`, `jwk` and `x5c` headers are never followed: keys come from our JWKS only.
-        let key = match self.keys.key(kid).await {
+        let lookup = match lookups {
+            Lookups::Allowed => self.keys.key(kid).await,
+            Lookups::Refused => match self.keys.cached_key(kid) {
+                Some(key) => KeyLookup::Found(key),
+                None => return Err(AuthError::LookupRefused),
+            },
+        };
+        let key = match lookup {
             KeyLookup::Found(key) => key,
             KeyLookup::Unknown => return Err(invalid("Entra token signed by an unknown key")),
             KeyLookup::Unavailable => {

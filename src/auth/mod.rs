@@ -41,8 +41,20 @@ pub enum AuthError {
     /// Entra's signing keys cannot be had right now: we cannot tell (retry later).
     #[error("Entra ID signing keys unavailable")]
     EntraUnavailable { retry_after: Duration },
+    /// The credential would need a database or JWKS lookup, and the client address has spent
+    /// its failed-authentication budget: lookups are what that budget protects.
+    #[error("lookup refused: the client address is over its failed-authentication budget")]
+    LookupRefused,
     #[error("store failure during authentication: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Whether authentication may look anything up (the database, Entra's JWKS), or must decide
+/// from what is cached and what verifies offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookups {
+    Allowed,
+    Refused,
 }
 
 impl AuthError {
@@ -71,10 +83,14 @@ pub struct Authenticator {
 impl Authenticator {
     /// Resolves the request's bearer credential. Skips all fields so no credential reaches a log.
     #[instrument(skip_all, name = "authenticate")]
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        lookups: Lookups,
+    ) -> Result<Principal, AuthError> {
         let credential = bearer_credential(headers)?;
         if credential.starts_with(api_key::PREFIX) {
-            return self.api_keys.verify(credential).await;
+            return self.api_keys.verify(credential, lookups).await;
         }
         if credential.bytes().filter(|b| *b == b'.').count() == 2 {
             let header =
@@ -84,7 +100,7 @@ impl Authenticator {
             }
             // Any other JWT can only be a Microsoft Entra ID access token of a dashboard user.
             return match &self.entra {
-                Some(entra) => entra.verify(credential, &header).await,
+                Some(entra) => entra.verify(credential, &header, lookups).await,
                 None => Err(invalid("JWT not issued by us and Entra login is off")),
             };
         }
@@ -221,7 +237,7 @@ mod tests {
                 AUTHORIZATION,
                 format!("Bearer {credential}").parse().unwrap(),
             );
-            f.authenticator.authenticate(&map).await
+            f.authenticator.authenticate(&map, Lookups::Allowed).await
         }
 
         fn grant() -> TokenGrant {

@@ -10,12 +10,21 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{error::ApiError, request_context::drain_body, AppState};
-use crate::ratelimit::{client_ip, Decision};
+use super::{
+    error::{ApiError, Limit},
+    request_context::drain_body,
+    AppState,
+};
+use crate::{
+    auth::Lookups,
+    ratelimit::{client_ip, Decision},
+};
 
-/// Runs via `from_fn_with_state` on the routes that need a caller. A client over its
-/// failed-authentication budget is refused before its credential is looked up; each failed
-/// authentication takes from that budget, a successful one does not.
+/// Runs via `from_fn_with_state` on the routes that need a caller. Each failed authentication
+/// takes from the client address's budget; a successful one does not. An address over its
+/// budget is refused the lookups (database, Entra JWKS) that an attacker would make us do, not
+/// its callers: a credential that verifies from what is cached, or offline, is still served,
+/// so one noisy client behind a shared address cannot lock every tenant out.
 pub async fn require_principal(
     State(state): State<Arc<AppState>>,
     mut request: Request,
@@ -31,32 +40,41 @@ pub async fn require_principal(
         peer,
         request.headers(),
     );
-    if let Some(retry_after) = state.limits.auth_failures_exhausted(&client_ip).await {
-        drain_body(request).await;
-        return ApiError::RateLimited { retry_after }.into_response();
-    }
-    match state.authenticator.authenticate(request.headers()).await {
+    let exhausted = state.limits.auth_failures_exhausted(&client_ip).await;
+    let lookups = match exhausted {
+        Some(_) => Lookups::Refused,
+        None => Lookups::Allowed,
+    };
+    let error = match state
+        .authenticator
+        .authenticate(request.headers(), lookups)
+        .await
+    {
         Ok(principal) => {
             let span = tracing::Span::current();
             span.record("principal_kind", principal.kind());
             span.record("principal_id", principal.id());
             span.record("tenant", principal.tenant_id());
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            return next.run(request).await;
         }
-        Err(error) => {
-            let response = if error.is_failed_authentication() {
-                match state.limits.record_auth_failure(&client_ip).await {
-                    Decision::Limited { retry_after } => {
-                        ApiError::RateLimited { retry_after }.into_response()
-                    }
-                    Decision::Allowed { .. } => ApiError::from(error).into_response(),
-                }
-            } else {
-                ApiError::from(error).into_response()
-            };
-            drain_body(request).await;
-            response
+        Err(error) => error,
+    };
+    let per_ip = |retry_after| ApiError::RateLimited {
+        retry_after,
+        limit: Limit::FailedAuthPerIp,
+    };
+    let response = match exhausted {
+        // Over budget already: whatever the reason, the answer is the per-address limit.
+        Some(retry_after) => per_ip(retry_after).into_response(),
+        None if error.is_failed_authentication() => {
+            match state.limits.record_auth_failure(&client_ip).await {
+                Decision::Limited { retry_after } => per_ip(retry_after).into_response(),
+                Decision::Allowed { .. } => ApiError::from(error).into_response(),
+            }
         }
-    }
+        None => ApiError::from(error).into_response(),
+    };
+    drain_body(request).await;
+    response
 }

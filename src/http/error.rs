@@ -12,6 +12,24 @@ use crate::{auth::AuthError, ratelimit::whole_seconds, store::StoreError, tokens
 
 const REALM: &str = "neo-sessions";
 
+/// Which rate limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The caller's own budget (per API key or Entra user).
+    PerPrincipal,
+    /// The client address's failed-authentication budget.
+    FailedAuthPerIp,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerPrincipal => "per_principal",
+            Self::FailedAuthPerIp => "failed_auth_per_ip",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("missing bearer credentials")]
@@ -41,8 +59,11 @@ pub enum ApiError {
     InvalidEndCompany,
     #[error("unknown agents")]
     InvalidAgentIds(Vec<i64>),
-    #[error("rate limited")]
-    RateLimited { retry_after: std::time::Duration },
+    #[error("rate limited ({limit:?})")]
+    RateLimited {
+        retry_after: std::time::Duration,
+        limit: Limit,
+    },
     #[error("Entra ID signing keys unavailable")]
     EntraUnavailable { retry_after: std::time::Duration },
     #[error("database unavailable: {0}")]
@@ -185,10 +206,17 @@ impl ApiError {
                 "allowed_agent_ids names agents that are not the target tenant's.".into(),
                 Some(json!({ "unknown_agent_ids": ids })),
             ),
-            Self::RateLimited { retry_after } => (
+            Self::RateLimited { retry_after, limit } => (
                 "rate_limited",
-                "Too many requests; retry after the number of seconds in Retry-After.".into(),
-                Some(json!({ "retry_after_seconds": whole_seconds(*retry_after) })),
+                match limit {
+                    Limit::PerPrincipal => "Too many requests for this credential; retry after the number of seconds in Retry-After.",
+                    Limit::FailedAuthPerIp => "Too many failed authentications from this address; credentials that need a lookup are refused until Retry-After seconds have passed.",
+                }
+                .into(),
+                Some(json!({
+                    "retry_after_seconds": whole_seconds(*retry_after),
+                    "limit": limit.as_str(),
+                })),
             ),
             Self::EntraUnavailable { .. } => (
                 "entra_unavailable",
@@ -255,6 +283,12 @@ impl From<AuthError> for ApiError {
                 Self::Forbidden("This Microsoft Entra directory is not registered with any tenant.")
             }
             AuthError::EntraUnavailable { retry_after } => Self::EntraUnavailable { retry_after },
+            // Only asked for once the address is over its budget (the middleware supplies when
+            // the budget has room again); refused as the per-address limit.
+            AuthError::LookupRefused => Self::RateLimited {
+                retry_after: std::time::Duration::from_secs(1),
+                limit: Limit::FailedAuthPerIp,
+            },
             AuthError::Store(error) => Self::Store(error),
         }
     }
@@ -268,7 +302,9 @@ impl IntoResponse for ApiError {
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().insert(WWW_AUTHENTICATE, value);
         }
-        if let Self::RateLimited { retry_after } | Self::EntraUnavailable { retry_after } = &self {
+        if let Self::RateLimited { retry_after, .. } | Self::EntraUnavailable { retry_after } =
+            &self
+        {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 HeaderValue::from(whole_seconds(*retry_after)),
@@ -331,6 +367,12 @@ mod tests {
                 None,
             ),
             (
+                AuthError::LookupRefused,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                None,
+            ),
+            (
                 AuthError::Store(StoreError::RecorderStopped),
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -350,11 +392,10 @@ mod tests {
                 .get(WWW_AUTHENTICATE)
                 .and_then(|v| v.to_str().ok());
             assert_eq!(www, challenge, "{code}");
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                assert_eq!(
-                    response.headers().get(axum::http::header::RETRY_AFTER),
-                    Some(&HeaderValue::from(5u64))
-                );
+            if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
+            {
+                let retry_after = response.headers().get(axum::http::header::RETRY_AFTER);
+                assert!(retry_after.is_some(), "{code} without Retry-After");
             }
         }
     }

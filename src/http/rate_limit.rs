@@ -11,7 +11,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{error::ApiError, request_context::drain_body, AppState};
+use super::{
+    error::{ApiError, Limit},
+    request_context::drain_body,
+    AppState,
+};
 use crate::{
     auth::Principal,
     ratelimit::{whole_seconds, Decision, Quota},
@@ -34,7 +38,11 @@ pub async fn per_principal(
         Decision::Allowed { .. } => next.run(request).await,
         Decision::Limited { retry_after } => {
             drain_body(request).await;
-            ApiError::RateLimited { retry_after }.into_response()
+            ApiError::RateLimited {
+                retry_after,
+                limit: Limit::PerPrincipal,
+            }
+            .into_response()
         }
     };
     let headers = response.headers_mut();

@@ -17,31 +17,85 @@ impl std::fmt::Display for ClientIp {
     }
 }
 
-/// The client of a request that reached us from `peer`.
+impl ClientIp {
+    /// The failed-authentication bucket of this address: the address itself for IPv4, its /64
+    /// for IPv6 (one subscriber holds a whole /64, so a per-/128 bucket would give it 2^64 of
+    /// them).
+    pub fn bucket_key(&self) -> String {
+        match self.0 {
+            IpAddr::V4(v4) => format!("ip:{v4}"),
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        }
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port (`1.2.3.4`, `1.2.3.4:5678`,
+/// `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`), or `None` when it is not an address.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(socket) = hop.parse::<SocketAddr>() {
+        return Some(socket.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|inner| inner.parse::<IpAddr>().ok())
+}
+
+/// The client of a request that reached us from `peer`. Behind trusted proxies, the chain is
+/// walked from the nearest hop: trusted hops are skipped, the first untrusted address is the
+/// client, and an entry that is not an address ends the walk (whatever stands left of it was
+/// written by someone we cannot vouch for), leaving the last trusted hop as the client.
 pub fn client_ip(proxies: &TrustedProxies, peer: SocketAddr, headers: &HeaderMap) -> ClientIp {
     let peer = peer.ip().to_canonical();
     if !proxies.contains(peer) {
         return ClientIp(peer);
     }
-    // Walk the chain from the nearest hop; the first untrusted address is the client.
-    let hops: Vec<IpAddr> = headers
+    let mut client = peer;
+    let entries = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .collect();
-    ClientIp(
-        hops.into_iter()
-            .rev()
-            .find(|ip| !proxies.contains(*ip))
-            .unwrap_or(peer),
-    )
+        .map(|value| value.to_str().ok());
+    // Header lines in order, entries left to right; walked from the right.
+    let mut hops: Vec<Option<&str>> = Vec::new();
+    for value in entries {
+        match value {
+            Some(value) => hops.extend(value.split(',').map(Some)),
+            None => hops.push(None),
+        }
+    }
+    for hop in hops.into_iter().rev() {
+        let Some(ip) = hop.and_then(parse_hop).map(|ip| ip.to_canonical()) else {
+            break;
+        };
+        client = ip;
+        if !proxies.contains(ip) {
+            break;
+        }
+    }
+    ClientIp(client)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let a = ClientIp("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = ClientIp("2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap());
+        let c = ClientIp("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a.bucket_key(), b.bucket_key());
+        assert_ne!(a.bucket_key(), c.bucket_key());
+        assert_eq!(
+            ClientIp("192.0.2.1".parse().unwrap()).bucket_key(),
+            "ip:192.0.2.1"
+        );
+    }
+
     use super::*;
     use axum::http::HeaderValue;
 
@@ -78,6 +132,37 @@ mod tests {
         assert_eq!(
             client_ip(&proxies, from("10.1.2.3"), &xff("garbage")),
             ip("10.1.2.3")
+        );
+        // Gateways that append ip:port or [v6]:port: the port is not a reason to walk on into
+        // what the client wrote.
+        assert_eq!(
+            client_ip(
+                &proxies,
+                from("10.1.2.3"),
+                &xff("6.6.6.6, 198.51.100.4:51234")
+            ),
+            ip("198.51.100.4")
+        );
+        assert_eq!(
+            client_ip(
+                &proxies,
+                from("10.1.2.3"),
+                &xff("6.6.6.6, [2001:db8::7]:443, 10.0.0.2")
+            ),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            client_ip(&proxies, from("10.1.2.3"), &xff("[2001:db8::7]")),
+            ip("2001:db8::7")
+        );
+        // An entry that is not an address stops the walk at the last trusted hop.
+        assert_eq!(
+            client_ip(
+                &proxies,
+                from("10.1.2.3"),
+                &xff("6.6.6.6, unknown, 10.0.0.2")
+            ),
+            ip("10.0.0.2")
         );
     }
 }

@@ -133,6 +133,18 @@ impl RateLimits {
         })
     }
 
+    /// Gives a configured Redis up to `within` to accept the first connection; start-up goes on
+    /// either way (until Redis answers, this process's memory holds the budgets).
+    pub async fn wait_for_redis(&self, within: Duration) {
+        if let Some(redis) = &self.redis {
+            if !redis.wait_connected(within).await {
+                tracing::warn!(
+                    "Redis is not reachable yet; rate limits use this process's memory until it is"
+                );
+            }
+        }
+    }
+
     /// The in-memory backend (for its size, and for sweeping in tests).
     pub fn memory(&self) -> &MemoryLimits {
         &self.memory
@@ -187,7 +199,7 @@ impl RateLimits {
 
     /// Before a credential is looked up: is this client over its failed-authentication budget?
     pub async fn auth_failures_exhausted(&self, ip: &ClientIp) -> Option<Duration> {
-        let key = format!("ip:{ip}");
+        let key = ip.bucket_key();
         match self.call(Op::Peek, &key, self.auth_failure_quota).await {
             Decision::Limited { retry_after } => Some(retry_after),
             Decision::Allowed { .. } => None,
@@ -196,7 +208,7 @@ impl RateLimits {
 
     /// After a failed authentication: takes one from the client's failure budget.
     pub async fn record_auth_failure(&self, ip: &ClientIp) -> Decision {
-        let key = format!("ip:{ip}");
+        let key = ip.bucket_key();
         self.call(Op::Acquire, &key, self.auth_failure_quota).await
     }
 }

@@ -2,13 +2,12 @@
 //! replicas with skewed clocks share one budget.
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 
 use super::{BackendError, Decision, LimitBackend, Quota};
 
@@ -35,8 +34,9 @@ return {1, math.floor((limit - (tat - now)) / period), 0, tat - now}
 "#;
 
 pub struct RedisLimits {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    /// Set by the background connector once the first connection is made; until then every
+    /// check goes to memory at once (a Redis that was never reachable must cost a mint nothing).
+    connection: Arc<OnceLock<ConnectionManager>>,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -45,16 +45,38 @@ pub struct RedisLimits {
 }
 
 impl RedisLimits {
+    /// Parses `url` and starts connecting in the background (so this runs inside a Tokio
+    /// runtime); `rediss://` URLs connect over TLS with the web PKI roots.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, BackendError> {
+        // rustls (for rediss://) needs the process-wide crypto provider.
+        crate::auth::entra::install_crypto_provider();
         let client = redis::Client::open(url).map_err(|e| BackendError(e.to_string()))?;
-        Ok(Self {
+        let connection = Arc::new(OnceLock::new());
+        tokio::spawn(connect_in_background(
             client,
-            connection: OnceCell::new(),
+            Arc::downgrade(&connection),
+            timeout,
+        ));
+        Ok(Self {
+            connection,
             script: redis::Script::new(GCRA),
             prefix: prefix.to_owned(),
             timeout,
             retry_at: Mutex::new(None),
         })
+    }
+
+    /// Waits up to `within` for the first connection (so a replica that starts next to a
+    /// healthy Redis shares budgets from its first request); true once connected.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.connection.get().is_none() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// False for a second after a failure: requests then go to memory without waiting on Redis.
@@ -68,20 +90,11 @@ impl RedisLimits {
         *retry_at = Some(Instant::now() + Duration::from_secs(1));
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, BackendError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .cloned()
-            .map_err(|e| BackendError(e.to_string()))
-    }
-
     async fn run(&self, key: &str, quota: Quota, take: bool) -> Result<Decision, BackendError> {
-        let mut connection = self.connection().await?;
+        let Some(connection) = self.connection.get() else {
+            return Err(BackendError("not connected to Redis yet".into()));
+        };
+        let mut connection = connection.clone();
         let period_us = i64::try_from(quota.period().as_micros()).unwrap_or(i64::MAX);
         let mut invocation = self.script.key(format!("{}{key}", self.prefix));
         invocation
@@ -105,6 +118,47 @@ impl RedisLimits {
                 retry_after: micros(retry_us),
             }
         })
+    }
+}
+
+/// Makes the first connection, retrying with a logged back-off (1 s, doubling to 30 s) until it
+/// succeeds or the limits are dropped. After that the connection manager reconnects by itself.
+async fn connect_in_background(
+    client: redis::Client,
+    slot: std::sync::Weak<OnceLock<ConnectionManager>>,
+    timeout: Duration,
+) {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout.max(Duration::from_secs(1)))
+        .set_response_timeout(timeout)
+        .set_number_of_retries(0);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        if slot.strong_count() == 0 {
+            return;
+        }
+        let attempt = tokio::time::timeout(
+            timeout.max(Duration::from_secs(2)),
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(connection)) => {
+                if let Some(slot) = slot.upgrade() {
+                    let _ = slot.set(connection);
+                    tracing::info!("connected to Redis; rate limits are shared across replicas");
+                }
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, retry_in_seconds = delay.as_secs(), "cannot connect to Redis; rate limits use this process's memory meanwhile");
+            }
+            Err(_) => {
+                tracing::warn!(retry_in_seconds = delay.as_secs(), "Redis did not accept a connection in time; rate limits use this process's memory meanwhile");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -398,6 +398,157 @@ async fn a_flood_of_distinct_failing_keys_leaves_the_limiter_small() {
     );
 }
 
+fn behind_loopback_proxy(c: &mut Config) {
+    c.server.trusted_proxies =
+        neo_sessions::config::TrustedProxies::parse("127.0.0.1/32, ::1").expect("proxies");
+}
+
+/// Gateways that append `ip:port` or `[v6]:port`: the client cannot pick its bucket by writing
+/// fresh addresses to the left of that entry.
+async fn forwarded_for_with_ports_still_names_the_client(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .config(tight_failure_budget)
+        .config(behind_loopback_proxy)
+        .spawn()
+        .await;
+    for (i, gateway_entry) in ["203.0.113.5:4711", "[2001:db8::5]:443"].iter().enumerate() {
+        let mut statuses = Vec::new();
+        for n in 0..5 {
+            let spoofed = format!("198.51.{i}.{n}");
+            let response = fail_from(&app, &format!("{spoofed}, {gateway_entry}")).await;
+            statuses.push(response.status().as_u16());
+        }
+        assert_eq!(statuses, [401, 401, 401, 429, 429], "{gateway_entry}");
+    }
+}
+
+/// One IPv6 subscriber holds a /64: its addresses share one failed-authentication bucket.
+async fn ipv6_clients_are_limited_per_64(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .config(tight_failure_budget)
+        .config(behind_loopback_proxy)
+        .spawn()
+        .await;
+    let mut statuses = Vec::new();
+    for n in 1..=5 {
+        let response = fail_from(&app, &format!("2001:db8:7:9::{n:x}")).await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    // Another /64 has its own budget.
+    assert_eq!(
+        fail_from(&app, "2001:db8:7:a::1").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// An address over its failed-authentication budget is refused lookups, not service: a key
+/// found in the cache and a token that verifies offline are still answered as usual, while a
+/// credential that would need the database gets the per-address 429, saying so.
+async fn a_spent_address_is_refused_lookups_not_service(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .config(tight_failure_budget)
+        .config(|c| c.api_key.cache_seconds = 300)
+        .spawn()
+        .await;
+    // Warm the key cache, and get an end-user token.
+    let (data, _) = app.mint_ok(ACME_KEY, BODY()).await;
+    let end_user_token = data["token"].as_str().expect("token").to_owned();
+    for _ in 0..4 {
+        app.mint(UNKNOWN_KEY, BODY()).await;
+    }
+    let response = app.mint(UNKNOWN_KEY, BODY()).await;
+    let body = assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(body["error"]["details"]["limit"], "failed_auth_per_ip");
+
+    // Cached key: served.
+    assert_eq!(app.mint(ACME_KEY, BODY()).await.status(), StatusCode::OK);
+    // Our own token verifies offline: its usual 403, not a 429.
+    let response = app.mint(&end_user_token, BODY()).await;
+    assert_error(response, StatusCode::FORBIDDEN, "insufficient_scope").await;
+    // A valid key that is not cached would need the database: the per-address limit.
+    let response = app
+        .mint(GLOBEX_KEY, json!({"session_id": "s-globex-1"}))
+        .await;
+    assert!(header(&response, "retry-after").is_some());
+    let body = assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(body["error"]["details"]["limit"], "failed_auth_per_ip");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("address")),
+        "{body}"
+    );
+}
+
+backend_tests!(
+    forwarded_for_with_ports_still_names_the_client,
+    ipv6_clients_are_limited_per_64,
+    a_spent_address_is_refused_lookups_not_service,
+);
+
+/// Redis that is down, unresolvable, or spoken to over TLS when the service starts: every mint
+/// is answered at once from memory (no 503 after a connection timeout), and once Redis comes up
+/// the service connects in the background and uses it.
+#[tokio::test]
+async fn redis_that_was_never_reachable_costs_mints_nothing() {
+    let unresolvable = "redis://no-such-host.invalid:6379".to_owned();
+    let port = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tls = format!("rediss://127.0.0.1:{port}");
+    for url in [unresolvable, tls] {
+        let app = TestApp::builder(Backend::Postgres)
+            .config(|c| {
+                c.server.request_timeout_seconds = 2;
+                c.rate_limit.redis_url = Some(url.clone().into());
+            })
+            .spawn()
+            .await;
+        for _ in 0..10 {
+            assert_eq!(
+                app.mint(ACME_KEY, BODY()).await.status(),
+                StatusCode::OK,
+                "{url}"
+            );
+        }
+    }
+
+    // Down at start, up later.
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
+    redis.stop();
+    let app = TestApp::builder(Backend::Postgres)
+        .config(|c| {
+            c.server.request_timeout_seconds = 2;
+            c.rate_limit.per_minute = 1;
+            c.rate_limit.burst = 3;
+            c.rate_limit.redis_url = Some(url.into());
+            c.rate_limit.redis_prefix = unique_prefix();
+        })
+        .spawn()
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(app.mint(ACME_KEY, BODY()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429], "memory answers at once");
+    redis.restart().await;
+    // The background connector retries with a back-off (1 s, 2 s, ...): Redis's fresh bucket
+    // admits what the spent in-memory one does not, once it is connected.
+    let mut back = false;
+    for _ in 0..100 {
+        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the service connects to Redis once it is up");
+}
+
 backend_tests!(
     principal_limit_gives_429_with_retry_after_and_the_budget_comes_back,
     a_tenant_override_replaces_the_default,
