@@ -60,6 +60,7 @@ pub fn state(
         issuer,
         authenticator,
         limits,
+        readiness: health::ReadinessCache::default(),
     })
 }
 

@@ -365,25 +365,45 @@ fn decode_token(token: Option<String>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A minimal HTTP/1.1 GET, so the distroless image needs no curl.
+/// A minimal HTTP/1.1 GET, so the distroless image needs no curl. It waits as long as readiness
+/// may take (the request timeout, plus a margin) and says on stderr why it failed.
 async fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
     let mut address = config.server.listen;
     if address.ip().is_unspecified() {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let check = async {
-        let mut stream = TcpStream::connect(address).await?;
+        let mut stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
         stream
             .write_all(
                 b"GET /public-api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             )
-            .await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+            .await
+            .map_err(|e| format!("cannot send the request to {address}: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("cannot read the answer of {address}: {e}"))?;
+        Ok::<_, String>(String::from_utf8_lossy(&response).into_owned())
     };
-    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
-        Ok(Ok(true)) => Ok(ExitCode::SUCCESS),
-        _ => Ok(ExitCode::FAILURE),
-    }
+    let patience =
+        std::time::Duration::from_secs(config.server.request_timeout_seconds.saturating_add(2));
+    let outcome = match tokio::time::timeout(patience, check).await {
+        Ok(Ok(response)) if response.starts_with("HTTP/1.1 200") => return Ok(ExitCode::SUCCESS),
+        Ok(Ok(response)) => {
+            let status = response.lines().next().unwrap_or_default().to_owned();
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.trim())
+                .unwrap_or_default();
+            format!("{address} answered {status}: {body}")
+        }
+        Ok(Err(why)) => why,
+        Err(_) => format!("{address} did not answer within {}s", patience.as_secs()),
+    };
+    eprintln!("neo-sessions healthcheck: not ready: {outcome}");
+    Ok(ExitCode::FAILURE)
 }

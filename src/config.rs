@@ -616,9 +616,11 @@ impl Config {
         }
         let entra = &self.entra;
         if entra.enabled() {
-            let url = &entra.jwks_url;
-            if !url.starts_with("https://") && !url.starts_with("http://") {
-                return Err(invalid("entra.jwks_url", "must be an http(s) URL"));
+            if !is_https_or_loopback(&entra.jwks_url) {
+                return Err(invalid(
+                    "entra.jwks_url",
+                    "must be an https:// URL (http:// only to a loopback address, for tests)",
+                ));
             }
             if entra.key_max_age_seconds < entra.refresh_seconds {
                 return Err(invalid(
@@ -655,6 +657,22 @@ impl Config {
     pub fn embedded_database_path(&self) -> PathBuf {
         self.data.dir.join("neo-sessions.db")
     }
+}
+
+/// Keys are fetched over TLS only; plain HTTP is for a local stand-in (tests, benchmarks).
+fn is_https_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The one definition of a valid API-key `<env>` (in `neo_sk_<env>_<secret>`): 1 to 16 lowercase
@@ -902,6 +920,31 @@ mod tests {
             !text.contains("hunter2") && !text.contains("s3cret"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn entra_keys_come_over_https_or_from_loopback_only() {
+        let with_url = |url: &str| {
+            Config::load(
+                None,
+                env(&[
+                    ("NEO_ENTRA_AUDIENCE", "api://neo"),
+                    ("NEO_ENTRA_JWKS_URL", url),
+                ]),
+            )
+        };
+        assert!(with_url("https://login.microsoftonline.com/common/discovery/v2.0/keys").is_ok());
+        assert!(with_url("http://127.0.0.1:8081/jwks.json").is_ok());
+        assert!(with_url("http://[::1]:8081/jwks.json").is_ok());
+        assert!(with_url("http://localhost/jwks.json").is_ok());
+        for bad in [
+            "http://login.microsoftonline.com/common/discovery/v2.0/keys",
+            "http://127.0.0.1.evil.example/jwks.json",
+            "ftp://127.0.0.1/jwks.json",
+        ] {
+            let err = with_url(bad).unwrap_err();
+            assert!(err.to_string().contains("entra.jwks_url"), "{bad}: {err}");
+        }
     }
 
     #[test]

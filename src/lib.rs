@@ -29,7 +29,9 @@ use crate::{
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
 pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
-    let store = connect_store(&config).await?;
+    // Requests use the store through the guard, which fails fast while the database is gone.
+    let store: Arc<dyn store::Store> =
+        Arc::new(store::GuardedStore::new(connect_store(&config).await?));
     let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
     let issuer = TokenIssuer::new(key, &config.token)?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {

@@ -91,7 +91,9 @@ impl JwksCache {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.http_timeout_seconds))
             .connect_timeout(Duration::from_secs(config.http_timeout_seconds))
-            .redirect(reqwest::redirect::Policy::limited(3))
+            // A redirect could lead anywhere (another host, plain HTTP): the configured URL is
+            // the only source of keys.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("neo-sessions/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Arc::new(Self {
@@ -141,19 +143,23 @@ impl JwksCache {
 
     /// One GET of the JWKS; on success the new set replaces the old (rolled-over keys go).
     async fn fetch(&self) -> Result<usize, FetchError> {
-        let response = self.client.get(&self.url).send().await?;
+        let mut response = self.client.get(&self.url).send().await?;
         if !response.status().is_success() {
             return Err(FetchError::Status(response.status()));
         }
         if response
             .content_length()
-            .is_some_and(|len| len as usize > MAX_JWKS_BYTES)
+            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
         {
             return Err(FetchError::TooLarge);
         }
-        let body = response.bytes().await?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(FetchError::TooLarge);
+        // Read chunk by chunk and stop at the cap: a chunked body has no length to check first.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(FetchError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
         }
         let set: JwkSet = serde_json::from_slice(&body)?;
         let keys: HashMap<String, Arc<DecodingKey>> = set

@@ -66,10 +66,17 @@ pub enum ApiError {
     },
     #[error("Entra ID signing keys unavailable")]
     EntraUnavailable { retry_after: std::time::Duration },
+    /// The database cannot serve right now (unreachable, out of disk, ...): retry later.
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(StoreError),
+    /// Readiness: what is not ready, by component (`ok` or what is wrong).
+    #[error("not ready: database {database}, recorder {recorder}")]
+    NotReady {
+        database: &'static str,
+        recorder: &'static str,
+    },
     #[error("database error: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -142,9 +149,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::DatabaseUnavailable(_) | Self::EntraUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::DatabaseUnavailable(_)
+            | Self::NotReady { .. }
+            | Self::EntraUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -224,9 +231,14 @@ impl ApiError {
                 None,
             ),
             Self::DatabaseUnavailable(_) => (
-                "service_unavailable",
-                "The service cannot reach its database.".into(),
+                "database_unavailable",
+                "The database cannot serve this request right now; retry after the number of seconds in Retry-After.".into(),
                 None,
+            ),
+            Self::NotReady { database, recorder } => (
+                "service_unavailable",
+                "The service is not ready; details says which part is not.".into(),
+                Some(json!({ "database": database, "recorder": recorder })),
             ),
             Self::Store(_) | Self::Internal(_) => {
                 ("internal_error", "An internal error occurred.".into(), None)
@@ -264,6 +276,21 @@ impl ApiError {
     }
 }
 
+/// A store failure the client can retry (the database unreachable, out of disk or connections)
+/// is a 503 with `Retry-After`; anything else is ours, a 500.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            Self::DatabaseUnavailable(error)
+        } else {
+            Self::Store(error)
+        }
+    }
+}
+
+/// What a client is told to wait after `database_unavailable`.
+const DATABASE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<KeyError> for ApiError {
     fn from(error: KeyError) -> Self {
         Self::Internal(error.to_string())
@@ -289,7 +316,7 @@ impl From<AuthError> for ApiError {
                 retry_after: std::time::Duration::from_secs(1),
                 limit: Limit::FailedAuthPerIp,
             },
-            AuthError::Store(error) => Self::Store(error),
+            AuthError::Store(error) => Self::from(error),
         }
     }
 }
@@ -302,12 +329,17 @@ impl IntoResponse for ApiError {
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().insert(WWW_AUTHENTICATE, value);
         }
-        if let Self::RateLimited { retry_after, .. } | Self::EntraUnavailable { retry_after } =
-            &self
-        {
+        let retry_after = match &self {
+            Self::RateLimited { retry_after, .. } | Self::EntraUnavailable { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::DatabaseUnavailable(_) | Self::NotReady { .. } => Some(DATABASE_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                HeaderValue::from(whole_seconds(*retry_after)),
+                HeaderValue::from(whole_seconds(retry_after)),
             );
         }
         response.extensions_mut().insert(self.report());
@@ -373,7 +405,13 @@ mod tests {
                 None,
             ),
             (
-                AuthError::Store(StoreError::RecorderStopped),
+                AuthError::Store(StoreError::Unavailable),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                None,
+            ),
+            (
+                AuthError::Store(StoreError::UnsupportedUrl),
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 None,
@@ -402,10 +440,16 @@ mod tests {
 
     #[test]
     fn internal_causes_are_logged_not_sent() {
-        let error = ApiError::Store(StoreError::Database(sqlx::Error::PoolTimedOut));
+        let error = ApiError::from(StoreError::Database(sqlx::Error::ColumnNotFound(
+            "secret_column".into(),
+        )));
         let report = error.report();
         assert_eq!(report.code, "internal_error");
-        assert!(!report.message.contains("pool"), "{}", report.message);
-        assert!(report.cause.is_some_and(|c| c.contains("pool")));
+        assert!(
+            !report.message.contains("secret_column"),
+            "{}",
+            report.message
+        );
+        assert!(report.cause.is_some_and(|c| c.contains("secret_column")));
     }
 }

@@ -1,7 +1,10 @@
 //! `GET /public-api/health`: liveness and readiness of the database; `GET /public-api/health/live`:
 //! liveness alone, touching nothing (for process supervisors, and the HTTP ceiling in benchmarks).
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{extract::State, Json};
 use serde::Serialize;
@@ -12,6 +15,7 @@ use super::{
     error::ApiError,
     AppState,
 };
+use crate::store::{RecorderStatus, Store};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -35,7 +39,7 @@ pub struct HealthEnvelope {
     summary = "Liveness and database readiness",
     responses(
         (status = 200, description = "Up, and the database answers.", body = HealthEnvelope),
-        (status = 503, description = "The database does not answer.", body = ErrorEnvelope),
+        (status = 503, description = "Not ready: the database does not answer, or the mint recorder is stopped or cannot commit (`details` says which).", body = ErrorEnvelope),
     )
 )]
 pub async fn health(
@@ -43,10 +47,20 @@ pub async fn health(
     ctx: RequestContext,
 ) -> Result<Json<Success<Health>>, ApiError> {
     let mut timings = Timings::default();
-    timings
-        .time("db", state.store.ping())
-        .await
-        .map_err(ApiError::DatabaseUnavailable)?;
+    let database = timings
+        .time("db", state.readiness.database(state.store.as_ref()))
+        .await;
+    let recorder = state.recorder.status();
+    if database.is_err() || recorder != RecorderStatus::Running {
+        return Err(ApiError::NotReady {
+            database: if database.is_ok() {
+                "ok"
+            } else {
+                "unavailable"
+            },
+            recorder: recorder.as_str(),
+        });
+    }
     let health = Health {
         status: "ok",
         database: "ok",
@@ -56,6 +70,44 @@ pub async fn health(
         health,
         SuccessMeta::new(ctx, timings, Vec::new()),
     ))
+}
+
+/// How long one database ping answers readiness for everyone.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness ping, shared: a flood of unauthenticated probes costs at most one ping a
+/// second, and concurrent probes wait for the one ping in flight instead of each taking a
+/// pooled connection from the mints.
+#[derive(Default)]
+pub struct ReadinessCache {
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    pings: std::sync::atomic::AtomicU64,
+}
+
+impl ReadinessCache {
+    /// How many pings readiness has sent.
+    pub fn pings(&self) -> u64 {
+        self.pings.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the database answered a ping within the last second (pinging now if not).
+    pub async fn database(&self, store: &dyn Store) -> Result<(), ()> {
+        let mut last = self.last.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < READINESS_TTL {
+                return if ok { Ok(()) } else { Err(()) };
+            }
+        }
+        self.pings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ok = store.ping().await.is_ok();
+        *last = Some((Instant::now(), ok));
+        if ok {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

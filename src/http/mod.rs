@@ -30,4 +30,5 @@ pub struct AppState {
     pub issuer: Arc<TokenIssuer>,
     pub authenticator: Authenticator,
     pub limits: RateLimits,
+    pub readiness: health::ReadinessCache,
 }

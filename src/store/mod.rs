@@ -1,6 +1,7 @@
 //! The store answers the questions the mint rules ask and records what was minted.
 //! All SQL lives behind [`Store`]; handlers never see a query.
 
+mod guard;
 mod postgres;
 mod recorder;
 mod sqlite;
@@ -11,8 +12,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use guard::GuardedStore;
 pub use postgres::PostgresStore;
-pub use recorder::MintRecorder;
+pub use recorder::{MintRecorder, RecorderStatus};
 pub use sqlite::SqliteStore;
 
 use crate::config::DatabaseBackend;
@@ -34,7 +36,94 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The database was found unreachable and has not answered since: refused at once instead
+    /// of waiting for a pool timeout.
+    #[error("the database is unreachable (failing fast until it answers again)")]
+    Unavailable,
+    /// One failure shared by every request of a failed batch.
+    #[error("{0}")]
+    Shared(Arc<StoreError>),
 }
+
+impl StoreError {
+    /// The database cannot serve right now (unreachable, shutting down, out of connections or
+    /// of disk): a client should retry later (503), and it is not a bug of ours.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable | Self::RecorderStopped => true,
+            Self::Shared(error) => error.is_unavailable(),
+            Self::Database(error) => match error {
+                sqlx::Error::Database(db) => match db.code() {
+                    Some(code) => match code.parse::<i32>() {
+                        // SQLite result codes; the primary code is the low byte.
+                        Ok(code) => matches!(
+                            code & 0xff,
+                            SQLITE_BUSY
+                                | SQLITE_LOCKED
+                                | SQLITE_READONLY
+                                | SQLITE_IOERR
+                                | SQLITE_FULL
+                                | SQLITE_CANTOPEN
+                        ),
+                        // PostgreSQL SQLSTATEs: connection exceptions, insufficient resources
+                        // (disk full, too many connections), operator intervention (shutdown).
+                        Err(_) => {
+                            code.starts_with("08")
+                                || code.starts_with("53")
+                                || code.starts_with("57P")
+                        }
+                    },
+                    None => false,
+                },
+                _ => is_connection_lost(error),
+            },
+            _ => false,
+        }
+    }
+
+    /// The connection to the database is gone (not merely one statement failing): what the
+    /// guard trips on.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Unavailable => true,
+            Self::Shared(error) => error.is_connection_lost(),
+            Self::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            Self::Database(error) => is_connection_lost(error),
+            _ => false,
+        }
+    }
+
+    /// A row broke a constraint (unique, foreign key, check, not null): that row's fault alone.
+    pub fn is_constraint_violation(&self) -> bool {
+        match self {
+            Self::Shared(error) => error.is_constraint_violation(),
+            Self::Database(sqlx::Error::Database(db)) => {
+                !matches!(db.kind(), sqlx::error::ErrorKind::Other)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_connection_lost(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 

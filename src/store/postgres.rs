@@ -309,7 +309,7 @@ impl Store for PostgresStore {
                     "UPDATE api_keys
                      SET tenant_id = $2, name = $3,
                          key_hash = CASE WHEN $6 THEN $4 ELSE key_hash END,
-                         revoked_at = CASE WHEN $5 THEN COALESCE(revoked_at, now()) END
+                         revoked_at = CASE WHEN $5 THEN COALESCE(revoked_at, now()) ELSE revoked_at END
                      WHERE id = $1",
                 )
                 .bind(&k.id)

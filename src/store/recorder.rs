@@ -2,7 +2,10 @@
 //! round trip) instead of one each, and every request still waits until its own row is durable
 //! before its token is sent. Under light load a batch is a single row, so nothing waits longer.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -10,17 +13,52 @@ use super::{MintRecord, Store, StoreError, StoreResult};
 
 type Waiter = (MintRecord, oneshot::Sender<StoreResult<()>>);
 
+/// How long a failed commit keeps the recorder reported as failing (readiness 503) when no
+/// commit has succeeded since.
+const FAILING_FOR: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct MintRecorder {
     queue: mpsc::Sender<Waiter>,
+    /// When the last commit failed, cleared by the next that succeeds.
+    last_failure: Arc<Mutex<Option<Instant>>>,
+}
+
+/// What readiness reports of the recorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecorderStatus {
+    Running,
+    /// Its last commit failed (within the last 10 s) and none has succeeded since.
+    Failing,
+    /// The writer task is gone: every mint would fail.
+    Stopped,
+}
+
+impl RecorderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "ok",
+            Self::Failing => "failing",
+            Self::Stopped => "stopped",
+        }
+    }
 }
 
 impl MintRecorder {
     /// Starts the writer. It ends when the last `MintRecorder` is dropped, after draining.
     pub fn spawn(store: Arc<dyn Store>, max_batch: usize) -> Self {
         let (queue, receiver) = mpsc::channel(max_batch * 8);
-        tokio::spawn(write_batches(store, receiver, max_batch.max(1)));
-        Self { queue }
+        let last_failure = Arc::new(Mutex::new(None));
+        tokio::spawn(write_batches(
+            store,
+            receiver,
+            max_batch.max(1),
+            Arc::clone(&last_failure),
+        ));
+        Self {
+            queue,
+            last_failure,
+        }
     }
 
     /// Records one mint; returns once it is committed.
@@ -32,33 +70,69 @@ impl MintRecorder {
             .map_err(|_| StoreError::RecorderStopped)?;
         committed.await.map_err(|_| StoreError::RecorderStopped)?
     }
+
+    pub fn status(&self) -> RecorderStatus {
+        if self.queue.is_closed() {
+            return RecorderStatus::Stopped;
+        }
+        let last_failure = *self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match last_failure {
+            Some(at) if at.elapsed() < FAILING_FOR => RecorderStatus::Failing,
+            _ => RecorderStatus::Running,
+        }
+    }
 }
 
 async fn write_batches(
     store: Arc<dyn Store>,
     mut receiver: mpsc::Receiver<Waiter>,
     max_batch: usize,
+    last_failure: Arc<Mutex<Option<Instant>>>,
 ) {
+    let set_failure = |failed: bool| {
+        let mut last = last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        *last = failed.then(Instant::now);
+    };
     let mut batch: Vec<Waiter> = Vec::with_capacity(max_batch);
     // Whatever queued up while the previous batch was being written goes in the next one.
     while receiver.recv_many(&mut batch, max_batch).await > 0 {
+        // A request that has gone away (timed out, client gone) never got its token: nothing
+        // to record for it.
+        batch.retain(|(_, done)| !done.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let (records, waiters): (Vec<MintRecord>, Vec<_>) = batch.drain(..).unzip();
         match store.record_mints(&records).await {
             Ok(()) => {
+                set_failure(false);
                 for done in waiters {
                     let _ = done.send(Ok(()));
                 }
             }
-            // One bad row must not fail its neighbours: retry each on its own.
-            Err(error) if records.len() > 1 => {
+            // One bad row must not fail its neighbours: retry each on its own. Only for a row's
+            // own fault: after an outage or a full disk, retrying row by row would only queue
+            // more failures behind requests that are waiting.
+            Err(error) if records.len() > 1 && error.is_constraint_violation() => {
                 tracing::warn!(%error, rows = records.len(), "batched mint insert failed; retrying row by row");
                 for (record, done) in records.iter().zip(waiters) {
-                    let _ = done.send(store.record_mints(std::slice::from_ref(record)).await);
+                    let result = store.record_mints(std::slice::from_ref(record)).await;
+                    if let Err(error) = &result {
+                        if !error.is_constraint_violation() {
+                            set_failure(true);
+                        }
+                    }
+                    let _ = done.send(result);
                 }
             }
             Err(error) => {
-                if let Some(done) = waiters.into_iter().next() {
-                    let _ = done.send(Err(error));
+                if !error.is_constraint_violation() {
+                    set_failure(true);
+                }
+                tracing::warn!(%error, rows = records.len(), "mint records could not be committed");
+                let error = Arc::new(error);
+                for done in waiters {
+                    let _ = done.send(Err(StoreError::Shared(Arc::clone(&error))));
                 }
             }
         }
@@ -120,5 +194,77 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, 2);
+    }
+
+    async fn seeded_sqlite() -> (tempfile::TempDir, String, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = crate::store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let plan = Fixture::from_json(include_str!("../../config/seed.example.json"))
+            .unwrap()
+            .prepare("test")
+            .unwrap()
+            .plan;
+        store.apply_seed(&plan).await.unwrap();
+        (dir, url, store)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_went_away_before_its_batch_is_not_recorded() {
+        let (_dir, url, store) = seeded_sqlite().await;
+        let recorder = MintRecorder::spawn(Arc::clone(&store), 64);
+        // Queue a record and give up on it before the writer has run (polled once by hand, so
+        // nothing yields to the writer in between): its receiver is gone.
+        let mut abandoned = Box::pin(recorder.record(record("s-acme-1")));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(abandoned.as_mut(), &mut cx).is_pending());
+        drop(abandoned);
+        recorder.record(record("s-acme-wl")).await.unwrap();
+        let sessions: Vec<String> =
+            sqlx::query_scalar("SELECT session_id FROM session_token_mints")
+                .fetch_all(&sqlx::SqlitePool::connect(&url).await.unwrap())
+                .await
+                .unwrap();
+        assert_eq!(sessions, ["s-acme-wl"]);
+        assert_eq!(recorder.status(), RecorderStatus::Running);
+    }
+
+    #[tokio::test]
+    async fn a_failing_commit_fails_the_whole_batch_and_reports_failing() {
+        let (_dir, url, store) = seeded_sqlite().await;
+        // Not a row's fault: the table is gone. No row-by-row retry can help.
+        sqlx::query("ALTER TABLE session_token_mints RENAME TO gone")
+            .execute(&sqlx::SqlitePool::connect(&url).await.unwrap())
+            .await
+            .unwrap();
+        let recorder = MintRecorder::spawn(Arc::clone(&store), 64);
+        let tasks: Vec<_> = ["s-acme-1", "s-acme-wl"]
+            .into_iter()
+            .map(|session_id| {
+                let recorder = recorder.clone();
+                tokio::spawn(async move { recorder.record(record(session_id)).await })
+            })
+            .collect();
+        for task in tasks {
+            let error = task.await.unwrap().unwrap_err();
+            assert!(!error.is_constraint_violation(), "{error}");
+        }
+        assert_eq!(recorder.status(), RecorderStatus::Failing);
+    }
+
+    #[tokio::test]
+    async fn a_recorder_whose_writer_is_gone_reports_stopped() {
+        let (queue, receiver) = mpsc::channel(1);
+        drop(receiver);
+        let recorder = MintRecorder {
+            queue,
+            last_failure: Arc::default(),
+        };
+        assert_eq!(recorder.status(), RecorderStatus::Stopped);
+        assert!(matches!(
+            recorder.record(record("s-acme-1")).await,
+            Err(StoreError::RecorderStopped)
+        ));
     }
 }

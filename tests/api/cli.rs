@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sqlx::{AnyPool, Row};
 use tempfile::TempDir;
 
-use crate::helpers::{assert_error, Backend, TestApp, TestDatabase, FIXTURE};
+use crate::helpers::{assert_error, Backend, TestApp, TestDatabase, ACME_KEY, FIXTURE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_neo-sessions");
 const TABLES: [&str; 5] = [
@@ -685,7 +685,43 @@ async fn a_bad_config_value_exits_2_naming_the_key(backend: Backend) {
     );
 }
 
+/// A key revoked by an operator stays revoked when the fixture is seeded again (as every
+/// `serve --demo` start does): a seed never un-revokes.
+async fn seeding_again_never_unrevokes_a_key(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    cli.run(&["api-key", "revoke", "k-acme"])
+        .await
+        .assert_success();
+    cli.seed_example().await;
+
+    let app = TestApp::builder(backend).database(db).spawn().await;
+    let response = app.mint(ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+    assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+}
+
+/// `healthcheck` with nothing listening fails, and says why on stderr.
+async fn healthcheck_says_why_it_failed(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let run = cli
+        .run_with(&["healthcheck"], &[("NEO_LISTEN", &listen)])
+        .await;
+    run.assert_failure();
+    assert!(run.stderr.contains(&listen), "{run}");
+    assert!(run.stderr.contains("cannot connect"), "{run}");
+}
+
 backend_tests!(
+    seeding_again_never_unrevokes_a_key,
+    healthcheck_says_why_it_failed,
     seed_is_idempotent,
     seed_prints_a_generated_key_once_and_keeps_it,
     a_bad_fixture_fails_and_writes_nothing,

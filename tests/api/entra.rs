@@ -508,7 +508,70 @@ async fn with_entra_off_every_foreign_jwt_is_401(backend: Backend) {
     assert_eq!(fake.hits(), 0, "Entra is never called while it is off");
 }
 
+/// A JWKS endpoint that misbehaves: `/redirect` sends the client to the real (fake) Entra, which
+/// would serve valid keys; `/huge` streams a chunked body past the 1 MiB cap.
+async fn hostile_jwks_server(real: &FakeEntra) -> String {
+    let target = real.url.clone();
+    let app = Router::new()
+        .route(
+            "/redirect",
+            get(move || {
+                let target = target.clone();
+                async move { (AxumStatus::FOUND, [("location", target)]) }
+            }),
+        )
+        .route(
+            "/huge",
+            get(|| async {
+                let chunks = std::iter::once(Ok::<_, std::io::Error>(
+                    axum::body::Bytes::from_static(b"{\"keys\": [], \"pad\": \""),
+                ))
+                .chain((0..64).map(|_| Ok(axum::body::Bytes::from(vec![b'a'; 32 * 1024]))))
+                .chain(std::iter::once(Ok(axum::body::Bytes::from_static(b"\"}"))));
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// Keys come only from the configured URL, in at most 1 MiB: a redirect is not followed (even
+/// to a server with valid keys) and an oversized chunked body is refused; both leave Entra
+/// callers with 503 `entra_unavailable`, API keys unaffected.
+async fn the_jwks_fetch_follows_no_redirect_and_caps_a_streamed_body(backend: Backend) {
+    let real = FakeEntra::start(&[current()]).await;
+    let hostile = hostile_jwks_server(&real).await;
+    for path in ["/redirect", "/huge"] {
+        let url = format!("{hostile}{path}");
+        let app = TestApp::builder(backend)
+            .config(entra_config(&real))
+            .config(move |c| c.entra.jwks_url = url)
+            .spawn()
+            .await;
+        let response = app
+            .mint(&sign(current(), &user_claims(json!({}))), BODY())
+            .await;
+        assert_error(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "entra_unavailable",
+        )
+        .await;
+        assert_eq!(
+            app.mint(ACME_KEY, BODY()).await.status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    assert_eq!(real.hits(), 0, "the redirect was followed");
+}
+
 backend_tests!(
+    the_jwks_fetch_follows_no_redirect_and_caps_a_streamed_body,
     a_valid_user_token_mints_and_the_record_names_the_user,
     time_claims_are_required_and_checked,
     audience_and_issuer_must_be_ours_and_match_the_tenant,

@@ -126,6 +126,28 @@ impl TestDatabase {
         }
     }
 
+    /// A database the test placed itself (on a PostgreSQL server of its own, or a SQLite file in
+    /// a directory of its choosing), migrated and seeded like [`TestDatabase::seeded`]. `name`
+    /// must be unique to the test.
+    pub async fn seeded_at(backend: Backend, name: &str, url: String) -> Self {
+        init_test_process();
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        let db = Self {
+            backend,
+            name: name.to_owned(),
+            url,
+            pool,
+            _dir: None,
+        };
+        db.migrate_and_seed().await;
+        db
+    }
+
     /// A fresh database, migrated and seeded with `config/seed.example.json`.
     pub async fn seeded(backend: Backend) -> Self {
         let db = Self::create(backend).await;

@@ -27,6 +27,7 @@ mod cli;
 mod connections;
 mod demo;
 mod entra;
+mod faults;
 mod hostile;
 mod logging;
 mod mint;

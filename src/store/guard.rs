@@ -1,0 +1,161 @@
+//! Fail fast while the database is unreachable: once a call finds the connection gone, every
+//! call is refused at once (`StoreError::Unavailable`) instead of waiting out the pool's acquire
+//! timeout, while one background probe pings the database every 100 ms and lets calls through
+//! again the moment it answers.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow, Store,
+    StoreError, StoreResult, TenantRow,
+};
+
+/// How often the probe pings an unreachable database, and how long one ping may take.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct GuardedStore {
+    inner: Arc<dyn Store>,
+    down: Arc<AtomicBool>,
+}
+
+impl GuardedStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether calls are being refused because the database was found unreachable.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    async fn guarded<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        if self.is_down() {
+            return Err(StoreError::Unavailable);
+        }
+        let result = call.await;
+        if let Err(error) = &result {
+            if error.is_connection_lost() {
+                self.trip(error);
+            }
+        }
+        result
+    }
+
+    fn trip(&self, error: &StoreError) {
+        if self.down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(%error, "database unreachable; refusing database work until it answers again");
+        let inner = Arc::clone(&self.inner);
+        let down = Arc::clone(&self.down);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, inner.ping()).await {
+                    down.store(false, Ordering::Release);
+                    tracing::info!(
+                        down_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "database answers again"
+                    );
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Store for GuardedStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        self.guarded(self.inner.migrate()).await
+    }
+
+    /// Not guarded: readiness must see the database itself, not the guard's opinion of it.
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+
+    async fn find_api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRow>> {
+        self.guarded(self.inner.find_api_key_by_hash(key_hash))
+            .await
+    }
+
+    async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()> {
+        self.guarded(self.inner.touch_api_key(key_id, used_at))
+            .await
+    }
+
+    async fn find_session(&self, session_id: &str) -> StoreResult<Option<SessionRow>> {
+        self.guarded(self.inner.find_session(session_id)).await
+    }
+
+    async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool> {
+        self.guarded(self.inner.end_company_exists(tenant_id, end_company_id))
+            .await
+    }
+
+    async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>> {
+        self.guarded(self.inner.existing_agents(tenant_id, agent_ids))
+            .await
+    }
+
+    async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
+        self.guarded(self.inner.record_mints(records)).await
+    }
+
+    async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>> {
+        self.guarded(self.inner.find_tenant(tenant_id)).await
+    }
+
+    async fn find_tenant_by_entra_id(
+        &self,
+        entra_tenant_id: &str,
+    ) -> StoreResult<Option<TenantRow>> {
+        self.guarded(self.inner.find_tenant_by_entra_id(entra_tenant_id))
+            .await
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
+        self.guarded(self.inner.create_api_key(key)).await
+    }
+
+    async fn tenant_rate_limit(&self, tenant_id: &str) -> StoreResult<Option<(u32, u32)>> {
+        self.guarded(self.inner.tenant_rate_limit(tenant_id)).await
+    }
+
+    async fn set_tenant_rate_limit(
+        &self,
+        tenant_id: &str,
+        limit: Option<(u32, u32)>,
+    ) -> StoreResult<bool> {
+        self.guarded(self.inner.set_tenant_rate_limit(tenant_id, limit))
+            .await
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>> {
+        self.guarded(self.inner.list_api_keys(tenant_id)).await
+    }
+
+    async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>> {
+        self.guarded(self.inner.revoke_api_key(key_id)).await
+    }
+
+    async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
+        self.guarded(self.inner.apply_seed(plan)).await
+    }
+}
