@@ -29,9 +29,7 @@ use crate::{
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
 pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
-    // Requests use the store through the guard, which fails fast while the database is gone.
-    let store: Arc<dyn store::Store> =
-        Arc::new(store::GuardedStore::new(connect_store(&config).await?));
+    let store = open_store_for_serving(&config).await?;
     let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
     let issuer = TokenIssuer::new(key, &config.token)?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
@@ -46,6 +44,39 @@ pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         .context("invalid rate_limit.redis_url")?;
     limits.wait_for_redis(Duration::from_secs(1)).await;
     Ok(app::state(config, store, issuer, entra_keys, limits))
+}
+
+/// The store requests use, behind the guard that fails fast while the database is gone. A
+/// PostgreSQL that cannot be reached at start does not stop the service: it serves (liveness
+/// 200, readiness and database work 503) and keeps trying in the background, so the start
+/// order of an orchestrator does not matter.
+async fn open_store_for_serving(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
+    let error = match connect_store(config).await {
+        Ok(store) => return Ok(Arc::new(store::GuardedStore::new(store))),
+        Err(error) => error,
+    };
+    let url = config.database_url();
+    let unreachable = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<store::StoreError>()
+            .is_some_and(|e| e.is_unavailable())
+    });
+    if config::DatabaseBackend::of_url(&url) != Some(config::DatabaseBackend::Postgres)
+        || !unreachable
+    {
+        return Err(error);
+    }
+    tracing::warn!(
+        error = format!("{error:#}"),
+        "PostgreSQL is not reachable at start; serving with readiness 503 and retrying in the background"
+    );
+    let store = store::connect_when_reachable(
+        &url,
+        config.database.max_connections,
+        config.server.migrate_on_start,
+    )
+    .context("invalid database URL")?;
+    Ok(Arc::new(store))
 }
 
 /// Connects to the configured database. With `server.migrate_on_start` (the default) it first

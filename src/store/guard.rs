@@ -37,6 +37,42 @@ impl GuardedStore {
         }
     }
 
+    /// A store whose database was not reachable at start: every call is refused until the
+    /// background preparation (create the database if missing and migrate, with
+    /// `migrate_on_start`; else a ping) succeeds, retried with a logged back-off of 1 s doubling
+    /// to 30 s.
+    pub fn starting(inner: Arc<dyn Store>, url: String, migrate_on_start: bool) -> Self {
+        let down = Arc::new(AtomicBool::new(true));
+        let prepared = Arc::clone(&down);
+        let store = Arc::clone(&inner);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                let attempt = async {
+                    if migrate_on_start {
+                        super::create_database_if_missing(&url).await?;
+                        store.migrate().await
+                    } else {
+                        store.ping().await
+                    }
+                };
+                match attempt.await {
+                    Ok(()) => {
+                        prepared.store(false, Ordering::Release);
+                        tracing::info!("database reachable and migrated; serving");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in_seconds = delay.as_secs(), "database not ready yet");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        Self { inner, down }
+    }
+
     /// Whether calls are being refused because the database was found unreachable.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Acquire)
@@ -85,9 +121,10 @@ impl Store for GuardedStore {
         self.guarded(self.inner.migrate()).await
     }
 
-    /// Not guarded: readiness must see the database itself, not the guard's opinion of it.
+    /// Guarded too: while the database is known to be gone, readiness answers at once (the
+    /// guard's own probe is what finds it back).
     async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
+        self.guarded(self.inner.ping()).await
     }
 
     async fn find_api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRow>> {

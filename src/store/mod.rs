@@ -352,6 +352,21 @@ pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// A PostgreSQL store that connects on first use, behind a guard that refuses calls until the
+/// database is reachable and migrated (see [`GuardedStore::starting`]).
+pub fn connect_when_reachable(
+    url: &str,
+    max_connections: u32,
+    migrate_on_start: bool,
+) -> StoreResult<GuardedStore> {
+    let lazy: Arc<dyn Store> = Arc::new(PostgresStore::connect_lazy(url, max_connections)?);
+    Ok(GuardedStore::starting(
+        lazy,
+        url.to_owned(),
+        migrate_on_start,
+    ))
+}
+
 /// Connects to the database named by `url`; its scheme picks the backend.
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
     match DatabaseBackend::of_url(url) {

@@ -23,12 +23,23 @@ pub struct PostgresStore {
 impl PostgresStore {
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
         let options = PgConnectOptions::from_str(url)?.application_name("neo-sessions");
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+        let pool = Self::pool_options(max_connections)
             .connect_with(options)
             .await?;
         Ok(Self { pool })
+    }
+
+    /// A pool that connects on first use: for a server that is not reachable yet.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)?.application_name("neo-sessions");
+        let pool = Self::pool_options(max_connections).connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    fn pool_options(max_connections: u32) -> PgPoolOptions {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
     }
 }
 

@@ -101,7 +101,7 @@ fn padded_body(padding: usize) -> Value {
 }
 
 /// A keep-alive client alternates good mints and refusals (unknown key, before the body is
-/// needed) with bodies of 0 to 3 KB on one socket: every response arrives, and a refusal either
+/// needed) with bodies of 0 to 3 KB on one socket, 200 requests three times over: every response arrives, and a refusal either
 /// keeps the connection usable or says `Connection: close`; in both cases no request is lost.
 async fn refusals_leave_keep_alive_connections_usable(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -109,7 +109,7 @@ async fn refusals_leave_keep_alive_connections_usable(backend: Backend) {
         .await
         .expect("connect");
     let mut reconnects = 0;
-    for i in 0..200usize {
+    for i in (0..600usize).map(|i| i % 200) {
         let good = i % 2 == 0;
         let credential = if good { ACME_KEY } else { UNKNOWN_KEY };
         let request = mint_request(&app.address, credential, &padded_body((i * 157) % 3072));

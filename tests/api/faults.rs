@@ -220,6 +220,59 @@ async fn a_database_outage_is_a_prompt_retryable_503_and_recovery_is_automatic()
     );
 }
 
+/// PostgreSQL down when the service starts: it serves anyway (liveness 200, readiness and mints
+/// 503 at once), and once PostgreSQL is up it connects, migrates and mints without a restart.
+#[tokio::test]
+async fn a_database_down_at_start_is_waited_for_in_the_background() {
+    let mut postgres = OwnPostgres::start().await;
+    let name = "neo_late";
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(
+            &sqlx::PgPool::connect(&postgres.url("postgres"))
+                .await
+                .expect("admin"),
+        )
+        .await
+        .expect("create database");
+    let db = TestDatabase::seeded_at(Backend::Postgres, name, postgres.url(name)).await;
+    postgres.kill();
+
+    let app = TestApp::builder(Backend::Postgres)
+        .database(db)
+        .spawn()
+        .await;
+    assert_eq!(
+        app.get("/public-api/health/live").await.status(),
+        StatusCode::OK
+    );
+    let body = assert_error(
+        app.get("/public-api/health").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_eq!(body["error"]["details"]["database"], "unavailable");
+    assert_error(
+        app.mint(ACME_KEY, BODY()).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+
+    postgres.restart().await;
+    let mut back = false;
+    for _ in 0..300 {
+        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the service connects once PostgreSQL is up");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.get("/public-api/health").await.status(), StatusCode::OK);
+}
+
 /// The embedded database on a full disk (a 4 MiB tmpfs the test fills): mints are a 503
 /// `database_unavailable`, readiness reports the recorder failing, and once space is freed
 /// mints succeed again.
