@@ -187,8 +187,6 @@ mod tests {
         use super::super::*;
         use crate::{
             config::{SigningConfig, TokenConfig},
-            seed::Fixture,
-            store::Store,
             tokens::{SigningKey, TokenGrant, TokenIssuer},
         };
 
@@ -202,16 +200,7 @@ mod tests {
         }
 
         async fn fixtures() -> Fixtures {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-            let store: Arc<dyn Store> = crate::store::connect(&url, 2).await.unwrap();
-            store.migrate().await.unwrap();
-            let plan = Fixture::from_json(include_str!("../../config/seed.example.json"))
-                .unwrap()
-                .prepare("test")
-                .unwrap()
-                .plan;
-            store.apply_seed(&plan).await.unwrap();
+            let (dir, _url, store) = crate::store::seeded_sqlite_for_tests().await;
             let key = SigningKey::load_or_generate(&SigningConfig::default(), dir.path()).unwrap();
             let issuer = Arc::new(TokenIssuer::new(key, &TokenConfig::default()).unwrap());
             let authenticator = Authenticator {

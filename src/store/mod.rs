@@ -367,6 +367,23 @@ pub fn connect_when_reachable(
     ))
 }
 
+/// For unit tests: a fresh embedded database in a temporary directory, migrated and seeded with
+/// the example fixture. Returns the directory (keep it), the URL and the store.
+#[cfg(test)]
+pub(crate) async fn seeded_sqlite_for_tests() -> (tempfile::TempDir, String, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let store = connect(&url, 2).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let plan = crate::seed::Fixture::from_json(include_str!("../../config/seed.example.json"))
+        .expect("fixture parses")
+        .prepare("test")
+        .expect("fixture is valid")
+        .plan;
+    store.apply_seed(&plan).await.expect("seed");
+    (dir, url, store)
+}
+
 /// Connects to the database named by `url`; its scheme picks the backend.
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
     match DatabaseBackend::of_url(url) {

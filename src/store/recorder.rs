@@ -144,7 +144,6 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::seed::Fixture;
 
     fn record(session_id: &str) -> MintRecord {
         let now = Utc::now();
@@ -162,16 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_bad_row_fails_alone_and_its_neighbours_are_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = crate::store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        let plan = Fixture::from_json(include_str!("../../config/seed.example.json"))
-            .unwrap()
-            .prepare("test")
-            .unwrap()
-            .plan;
-        store.apply_seed(&plan).await.unwrap();
+        let (_dir, url, store) = seeded_sqlite().await;
 
         let recorder = MintRecorder::spawn(Arc::clone(&store), 64);
         // On this single-threaded runtime the three are queued before the writer runs, so they
@@ -196,19 +186,7 @@ mod tests {
         assert_eq!(rows, 2);
     }
 
-    async fn seeded_sqlite() -> (tempfile::TempDir, String, Arc<dyn Store>) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = crate::store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        let plan = Fixture::from_json(include_str!("../../config/seed.example.json"))
-            .unwrap()
-            .prepare("test")
-            .unwrap()
-            .plan;
-        store.apply_seed(&plan).await.unwrap();
-        (dir, url, store)
-    }
+    use crate::store::seeded_sqlite_for_tests as seeded_sqlite;
 
     #[tokio::test]
     async fn a_request_that_went_away_before_its_batch_is_not_recorded() {

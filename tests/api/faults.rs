@@ -123,6 +123,19 @@ impl OwnPostgres {
         }
     }
 
+    /// A new database `name` on this server, migrated and seeded with the example fixture.
+    async fn seeded_database(&self, name: &str) -> TestDatabase {
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(
+                &sqlx::PgPool::connect(&self.url("postgres"))
+                    .await
+                    .expect("admin"),
+            )
+            .await
+            .expect("create database");
+        TestDatabase::seeded_at(Backend::Postgres, name, self.url(name)).await
+    }
+
     fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -143,15 +156,7 @@ impl Drop for OwnPostgres {
 async fn a_database_outage_is_a_prompt_retryable_503_and_recovery_is_automatic() {
     let mut postgres = OwnPostgres::start().await;
     let name = "neo_outage";
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(
-            &sqlx::PgPool::connect(&postgres.url("postgres"))
-                .await
-                .expect("admin"),
-        )
-        .await
-        .expect("create database");
-    let db = TestDatabase::seeded_at(Backend::Postgres, name, postgres.url(name)).await;
+    let db = postgres.seeded_database(name).await;
     let app = TestApp::builder(Backend::Postgres)
         .database(db)
         .spawn()
@@ -226,15 +231,7 @@ async fn a_database_outage_is_a_prompt_retryable_503_and_recovery_is_automatic()
 async fn a_database_down_at_start_is_waited_for_in_the_background() {
     let mut postgres = OwnPostgres::start().await;
     let name = "neo_late";
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(
-            &sqlx::PgPool::connect(&postgres.url("postgres"))
-                .await
-                .expect("admin"),
-        )
-        .await
-        .expect("create database");
-    let db = TestDatabase::seeded_at(Backend::Postgres, name, postgres.url(name)).await;
+    let db = postgres.seeded_database(name).await;
     postgres.kill();
 
     let app = TestApp::builder(Backend::Postgres)
