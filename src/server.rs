@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{watch, Notify, Semaphore},
+    sync::{watch, Semaphore},
     task::JoinSet,
     time::Instant,
 };
@@ -162,13 +162,13 @@ const WAITING_FOR_HEAD: u8 = 0;
 const IN_REQUEST: u8 = 1;
 const IDLE: u8 = 2;
 
-/// Shared by a connection's socket wrapper, its service and its watchdog.
+/// Shared by a connection's socket wrapper, its service and its watchdog. Phase changes are two
+/// relaxed stores (no wake-up per request): the watchdog looks at a coarse interval instead.
 struct ConnectionClock {
     phase: AtomicU8,
     /// When the current phase began, in milliseconds since `origin`.
     since_ms: AtomicU64,
     origin: Instant,
-    changed: Notify,
 }
 
 impl ConnectionClock {
@@ -177,7 +177,6 @@ impl ConnectionClock {
             phase: AtomicU8::new(WAITING_FOR_HEAD),
             since_ms: AtomicU64::new(0),
             origin: Instant::now(),
-            changed: Notify::new(),
         }
     }
 
@@ -185,7 +184,6 @@ impl ConnectionClock {
         let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.since_ms.store(now, Ordering::Relaxed);
         self.phase.store(phase, Ordering::Release);
-        self.changed.notify_one();
     }
 
     /// The phase, and when its timeout runs out (`None`: no timeout while a request runs; the
@@ -240,20 +238,14 @@ async fn serve_connection(
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
 
+    // How often the watchdog looks: a quarter of the shorter timeout, between 50 ms and 1 s, so
+    // a connection is cut at most that much late.
+    let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut watchdog = tokio::time::interval(tick);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing_since: Option<Instant> = None;
     loop {
-        let (phase, deadline) = clock.deadline(&limits);
-        // Once asked to close, a connection gets one more header timeout to finish writing.
-        let deadline = match closing_since {
-            Some(at) => Some(at + limits.header_timeout),
-            None => deadline,
-        };
-        let sleep = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -261,34 +253,33 @@ async fn serve_connection(
                 }
                 return;
             }
-            () = clock.changed.notified() => {}
             changed = stop.changed(), if closing_since.is_none() => {
                 if changed.is_err() || *stop.borrow() {
                     connection.as_mut().graceful_shutdown();
                     closing_since = Some(Instant::now());
                 }
             }
-            () = sleep => {
-                if closing_since.is_some() {
-                    return;
-                }
-                // Re-read: the phase may have moved on since the deadline was computed.
-                let (now_phase, now_deadline) = clock.deadline(&limits);
-                if now_phase != phase || now_deadline.is_some_and(|d| d > Instant::now()) {
-                    continue;
-                }
-                match phase {
-                    // A request head that did not arrive in time: nothing to finish, cut it.
-                    WAITING_FOR_HEAD => {
-                        tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
+            _ = watchdog.tick() => {
+                let now = Instant::now();
+                if let Some(at) = closing_since {
+                    // Once asked to close, a connection gets one more header timeout to finish.
+                    if now >= at + limits.header_timeout {
                         return;
                     }
-                    // An idle keep-alive connection closes cleanly.
-                    _ => {
-                        connection.as_mut().graceful_shutdown();
-                        closing_since = Some(Instant::now());
-                    }
+                    continue;
                 }
+                let (phase, deadline) = clock.deadline(&limits);
+                if deadline.is_none_or(|deadline| now < deadline) {
+                    continue;
+                }
+                if phase == WAITING_FOR_HEAD {
+                    // A request head that did not arrive in time: nothing to finish, cut it.
+                    tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
+                    return;
+                }
+                // An idle keep-alive connection closes cleanly.
+                connection.as_mut().graceful_shutdown();
+                closing_since = Some(now);
             }
         }
     }
