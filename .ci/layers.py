@@ -3,7 +3,7 @@
 
 Every `crate::...` path in src/ (in `use` trees and inline) is resolved to the module it names, and
 that module's rank must be below the importing file's rank, or be the same module. `#[cfg(test)]`
-modules are not checked: a unit test may assemble whatever it needs.
+items (test modules, test helpers) are not checked: a unit test may assemble whatever it needs.
 
     python3 .ci/layers.py [SRC_DIR]
 """
@@ -31,7 +31,7 @@ LAYERS = [
 ]
 RANK = {module: rank for rank, group in enumerate(LAYERS) for module in group}
 
-TEST_MODULE = re.compile(r"#\[cfg\(test\)\]\s*(pub\s+)?mod\s+\w+\s*\{")
+TEST_ITEM = re.compile(r"#\[cfg\(test\)\][^{;]*\{")
 USE_TREE = re.compile(r"\buse\s+(?:crate|neo_sessions)::(\{.*?\}|[^;]+);", re.S)
 INLINE_PATH = re.compile(r"\b(?:crate|neo_sessions)::((?:[A-Za-z_][A-Za-z0-9_]*::)*[A-Za-z_][A-Za-z0-9_]*)")
 
@@ -75,6 +75,26 @@ def expand(tree: str, prefix=()):
     return expand(rest, prefix + (head,))
 
 
+def without_test_items(text: str) -> str:
+    """The text with every `#[cfg(test)]` item (module, function, impl) blanked out, line breaks
+    kept so line numbers stay right."""
+    while True:
+        match = TEST_ITEM.search(text)
+        if not match:
+            return text
+        depth, end = 0, len(text)
+        for i in range(match.end() - 1, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    end = i + 1
+                    break
+        blank = "\n" * text.count("\n", match.start(), end)
+        text = text[: match.start()] + blank + text[end:]
+
+
 def imports(text: str):
     """`(line, segments)` of every crate path the text names."""
     found = []
@@ -96,10 +116,7 @@ def main() -> int:
         if importer not in RANK:
             problems.append(f"{path}: module `{importer}` is not in a layer of .ci/layers.py")
             continue
-        text = path.read_text()
-        test = TEST_MODULE.search(text)
-        if test:
-            text = text[: test.start()]
+        text = without_test_items(path.read_text())
         for line, segments in imports(text):
             target = module_of_path(segments)
             if target != importer and RANK[target] >= RANK[importer]:
