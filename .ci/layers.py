@@ -19,6 +19,7 @@ LAYERS = [
     ["tokens"],
     ["auth::principal"],  # the Principal type: below everything that names a caller
     ["store"],
+    ["signing"],  # the signing keys' life cycle: store rows <-> the tokens' key ring
     ["auth"],
     ["ratelimit"],
     ["seed", "telemetry"],

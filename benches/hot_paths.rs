@@ -22,7 +22,7 @@ use neo_sessions::{
     http::sessions::MintSessionTokenRequest,
     seed::Fixture,
     store::{self, Store},
-    tokens::{SigningKey, TokenGrant, TokenIssuer},
+    tokens::{KeyRing, SigningKey, TokenGrant, TokenIssuer},
 };
 use serde_json::json;
 
@@ -53,9 +53,13 @@ fn signing(c: &mut Criterion) {
         let config = SigningConfig {
             key_file: None,
             algorithm,
+            ..SigningConfig::default()
         };
         let key = SigningKey::load_or_generate(&config, dir.path()).expect("key");
-        let issuer = TokenIssuer::new(key, &TokenConfig::default()).expect("issuer");
+        let issuer = TokenIssuer::new(
+            KeyRing::single(key).expect("key ring"),
+            &TokenConfig::default(),
+        );
         group.bench_function(algorithm.as_str(), |b| {
             b.iter(|| issuer.issue(grant()).expect("sign"))
         });

@@ -37,11 +37,10 @@ const MAX_MINT_BATCH: usize = 256;
 pub fn state(
     config: Config,
     store: Arc<dyn Store>,
-    issuer: TokenIssuer,
+    issuer: Arc<TokenIssuer>,
     entra_keys: Option<Arc<dyn EntraKeySource>>,
     limits: RateLimits,
 ) -> Arc<AppState> {
-    let issuer = Arc::new(issuer);
     let entra = entra_keys.map(|keys| EntraVerifier::new(keys, &config.entra, Arc::clone(&store)));
     let authenticator = Authenticator {
         api_keys: ApiKeyVerifier::new(
@@ -50,7 +49,7 @@ pub fn state(
             Duration::from_secs(config.api_key.last_used_resolution_seconds),
             Duration::from_secs(config.api_key.cache_seconds),
         ),
-        session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
+        session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), config.token.leeway_seconds),
         entra,
     };
     Arc::new(AppState {
@@ -85,6 +84,7 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(health::live))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(jwks::jwks))
+        .routes(routes!(jwks::openid_configuration))
         .merge(authenticated)
 }
 

@@ -11,8 +11,9 @@ use tokio::{
 
 use crate::{
     auth::api_key,
-    config::Config,
+    config::{Config, SigningAlgorithm},
     seed::Fixture,
+    signing,
     store::{self, NewApiKey},
 };
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// Per-tenant overrides of the per-principal rate limit.
     #[command(subcommand)]
     RateLimit(RateLimitCommand),
+    /// Signing keys in the database: rotate, list, import a PEM file.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
     /// Exit 0 when the local server's /public-api/health answers 200 (for container health checks).
     Healthcheck,
     /// Work with minted tokens.
@@ -71,6 +75,57 @@ pub enum RateLimitCommand {
         #[arg(long)]
         tenant: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCommand {
+    /// Add a `next` key: published at once, signing after signing.lead_seconds
+    /// (NEO_SIGNING_KEY_LEAD_SECONDS); the current key is then retired.
+    Rotate {
+        /// The new key's algorithm (default: signing.algorithm, NEO_SIGNING_ALGORITHM).
+        #[arg(long, value_enum)]
+        algorithm: Option<AlgorithmArg>,
+    },
+    /// Every key with its state (next, active, retired, removed) and transition times.
+    List {
+        /// `json` for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Import a PKCS#8 PEM key (e.g. the file NEO_SIGNING_KEY_FILE named): the first key signs
+    /// at once, a later one after the lead time, like a rotation.
+    Import {
+        file: PathBuf,
+        /// The key's algorithm (default: signing.algorithm, NEO_SIGNING_ALGORITHM).
+        #[arg(long, value_enum)]
+        algorithm: Option<AlgorithmArg>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AlgorithmArg {
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "EdDSA")]
+    EdDsa,
+    #[value(name = "RS256")]
+    Rs256,
+}
+
+impl From<AlgorithmArg> for SigningAlgorithm {
+    fn from(arg: AlgorithmArg) -> Self {
+        match arg {
+            AlgorithmArg::Es256 => Self::ES256,
+            AlgorithmArg::EdDsa => Self::EdDSA,
+            AlgorithmArg::Rs256 => Self::RS256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +174,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Seed { file } => seed(&config, file).await,
         Command::ApiKey(command) => api_key_command(&config, command).await,
         Command::RateLimit(command) => rate_limit_command(&config, command).await,
+        Command::SigningKey(command) => signing_key_command(&config, command).await,
         Command::Healthcheck => healthcheck(&config).await,
         Command::Token(TokenCommand::Decode { token }) => decode_token(token),
     }
@@ -153,7 +209,12 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             .await
             .context("cannot seed the demo fixture")?;
     }
-    tracing::info!(%address, kid = state.issuer.key().kid(), "neo-sessions listening");
+    let kid = state
+        .issuer
+        .ring()
+        .active(chrono::Utc::now().timestamp())
+        .map(|k| k.key.kid().to_owned());
+    tracing::info!(%address, kid, version = env!("CARGO_PKG_VERSION"), "neo-sessions listening");
     if demo {
         println!("{}", demo_banner(&address.to_string()));
     }
@@ -328,6 +389,65 @@ async fn rate_limit_command(
     match limit {
         Some((per_minute, burst)) => println!("tenant {tenant}: {per_minute}/min, burst {burst}"),
         None => println!("tenant {tenant}: the configured default"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn signing_key_command(
+    config: &Config,
+    command: SigningKeyCommand,
+) -> anyhow::Result<ExitCode> {
+    let store = crate::connect_store(config).await?;
+    let algorithm = |arg: Option<AlgorithmArg>| arg.map_or(config.signing.algorithm, Into::into);
+    match command {
+        SigningKeyCommand::Rotate { algorithm: arg } => {
+            let (kid, activates_at) =
+                signing::rotate(config, store.as_ref(), algorithm(arg)).await?;
+            println!(
+                "added key {kid}: published now, signs from {} (replicas pick it up within {} s)",
+                activates_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                config.signing.reload_seconds
+            );
+        }
+        SigningKeyCommand::Import {
+            file,
+            algorithm: arg,
+        } => {
+            let (kid, activates_at) =
+                signing::import(config, store.as_ref(), &file, algorithm(arg)).await?;
+            println!(
+                "imported {} as key {kid}: signs from {}",
+                file.display(),
+                activates_at.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+        }
+        SigningKeyCommand::List { output } => {
+            let keys = signing::list(config, store.as_ref()).await?;
+            if output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            println!(
+                "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} REMOVED",
+                "KID", "ALG", "STATE", "CREATED", "SIGNS FROM", "RETIRED"
+            );
+            for k in keys {
+                println!(
+                    "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} {}",
+                    k.kid,
+                    k.algorithm,
+                    k.state,
+                    time(Some(k.created_at)),
+                    time(Some(k.activates_at)),
+                    time(k.retired_at),
+                    time(k.removed_at)
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

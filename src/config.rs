@@ -56,8 +56,18 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("NEO_TOKEN_MIN_TTL", "token.min_ttl"),
     ("NEO_TOKEN_MAX_TTL", "token.max_ttl"),
     ("NEO_TOKEN_SCOPE", "token.scope"),
+    ("NEO_TOKEN_LEEWAY_SECONDS", "token.leeway_seconds"),
     ("NEO_SIGNING_KEY_FILE", "signing.key_file"),
     ("NEO_SIGNING_ALGORITHM", "signing.algorithm"),
+    ("NEO_KEY_ENCRYPTION_KEY", "signing.key_encryption_key"),
+    (
+        "NEO_KEY_ENCRYPTION_KEY_FILE",
+        "signing.key_encryption_key_file",
+    ),
+    ("NEO_SIGNING_KEY_ROTATE_DAYS", "signing.rotate_days"),
+    ("NEO_SIGNING_KEY_LEAD_SECONDS", "signing.lead_seconds"),
+    ("NEO_SIGNING_KEY_RELOAD_SECONDS", "signing.reload_seconds"),
+    ("NEO_JWKS_MAX_AGE_SECONDS", "signing.jwks_max_age_seconds"),
     ("NEO_ENTRA_JWKS_URL", "entra.jwks_url"),
     ("NEO_ENTRA_AUDIENCE", "entra.audience"),
     ("NEO_ENTRA_REQUIRED_SCOPE", "entra.required_scope"),
@@ -248,6 +258,14 @@ fn serialize_redacted_url<S: Serializer>(
         .serialize(serializer)
 }
 
+/// A secret in a serialized configuration: whether it is set, never what it is.
+fn serialize_redacted<S: Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    secret.as_ref().map(|_| "***").serialize(serializer)
+}
+
 /// `scheme://user:password@host/db` → `scheme://user:***@host/db`; anything unparsable is hidden whole.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -309,6 +327,9 @@ pub struct TokenConfig {
     pub max_ttl: u32,
     /// The scope claim of minted tokens: what an end user may do, never mint or revoke.
     pub scope: String,
+    /// Clock skew tolerated on `exp`/`nbf` when our tokens are verified (here, and by the
+    /// published verification module); a retired key stays published this much longer.
+    pub leeway_seconds: u64,
 }
 
 impl Default for TokenConfig {
@@ -320,6 +341,7 @@ impl Default for TokenConfig {
             min_ttl: 60,
             max_ttl: 3600,
             scope: "chat:session".to_owned(),
+            leeway_seconds: 30,
         }
     }
 }
@@ -342,12 +364,63 @@ impl SigningAlgorithm {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// Signing keys: in the database (encrypted under the key-encryption key) with a life cycle, or
+/// one static PEM file.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SigningConfig {
-    /// PKCS#8 PEM private key. Without it a key is generated once in the data directory.
+    /// PKCS#8 PEM private key. When set, it is the only key (no rotation, nothing in the database).
     pub key_file: Option<PathBuf>,
+    /// The algorithm of keys generated here (and of a key file).
     pub algorithm: SigningAlgorithm,
+    /// Base64 of 32 bytes: the AES-256-GCM key that seals private keys in the database. Every
+    /// replica needs the same one. Without it (nor a file), one is generated in the data directory.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub key_encryption_key: Option<SecretString>,
+    /// A file holding the key-encryption key (base64 text, or 32 raw bytes).
+    pub key_encryption_key_file: Option<PathBuf>,
+    /// Rotate automatically when the active key is this many days old; 0 = only by command.
+    pub rotate_days: u32,
+    /// A new key is published this long before it signs: longer than the JWKS `max-age`, so every
+    /// verifier has it before it meets a token it signed.
+    pub lead_seconds: u64,
+    /// How often each replica reloads the keys from the database.
+    pub reload_seconds: u64,
+    /// `Cache-Control: max-age` of the JWKS.
+    pub jwks_max_age_seconds: u64,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            algorithm: SigningAlgorithm::ES256,
+            key_encryption_key: None,
+            key_encryption_key_file: None,
+            rotate_days: 0,
+            lead_seconds: 600,
+            reload_seconds: 30,
+            jwks_max_age_seconds: 300,
+        }
+    }
+}
+
+impl fmt::Debug for SigningConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningConfig")
+            .field("key_file", &self.key_file)
+            .field("algorithm", &self.algorithm)
+            .field(
+                "key_encryption_key",
+                &self.key_encryption_key.as_ref().map(|_| "***"),
+            )
+            .field("key_encryption_key_file", &self.key_encryption_key_file)
+            .field("rotate_days", &self.rotate_days)
+            .field("lead_seconds", &self.lead_seconds)
+            .field("reload_seconds", &self.reload_seconds)
+            .field("jwks_max_age_seconds", &self.jwks_max_age_seconds)
+            .finish()
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -565,6 +638,30 @@ impl Config {
                 "api_key.env",
                 "must be 1 to 16 lowercase letters or digits",
             ));
+        }
+        let signing = &self.signing;
+        if signing.lead_seconds <= signing.jwks_max_age_seconds {
+            return Err(invalid(
+                "signing.lead_seconds",
+                "must be longer than signing.jwks_max_age_seconds (a verifier must see a key before it signs)",
+            ));
+        }
+        if signing.reload_seconds == 0 || signing.reload_seconds >= signing.lead_seconds {
+            return Err(invalid(
+                "signing.reload_seconds",
+                "must be at least 1 and shorter than signing.lead_seconds",
+            ));
+        }
+        if let Some(key) = &signing.key_encryption_key {
+            use base64::Engine;
+            let decoded =
+                base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
+            if decoded.map(|bytes| bytes.len()) != Ok(32) {
+                return Err(invalid(
+                    "signing.key_encryption_key",
+                    "must be the base64 of exactly 32 bytes (e.g. `openssl rand -base64 32`)",
+                ));
+            }
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));

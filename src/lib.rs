@@ -9,6 +9,7 @@ pub mod http;
 pub mod ratelimit;
 pub mod seed;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
@@ -23,15 +24,15 @@ use crate::{
     auth::entra::{EntraKeySource, JwksCache},
     config::Config,
     ratelimit::RateLimits,
-    tokens::{SigningKey, TokenIssuer},
 };
 
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
 pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let store = open_store_for_serving(&config).await?;
-    let key = SigningKey::load_or_generate(&config.signing, &config.data.dir)?;
-    let issuer = TokenIssuer::new(key, &config.token)?;
+    let issuer = signing::start(&config, Arc::clone(&store))
+        .await
+        .context("cannot load the signing keys")?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
         let cache = JwksCache::new(&config.entra).context("cannot build the Entra JWKS client")?;
         // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.

@@ -187,7 +187,7 @@ mod tests {
         use super::super::*;
         use crate::{
             config::{SigningConfig, TokenConfig},
-            tokens::{SigningKey, TokenGrant, TokenIssuer},
+            tokens::{KeyRing, SigningKey, TokenGrant, TokenIssuer},
         };
 
         const ACME_KEY: &str = "neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd";
@@ -202,7 +202,10 @@ mod tests {
         async fn fixtures() -> Fixtures {
             let (dir, _url, store) = crate::store::seeded_sqlite_for_tests().await;
             let key = SigningKey::load_or_generate(&SigningConfig::default(), dir.path()).unwrap();
-            let issuer = Arc::new(TokenIssuer::new(key, &TokenConfig::default()).unwrap());
+            let issuer = Arc::new(TokenIssuer::new(
+                KeyRing::single(key).unwrap(),
+                &TokenConfig::default(),
+            ));
             let authenticator = Authenticator {
                 api_keys: ApiKeyVerifier::new(
                     Arc::clone(&store),
@@ -210,7 +213,7 @@ mod tests {
                     Duration::from_secs(60),
                     Duration::ZERO,
                 ),
-                session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer)),
+                session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), 30),
                 entra: None,
             };
             Fixtures {
@@ -298,7 +301,7 @@ mod tests {
             let header = serde_json::json!({
                 "alg": "none",
                 "typ": crate::tokens::SESSION_TOKEN_TYP,
-                "kid": f.issuer.key().kid(),
+                "kid": f.issuer.ring().keys()[0].key.kid(),
             });
             let unsigned = format!(
                 "{}.{}.",
@@ -317,7 +320,10 @@ mod tests {
             claims["exp"] = (claims["iat"].as_i64().unwrap() - 3600).into();
             let resigned_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
             let signing_input = format!("{}.{}", parts[0], resigned_payload);
-            let signature = f.issuer.key().sign(signing_input.as_bytes()).unwrap();
+            let signature = f.issuer.ring().keys()[0]
+                .key
+                .sign(signing_input.as_bytes())
+                .unwrap();
             let expired = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature));
             assert!(is_invalid(&authenticate(&f, &expired).await));
         }

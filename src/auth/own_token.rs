@@ -1,49 +1,75 @@
 //! Recognises and verifies the session tokens we minted. Their rules (our `iss`, `aud`, `typ`,
-//! `kid` and algorithm) are disjoint from any other JWT's, so a token of another kind never
-//! passes as ours, and ours never passes as a caller that can mint.
+//! a published `kid` and that key's algorithm) are disjoint from any other JWT's, so a token of
+//! another kind never passes as ours, and ours never passes as a caller that can mint. A token
+//! signed by a retired key that is still published is still ours: an end user, never a failed
+//! authentication.
 
 use std::sync::Arc;
 
-use jsonwebtoken::{decode, Header, Validation};
+use jsonwebtoken::{decode, Algorithm, Header, Validation};
 
 use super::{invalid, AuthError, Principal};
 use crate::tokens::{SessionClaims, TokenIssuer, SESSION_TOKEN_TYP};
 
-/// Clock skew tolerated on `exp`/`nbf` of our own tokens.
-const LEEWAY_SECONDS: u64 = 30;
-
 pub struct SessionTokenVerifier {
     issuer: Arc<TokenIssuer>,
-    validation: Validation,
+    /// One validation per algorithm a key of ours may have; the key decides which applies.
+    validations: [(Algorithm, Validation); 3],
 }
 
 impl SessionTokenVerifier {
-    pub fn new(issuer: Arc<TokenIssuer>) -> Self {
-        let mut validation = Validation::new(issuer.key().jwt_algorithm());
-        validation.set_issuer(&[issuer.issuer()]);
-        validation.set_audience(&[issuer.audience()]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECONDS;
-        Self { issuer, validation }
+    /// `leeway_seconds`: clock skew tolerated on `exp` and `nbf`.
+    pub fn new(issuer: Arc<TokenIssuer>, leeway_seconds: u64) -> Self {
+        let validation = |algorithm| {
+            let mut validation = Validation::new(algorithm);
+            validation.set_issuer(&[issuer.issuer()]);
+            validation.set_audience(&[issuer.audience()]);
+            validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+            validation.validate_nbf = true;
+            validation.leeway = leeway_seconds;
+            (algorithm, validation)
+        };
+        let validations = [
+            validation(Algorithm::ES256),
+            validation(Algorithm::EdDSA),
+            validation(Algorithm::RS256),
+        ];
+        Self {
+            issuer,
+            validations,
+        }
     }
 
-    /// Whether a JWT header claims to be one of ours (by `kid` or by `typ`).
+    /// Whether a JWT header claims to be one of ours (by a published `kid`, or by `typ`).
     pub fn claims_to_be_ours(&self, header: &Header) -> bool {
-        header.kid.as_deref() == Some(self.issuer.key().kid())
-            || header.typ.as_deref() == Some(SESSION_TOKEN_TYP)
+        header.typ.as_deref() == Some(SESSION_TOKEN_TYP)
+            || header.kid.as_deref().is_some_and(|kid| {
+                self.issuer
+                    .ring()
+                    .find(kid, chrono::Utc::now().timestamp())
+                    .is_some()
+            })
     }
 
     pub fn verify(&self, token: &str, header: &Header) -> Result<Principal, AuthError> {
         if header.typ.as_deref() != Some(SESSION_TOKEN_TYP) {
             return Err(invalid("session token with a wrong typ"));
         }
-        if header.kid.as_deref() != Some(self.issuer.key().kid()) {
+        let ring = self.issuer.ring();
+        let Some(signer) = header
+            .kid
+            .as_deref()
+            .and_then(|kid| ring.find(kid, chrono::Utc::now().timestamp()))
+        else {
             return Err(invalid("session token signed by an unknown key"));
-        }
-        let data =
-            decode::<SessionClaims>(token, self.issuer.key().decoding_key(), &self.validation)
-                .map_err(|_| invalid("session token failed verification"))?;
+        };
+        // The key's own algorithm, whatever the header says (RFC 8725 §3.1).
+        let algorithm = signer.key.jwt_algorithm();
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == algorithm) else {
+            return Err(invalid("session token key of an unsupported algorithm"));
+        };
+        let data = decode::<SessionClaims>(token, signer.key.decoding_key(), validation)
+            .map_err(|_| invalid("session token failed verification"))?;
         let claims = data.claims;
         Ok(Principal::EndUser {
             tenant_id: claims.client_id,

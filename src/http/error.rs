@@ -70,10 +70,11 @@ pub enum ApiError {
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(StoreError),
     /// Readiness: what is not ready, by component (`ok` or what is wrong).
-    #[error("not ready: database {database}, recorder {recorder}")]
+    #[error("not ready: database {database}, recorder {recorder}, signing keys {signing_keys}")]
     NotReady {
         database: &'static str,
         recorder: &'static str,
+        signing_keys: &'static str,
     },
     #[error("database error: {0}")]
     Store(StoreError),
@@ -235,10 +236,18 @@ impl ApiError {
                 "The database cannot serve this request right now; retry after the number of seconds in Retry-After.".into(),
                 None,
             ),
-            Self::NotReady { database, recorder } => (
+            Self::NotReady {
+                database,
+                recorder,
+                signing_keys,
+            } => (
                 "service_unavailable",
                 "The service is not ready; details says which part is not.".into(),
-                Some(json!({ "database": database, "recorder": recorder })),
+                Some(json!({
+                    "database": database,
+                    "recorder": recorder,
+                    "signing_keys": signing_keys,
+                })),
             ),
             Self::Store(_) | Self::Internal(_) => {
                 ("internal_error", "An internal error occurred.".into(), None)
@@ -293,7 +302,11 @@ const DATABASE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs
 
 impl From<KeyError> for ApiError {
     fn from(error: KeyError) -> Self {
-        Self::Internal(error.to_string())
+        match error {
+            // The keys live in the database, which has not answered since start: retry.
+            KeyError::NoActiveKey => Self::DatabaseUnavailable(StoreError::Unavailable),
+            error => Self::Internal(error.to_string()),
+        }
     }
 }
 

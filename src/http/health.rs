@@ -39,7 +39,7 @@ pub struct HealthEnvelope {
     summary = "Liveness and database readiness",
     responses(
         (status = 200, description = "Up, and the database answers.", body = HealthEnvelope),
-        (status = 503, description = "Not ready: the database does not answer, or the mint recorder is stopped or cannot commit (`details` says which).", body = ErrorEnvelope),
+        (status = 503, description = "Not ready: the database does not answer, the mint recorder is stopped or cannot commit, or no signing key is loaded yet (`details` says which).", body = ErrorEnvelope),
     )
 )]
 pub async fn health(
@@ -51,7 +51,12 @@ pub async fn health(
         .time("db", state.readiness.database(state.store.as_ref()))
         .await;
     let recorder = state.recorder.status();
-    if database.is_err() || recorder != RecorderStatus::Running {
+    let signing = state
+        .issuer
+        .ring()
+        .active(chrono::Utc::now().timestamp())
+        .is_some();
+    if database.is_err() || recorder != RecorderStatus::Running || !signing {
         return Err(ApiError::NotReady {
             database: if database.is_ok() {
                 "ok"
@@ -59,6 +64,7 @@ pub async fn health(
                 "unavailable"
             },
             recorder: recorder.as_str(),
+            signing_keys: if signing { "ok" } else { "not_loaded" },
         });
     }
     let health = Health {

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow, Store,
-    StoreError, StoreResult, TenantRow,
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow,
+    SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
 
 /// How often the probe pings an unreachable database, and how long one ping may take.
@@ -194,5 +194,13 @@ impl Store for GuardedStore {
 
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
         self.guarded(self.inner.apply_seed(plan)).await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>> {
+        self.guarded(self.inner.signing_keys()).await
+    }
+
+    async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool> {
+        self.guarded(self.inner.insert_signing_key(key)).await
     }
 }

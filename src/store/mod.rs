@@ -230,6 +230,29 @@ pub struct MintRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A signing key as stored: its private part sealed under the key-encryption key.
+#[derive(Clone, sqlx::FromRow)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub generation: i64,
+    /// `ES256`, `EdDSA` or `RS256`.
+    pub algorithm: String,
+    pub sealed_private_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub activates_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SigningKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRow")
+            .field("kid", &self.kid)
+            .field("generation", &self.generation)
+            .field("algorithm", &self.algorithm)
+            .field("activates_at", &self.activates_at)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewApiKey {
     pub id: String,
@@ -337,6 +360,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Upserts the whole plan in one transaction.
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
+
+    /// Every signing key, by generation.
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>>;
+
+    /// Inserts a signing key; false when its generation (or kid) exists already, i.e. another
+    /// replica or command got there first.
+    async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool>;
 }
 
 /// Creates the database named by `url` when it does not exist yet (first start on a fresh

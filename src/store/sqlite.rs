@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow, Store,
-    StoreError, StoreResult, TenantRow,
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow,
+    SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -366,5 +366,33 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>> {
+        sqlx::query_as(
+            "SELECT kid, generation, algorithm, sealed_private_key, created_at, activates_at
+             FROM signing_keys ORDER BY generation",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "INSERT INTO signing_keys
+               (kid, generation, algorithm, sealed_private_key, created_at, activates_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.kid)
+        .bind(key.generation)
+        .bind(&key.algorithm)
+        .bind(&key.sealed_private_key)
+        .bind(ts(key.created_at))
+        .bind(ts(key.activates_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 }

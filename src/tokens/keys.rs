@@ -44,8 +44,16 @@ pub enum KeyError {
     },
     #[error("cannot generate a {0} signing key")]
     Generate(&'static str),
+    #[error("a stored {algorithm} signing key {kid} is not a valid PKCS#8 key: {reason}")]
+    Stored {
+        kid: String,
+        algorithm: &'static str,
+        reason: String,
+    },
     #[error("signing failed")]
     Sign,
+    #[error("no signing key is active")]
+    NoActiveKey,
 }
 
 /// One public key in the JWKS (RFC 7517). Fields that do not apply to the key type are omitted.
@@ -99,10 +107,7 @@ impl SigningKey {
         if let Some(path) = &config.key_file {
             return Self::from_file(path, algorithm);
         }
-        let path = data_dir.join(format!(
-            "signing-key-{}.pem",
-            algorithm.as_str().to_lowercase()
-        ));
+        let path = Self::legacy_generated_path(data_dir, algorithm);
         if path.exists() {
             return Self::from_file(&path, algorithm);
         }
@@ -147,6 +152,52 @@ impl SigningKey {
             (tag, _) => Err(format!("unexpected PEM block \"{tag}\"")),
         }
         .map_err(parse_error)
+    }
+
+    /// A new key of `algorithm`, and its PKCS#8 DER (to be sealed and stored).
+    pub fn generate(algorithm: SigningAlgorithm) -> Result<(Self, Vec<u8>), KeyError> {
+        let pkcs8 = generate_pkcs8(algorithm)?;
+        let key = Self::from_pkcs8(&pkcs8, algorithm).map_err(|reason| KeyError::Stored {
+            kid: String::new(),
+            algorithm: algorithm.as_str(),
+            reason,
+        })?;
+        Ok((key, pkcs8))
+    }
+
+    /// A key stored as PKCS#8 DER; `kid` names it in errors.
+    pub fn from_stored(
+        der: &[u8],
+        algorithm: SigningAlgorithm,
+        kid: &str,
+    ) -> Result<Self, KeyError> {
+        Self::from_pkcs8(der, algorithm).map_err(|reason| KeyError::Stored {
+            kid: kid.to_owned(),
+            algorithm: algorithm.as_str(),
+            reason,
+        })
+    }
+
+    /// The private key as PKCS#8 DER, to seal it into the database (`signing-key import`).
+    pub fn to_pkcs8(&self) -> Result<Vec<u8>, KeyError> {
+        let failed = |_| KeyError::Generate(self.algorithm.as_str());
+        Ok(match &self.pair {
+            Pair::Ec(pair) => pair.to_pkcs8v1().map_err(failed)?.as_ref().to_vec(),
+            Pair::Ed(pair) => pair.to_pkcs8().map_err(failed)?.as_ref().to_vec(),
+            Pair::Rsa(pair) => AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(pair)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec(),
+        })
+    }
+
+    /// The file an earlier version generated in the data directory (imported into the database
+    /// on first start, so the tokens it signed keep verifying).
+    pub fn legacy_generated_path(data_dir: &Path, algorithm: SigningAlgorithm) -> PathBuf {
+        data_dir.join(format!(
+            "signing-key-{}.pem",
+            algorithm.as_str().to_lowercase()
+        ))
     }
 
     fn from_pkcs8(der: &[u8], algorithm: SigningAlgorithm) -> Result<Self, String> {
@@ -319,6 +370,7 @@ mod tests {
             let config = SigningConfig {
                 key_file: None,
                 algorithm,
+                ..SigningConfig::default()
             };
             let first = SigningKey::load_or_generate(&config, &data).unwrap();
             let again = SigningKey::load_or_generate(&config, &data).unwrap();

@@ -1,10 +1,16 @@
-//! Session tokens: the claims of SPEC §3, and the issuer that signs them.
+//! Session tokens: the claims of SPEC §3, the key ring (which key signs, which are published),
+//! and the issuer that signs them.
 
 pub mod keys;
+pub mod seal;
+
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub use keys::{KeyError, PublicJwk, SigningKey};
@@ -60,34 +66,165 @@ struct JwsHeader<'a> {
     kid: &'a str,
 }
 
-pub struct TokenIssuer {
-    key: SigningKey,
-    issuer: String,
-    audience: String,
-    scope: String,
-    /// `base64url(header)`, the same for every token: computed once.
+/// One key of the ring, with the time it starts signing.
+pub struct RingKey {
+    pub key: SigningKey,
+    /// Unix seconds. Stored with the key, so replicas agree on the switch without computing it.
+    pub activates_at: i64,
+    /// When its successor took over (unix seconds); `None` while it is the newest key.
+    pub retired_at: Option<i64>,
+    /// `base64url(header)` of the tokens it signs: computed once.
     encoded_header: String,
 }
 
-impl TokenIssuer {
-    pub fn new(key: SigningKey, config: &TokenConfig) -> Result<Self, KeyError> {
-        let header = JwsHeader {
-            alg: key.algorithm().as_str(),
-            typ: SESSION_TOKEN_TYP,
-            kid: key.kid(),
-        };
-        let header_json = serde_json::to_vec(&header).map_err(|_| KeyError::Sign)?;
+/// What a key is at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published, not signing yet.
+    Next,
+    Active,
+    /// Published until the last token it signed has expired.
+    Retired,
+    /// Past that: no longer published or accepted.
+    Removed,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Next => "next",
+            Self::Active => "active",
+            Self::Retired => "retired",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+/// The keys, oldest first, and how long a retired key stays published.
+pub struct KeyRing {
+    keys: Vec<RingKey>,
+    /// Max TTL plus leeway: a retired key's last token is expired this long after it retired.
+    retire_window: i64,
+}
+
+impl KeyRing {
+    /// `keys` with their activation times (unix seconds), in any order.
+    pub fn new(mut keys: Vec<(SigningKey, i64)>, retire_window: i64) -> Result<Self, KeyError> {
+        keys.sort_by_key(|(_, at)| *at);
+        let successors: Vec<Option<i64>> = (0..keys.len())
+            .map(|i| keys.get(i + 1).map(|(_, at)| *at))
+            .collect();
+        let keys = keys
+            .into_iter()
+            .zip(successors)
+            .map(|((key, activates_at), retired_at)| {
+                let header = JwsHeader {
+                    alg: key.algorithm().as_str(),
+                    typ: SESSION_TOKEN_TYP,
+                    kid: key.kid(),
+                };
+                let header_json = serde_json::to_vec(&header).map_err(|_| KeyError::Sign)?;
+                Ok(RingKey {
+                    encoded_header: URL_SAFE_NO_PAD.encode(header_json),
+                    key,
+                    activates_at,
+                    retired_at,
+                })
+            })
+            .collect::<Result<Vec<_>, KeyError>>()?;
         Ok(Self {
-            encoded_header: URL_SAFE_NO_PAD.encode(header_json),
-            key,
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            scope: config.scope.clone(),
+            keys,
+            retire_window,
         })
     }
 
-    pub fn key(&self) -> &SigningKey {
-        &self.key
+    /// A ring of one key that has always been active (a static key file).
+    pub fn single(key: SigningKey) -> Result<Self, KeyError> {
+        Self::new(vec![(key, 0)], i64::MAX)
+    }
+
+    pub fn state(&self, key: &RingKey, now: i64) -> KeyState {
+        if key.activates_at > now {
+            return KeyState::Next;
+        }
+        match key.retired_at {
+            Some(retired) if retired <= now => {
+                if now < retired.saturating_add(self.retire_window) {
+                    KeyState::Retired
+                } else {
+                    KeyState::Removed
+                }
+            }
+            _ => KeyState::Active,
+        }
+    }
+
+    /// Every key with its state at `now`, oldest first.
+    pub fn keys(&self) -> &[RingKey] {
+        &self.keys
+    }
+
+    /// The key that signs at `now`.
+    pub fn active(&self, now: i64) -> Option<&RingKey> {
+        self.keys
+            .iter()
+            .rev()
+            .find(|k| self.state(k, now) == KeyState::Active)
+    }
+
+    /// The keys published at `now` (next, active, retired), oldest first.
+    pub fn published(&self, now: i64) -> impl Iterator<Item = &RingKey> {
+        self.keys
+            .iter()
+            .filter(move |k| self.state(k, now) != KeyState::Removed)
+    }
+
+    /// A published key by `kid`: what verifies our own tokens.
+    pub fn find(&self, kid: &str, now: i64) -> Option<&RingKey> {
+        self.published(now).find(|k| k.key.kid() == kid)
+    }
+}
+
+/// The JWKS document as served: its bytes and an `ETag` over them.
+#[derive(Clone)]
+pub struct PublishedJwks {
+    pub body: Bytes,
+    pub etag: String,
+    kids: Vec<String>,
+}
+
+pub struct TokenIssuer {
+    ring: RwLock<Arc<KeyRing>>,
+    issuer: String,
+    audience: String,
+    scope: String,
+    /// The last JWKS document built, reused while the published keys are the same.
+    jwks: Mutex<Option<PublishedJwks>>,
+}
+
+fn now_seconds() -> i64 {
+    Utc::now().timestamp()
+}
+
+impl TokenIssuer {
+    pub fn new(ring: KeyRing, config: &TokenConfig) -> Self {
+        Self {
+            ring: RwLock::new(Arc::new(ring)),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            scope: config.scope.clone(),
+            jwks: Mutex::new(None),
+        }
+    }
+
+    /// The keys as they are now (a snapshot: a reload replaces it, never changes it).
+    pub fn ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.ring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Installs the keys just loaded from the database.
+    pub fn replace_ring(&self, ring: KeyRing) {
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
     }
 
     pub fn issuer(&self) -> &str {
@@ -98,9 +235,46 @@ impl TokenIssuer {
         &self.audience
     }
 
-    /// Signs a token for `grant`, issued now.
+    /// Whether the active key's signatures are slow enough (RS256) to belong off the async
+    /// runtime.
+    pub fn signs_slowly(&self) -> bool {
+        self.ring()
+            .active(now_seconds())
+            .is_some_and(|k| k.key.algorithm() == crate::config::SigningAlgorithm::RS256)
+    }
+
+    /// The JWKS of the keys published now, rebuilt only when that set changed.
+    pub fn published_jwks(&self) -> PublishedJwks {
+        let ring = self.ring();
+        let now = now_seconds();
+        let kids: Vec<String> = ring
+            .published(now)
+            .map(|k| k.key.kid().to_owned())
+            .collect();
+        let mut cached = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(jwks) = cached.as_ref().filter(|jwks| jwks.kids == kids) {
+            return jwks.clone();
+        }
+        let keys: Vec<&PublicJwk> = ring.published(now).map(|k| k.key.public_jwk()).collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap_or_default();
+        let etag = format!(
+            "\"{}\"",
+            URL_SAFE_NO_PAD.encode(&Sha256::digest(&body)[..16])
+        );
+        let jwks = PublishedJwks {
+            body: Bytes::from(body),
+            etag,
+            kids,
+        };
+        *cached = Some(jwks.clone());
+        jwks
+    }
+
+    /// Signs a token for `grant`, issued now, with the key active now.
     pub fn issue(&self, grant: TokenGrant) -> Result<MintedToken, KeyError> {
-        let now = Utc::now().timestamp();
+        let now = now_seconds();
+        let ring = self.ring();
+        let signer = ring.active(now).ok_or(KeyError::NoActiveKey)?;
         let exp = now + i64::from(grant.ttl_seconds);
         let jti = Uuid::new_v4();
         let claims = SessionClaims {
@@ -123,11 +297,12 @@ impl TokenIssuer {
             scope: self.scope.clone(),
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Sign)?;
-        let mut token = String::with_capacity(self.encoded_header.len() + payload.len() * 2 + 100);
-        token.push_str(&self.encoded_header);
+        let mut token =
+            String::with_capacity(signer.encoded_header.len() + payload.len() * 2 + 100);
+        token.push_str(&signer.encoded_header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-        let signature = self.key.sign(token.as_bytes())?;
+        let signature = signer.key.sign(token.as_bytes())?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
 

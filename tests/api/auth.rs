@@ -131,7 +131,7 @@ async fn a_token_signed_by_another_key_with_our_kid_is_refused(backend: Backend)
 }
 
 async fn an_expired_token_of_ours_is_refused(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::builder(backend).static_signing_key().spawn().await;
     let now = chrono::Utc::now().timestamp();
     let claims = session_claims(
         &app,
@@ -142,7 +142,7 @@ async fn an_expired_token_of_ours_is_refused(backend: Backend) {
 }
 
 async fn a_token_of_ours_for_another_audience_or_issuer_is_refused(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::builder(backend).static_signing_key().spawn().await;
     for overrides in [
         json!({"aud": "https://graph.microsoft.com"}),
         json!({"aud": ["https://graph.microsoft.com", app.config.token.audience]}),
@@ -156,7 +156,7 @@ async fn a_token_of_ours_for_another_audience_or_issuer_is_refused(backend: Back
 }
 
 async fn a_token_of_ours_without_our_typ_is_refused(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::builder(backend).static_signing_key().spawn().await;
     let claims = session_claims(&app, json!({}));
     for typ in [None, Some("JWT"), Some("at+jwt")] {
         let token = sign_with_server_key(&app, typ, &claims).await;

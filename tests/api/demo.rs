@@ -92,11 +92,12 @@ fn the_printed_demo_commands_mint_and_decode_a_token_on_every_start() {
         );
         stop(child);
     }
-    // The embedded database and the key live in ./data, the key private to its owner.
+    // The embedded database and the key-encryption key (which seals the signing keys stored in
+    // the database) live in ./data, the key private to its owner.
     let data = dir.path().join("data");
     assert!(data.join("neo-sessions.db").is_file());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(data.join("signing-key-es256.pem"))
+    let mode = std::fs::metadata(data.join("key-encryption-key"))
         .unwrap()
         .permissions()
         .mode();

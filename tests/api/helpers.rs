@@ -254,6 +254,22 @@ impl<'a> TestAppBuilder<'a> {
         self
     }
 
+    /// Signs with one static ES256 key file (`signing.key_file`) instead of the database's keys,
+    /// so the test can read the private key and forge tokens with it.
+    pub fn static_signing_key(self) -> Self {
+        self.config(|c| {
+            let (_, der) = neo_sessions::tokens::SigningKey::generate(
+                neo_sessions::config::SigningAlgorithm::ES256,
+            )
+            .expect("generate a key");
+            let path = c.data.dir.with_file_name("static-signing-key.pem");
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("key dir");
+            std::fs::write(&path, pem::encode(&pem::Pem::new("PRIVATE KEY", der)))
+                .expect("write the key");
+            c.signing.key_file = Some(path);
+        })
+    }
+
     /// Serves from a database the test prepared itself (e.g. seeded by the CLI) instead of a
     /// fresh one seeded with `config/seed.example.json`.
     pub fn database(mut self, db: TestDatabase) -> Self {
@@ -444,9 +460,16 @@ impl TestApp {
             .claims
     }
 
-    /// The PEM of the server's generated signing key (tests forge tokens with it).
+    /// The PEM of the server's static signing key (tests forge tokens with it); the app must be
+    /// built with [`TestAppBuilder::static_signing_key`].
     pub fn signing_key_pem(&self) -> Vec<u8> {
-        std::fs::read(self.config.data.dir.join("signing-key-es256.pem")).expect("signing key file")
+        let path = self
+            .config
+            .signing
+            .key_file
+            .as_ref()
+            .expect("built with static_signing_key()");
+        std::fs::read(path).expect("signing key file")
     }
 
     pub async fn mint_count(&self) -> i64 {
