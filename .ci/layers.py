@@ -14,9 +14,10 @@ from pathlib import Path
 
 # Lowest first. A module may use modules of a lower rank (and itself), never a higher one.
 LAYERS = [
-    ["config"],
+    ["config", "tls"],
     ["cache"],
     ["tokens"],
+    ["verify"],  # the verification module for other services: tokens' claims over HTTP
     ["auth::principal"],  # the Principal type: below everything that names a caller
     ["store"],
     ["signing"],  # the signing keys' life cycle: store rows <-> the tokens' key ring

@@ -12,7 +12,9 @@ pub mod server;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
+pub mod verify;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

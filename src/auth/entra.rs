@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -75,15 +75,7 @@ pub enum FetchError {
     Empty,
 }
 
-/// rustls needs a process-wide crypto provider; ours is aws-lc-rs, which jsonwebtoken uses too.
-/// Without one, building any reqwest client panics.
-pub fn install_crypto_provider() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        // Fails only when a provider is installed already, which is just as good.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
-}
+pub use crate::tls::install_crypto_provider;
 
 impl JwksCache {
     pub fn new(config: &EntraConfig) -> Result<Arc<Self>, reqwest::Error> {

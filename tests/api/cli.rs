@@ -719,7 +719,68 @@ async fn healthcheck_says_why_it_failed(backend: Backend) {
     assert!(run.stderr.contains("cannot connect"), "{run}");
 }
 
+/// `signing-key import` puts a PEM key into an empty database (it signs at once), `list
+/// --output json` shows it active, `rotate` adds a `next` key and refuses a second pending one,
+/// and a server on that database publishes both and signs with the imported one.
+async fn signing_keys_are_imported_listed_and_rotated_from_the_cli(backend: Backend) {
+    const KEK: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    let (key, der) =
+        neo_sessions::tokens::SigningKey::generate(neo_sessions::config::SigningAlgorithm::ES256)
+            .expect("key");
+    let path = cli.work_dir.path().join("key.pem");
+    std::fs::write(&path, pem::encode(&pem::Pem::new("PRIVATE KEY", der))).expect("write");
+    let kek = [("NEO_KEY_ENCRYPTION_KEY", KEK)];
+
+    cli.run_with(&["signing-key", "import", &path.to_string_lossy()], &kek)
+        .await
+        .assert_success();
+    let list = |run: Run| -> Vec<Value> {
+        run.assert_success();
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"))
+    };
+    let keys = list(
+        cli.run_with(&["signing-key", "list", "--output", "json"], &kek)
+            .await,
+    );
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], key.kid());
+    assert_eq!(keys[0]["state"], "active");
+
+    cli.run_with(&["signing-key", "rotate"], &kek)
+        .await
+        .assert_success();
+    let keys = list(
+        cli.run_with(&["signing-key", "list", "--output", "json"], &kek)
+            .await,
+    );
+    let states: Vec<&str> = keys.iter().filter_map(|k| k["state"].as_str()).collect();
+    assert_eq!(states, ["active", "next"]);
+    let pending = cli.run_with(&["signing-key", "rotate"], &kek).await;
+    pending.assert_failure();
+    assert!(pending.stderr.contains("pending"), "{pending}");
+
+    let app = TestApp::builder(backend)
+        .database(db)
+        .config(|c| c.signing.key_encryption_key = Some(KEK.to_owned().into()))
+        .spawn()
+        .await;
+    let jwks = app.get_json("/.well-known/jwks.json").await;
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2));
+    let (data, _) = app
+        .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+        .await;
+    let claims = app.verify(data["token"].as_str().expect("token")).await;
+    assert_eq!(claims.client_id, "acme");
+    let header =
+        jsonwebtoken::decode_header(data["token"].as_str().expect("token")).expect("header");
+    assert_eq!(header.kid.as_deref(), Some(key.kid()));
+}
+
 backend_tests!(
+    signing_keys_are_imported_listed_and_rotated_from_the_cli,
     seeding_again_never_unrevokes_a_key,
     healthcheck_says_why_it_failed,
     seed_is_idempotent,

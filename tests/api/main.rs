@@ -34,3 +34,5 @@ mod mint;
 mod openapi;
 mod rate_limit;
 mod schema;
+mod signing_keys;
+mod verify;

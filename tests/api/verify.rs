@@ -1,0 +1,219 @@
+//! `neo_sessions::verify`, as the chat service would use it against a running token service:
+//! a good token passes, and each thing a verifier must check is checked. The example service
+//! (`examples/verify_token.rs`) guards a chat route with it.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use neo_sessions::{
+    tokens::SESSION_TOKEN_TYP,
+    verify::{Verifier, VerifierConfig, VerifyError},
+};
+use serde_json::{json, Value};
+
+use crate::helpers::{Backend, TestApp, ACME_KEY};
+
+fn verifier_for(app: &TestApp) -> VerifierConfig {
+    let mut config =
+        VerifierConfig::for_issuer(&app.config.token.issuer, &app.config.token.audience);
+    config.jwks_url = app.url("/.well-known/jwks.json");
+    config.leeway = Duration::from_secs(5);
+    config
+}
+
+async fn minted(app: &TestApp) -> String {
+    let (data, _) = app
+        .mint_ok(
+            ACME_KEY,
+            json!({"session_id": "s-acme-1", "end_user": "pat"}),
+        )
+        .await;
+    data["token"].as_str().expect("token").to_owned()
+}
+
+/// Claims like the server's, for tokens the test signs itself.
+fn claims(app: &TestApp, overrides: Value) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({
+        "iss": app.config.token.issuer, "aud": app.config.token.audience, "sub": "pat",
+        "jti": uuid::Uuid::new_v4(), "iat": now, "nbf": now, "exp": now + 600,
+        "session_id": "s-acme-1", "client_id": "acme", "end_company_id": null,
+        "end_user": "pat", "end_user_email": null, "allowed_agent_ids": [], "scope": "chat:session",
+    });
+    if let (Some(claims), Value::Object(overrides)) = (claims.as_object_mut(), overrides) {
+        claims.extend(overrides);
+    }
+    claims
+}
+
+async fn server_kid(app: &TestApp) -> String {
+    let jwks = app.get_json("/.well-known/jwks.json").await;
+    jwks["keys"][0]["kid"].as_str().expect("kid").to_owned()
+}
+
+async fn signed(app: &TestApp, overrides: Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(server_kid(app).await);
+    header.typ = Some(SESSION_TOKEN_TYP.to_owned());
+    let key = EncodingKey::from_ec_pem(&app.signing_key_pem()).expect("key");
+    encode(&header, &claims(app, overrides), &key).expect("sign")
+}
+
+async fn the_verify_module_accepts_good_tokens_and_refuses_each_bad_one(backend: Backend) {
+    let app = TestApp::builder(backend).static_signing_key().spawn().await;
+    let verifier = Verifier::new(verifier_for(&app)).expect("verifier");
+
+    let token = minted(&app).await;
+    let verified = verifier.verify(&token, "s-acme-1").await.expect("valid");
+    assert_eq!(verified.client_id, "acme");
+    assert_eq!(verified.sub, "pat");
+    // A token the test signed with the server's key and the server's claims is just as good.
+    verifier
+        .verify(&signed(&app, json!({})).await, "s-acme-1")
+        .await
+        .expect("valid");
+
+    let refused = |result: Result<_, VerifyError>| result.expect_err("refused");
+    assert!(matches!(
+        refused(verifier.verify(&token, "s-acme-2").await),
+        VerifyError::WrongSession
+    ));
+    let now = chrono::Utc::now().timestamp();
+    for (overrides, expected) in [
+        (json!({"aud": "https://elsewhere"}), "audience"),
+        (json!({"iss": "https://evil.example"}), "issuer"),
+        (
+            json!({"exp": now - 3600, "iat": now - 4000, "nbf": now - 4000}),
+            "expired",
+        ),
+    ] {
+        let error = refused(
+            verifier
+                .verify(&signed(&app, overrides).await, "s-acme-1")
+                .await,
+        );
+        assert!(
+            error.to_string().contains(expected),
+            "{expected}: got {error}"
+        );
+    }
+
+    // A key that is not published, under a made-up kid.
+    let (_, der) =
+        neo_sessions::tokens::SigningKey::generate(neo_sessions::config::SigningAlgorithm::ES256)
+            .expect("key");
+    let foreign = EncodingKey::from_ec_der(&der);
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("not-a-published-kid".to_owned());
+    header.typ = Some(SESSION_TOKEN_TYP.to_owned());
+    let unknown = encode(&header, &claims(&app, json!({})), &foreign).expect("sign");
+    assert!(matches!(
+        refused(verifier.verify(&unknown, "s-acme-1").await),
+        VerifyError::UnknownKey { .. }
+    ));
+
+    // The header asks for another algorithm than the key's (HS256 with the public key as the
+    // "secret", the classic confusion), and `alg: none`.
+    let kid = server_kid(&app).await;
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some(kid.clone());
+    hs.typ = Some(SESSION_TOKEN_TYP.to_owned());
+    let confused = encode(
+        &hs,
+        &claims(&app, json!({})),
+        &EncodingKey::from_secret(b"public"),
+    )
+    .expect("sign");
+    assert!(matches!(
+        refused(verifier.verify(&confused, "s-acme-1").await),
+        VerifyError::AlgorithmMismatch
+    ));
+    let b64 = |v: &Value| {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "kid": kid, "typ": SESSION_TOKEN_TYP})),
+        b64(&claims(&app, json!({})))
+    );
+    assert!(refused(verifier.verify(&none, "s-acme-1").await)
+        .to_string()
+        .contains("JWT"));
+
+    // Another JWT altogether (no typ of ours).
+    let mut plain = Header::new(Algorithm::ES256);
+    plain.kid = Some(kid);
+    let key = EncodingKey::from_ec_pem(&app.signing_key_pem()).expect("key");
+    let untyped = encode(&plain, &claims(&app, json!({})), &key).expect("sign");
+    assert!(matches!(
+        refused(verifier.verify(&untyped, "s-acme-1").await),
+        VerifyError::WrongType
+    ));
+}
+
+/// The example chat service, run as a process, serves a session's route to the holder of that
+/// session's token minted by a running server, and refuses everyone else.
+async fn the_example_service_verifies_a_token_minted_by_a_running_server(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = minted(&app).await;
+
+    // Examples are built next to the test binary (target/<profile>/examples).
+    let example = std::env::current_exe()
+        .expect("test binary")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples/verify_token");
+    let mut child: Child = Command::new(&example)
+        .env("NEO_VERIFY_ISSUER", &app.config.token.issuer)
+        .env("NEO_VERIFY_AUDIENCE", &app.config.token.audience)
+        .env("NEO_VERIFY_JWKS_URL", app.url("/.well-known/jwks.json"))
+        .env("NEO_VERIFY_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", example.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .expect("join")
+    .expect("the example prints its address");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_owned();
+    let get = |session: &str, credential: &str| {
+        app.client
+            .get(format!("http://{address}/chat/sessions/{session}/messages"))
+            .bearer_auth(credential)
+            .send()
+    };
+    let ok = get("s-acme-1", &token).await.expect("request");
+    assert_eq!(ok.status(), reqwest::StatusCode::OK);
+    let body: Value = ok.json().await.expect("json");
+    assert_eq!(body["session_id"], "s-acme-1");
+    assert_eq!(
+        get("s-acme-2", &token).await.expect("request").status(),
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get("s-acme-1", "garbage").await.expect("request").status(),
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+backend_tests!(
+    the_verify_module_accepts_good_tokens_and_refuses_each_bad_one,
+    the_example_service_verifies_a_token_minted_by_a_running_server,
+);
