@@ -378,3 +378,59 @@ pub async fn list(config: &Config, store: &dyn Store) -> Result<Vec<KeyListing>,
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_in_temp_dir() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.data.dir = dir.path().join("data");
+        (dir, config)
+    }
+
+    #[tokio::test]
+    async fn automatic_rotation_adds_one_next_key_when_the_newest_is_old_enough() {
+        let (_keep, _url, store) = crate::store::seeded_sqlite_for_tests().await;
+        let (_dir, mut config) = config_in_temp_dir();
+        config.signing.rotate_days = 1;
+        let kek = Kek::load_or_generate(&config.signing, &config.data.dir).expect("kek");
+        let old = SigningKey::generate(SigningAlgorithm::ES256)
+            .expect("key")
+            .0;
+        insert(
+            store.as_ref(),
+            &kek,
+            &old,
+            1,
+            Utc::now() - chrono::Duration::days(2),
+        )
+        .await
+        .expect("insert");
+
+        let kid = rotate_if_due(&config, store.as_ref(), &kek)
+            .await
+            .expect("rotate")
+            .expect("due");
+        // The newest key is the pending one now: a second look adds nothing.
+        assert!(rotate_if_due(&config, store.as_ref(), &kek)
+            .await
+            .expect("look")
+            .is_none());
+        let listed = list(&config, store.as_ref()).await.expect("list");
+        let states: Vec<(&str, &str)> = listed.iter().map(|k| (k.kid.as_str(), k.state)).collect();
+        assert_eq!(states, [(old.kid(), "active"), (kid.as_str(), "next")]);
+
+        // Not due yet: nothing happens.
+        config.signing.rotate_days = 30;
+        let (_keep2, _url2, fresh) = crate::store::seeded_sqlite_for_tests().await;
+        insert(fresh.as_ref(), &kek, &old, 1, Utc::now())
+            .await
+            .expect("insert");
+        assert!(rotate_if_due(&config, fresh.as_ref(), &kek)
+            .await
+            .expect("look")
+            .is_none());
+    }
+}

@@ -269,7 +269,23 @@ async fn the_key_an_earlier_version_generated_is_imported(backend: Backend) {
     assert_eq!(published_kids(&app).await, [kid]);
 }
 
+/// RS256 keys sign (on the blocking pool) and verify against the published JWKS like the others.
+async fn rs256_keys_sign_and_verify(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .config(|c| c.signing.algorithm = SigningAlgorithm::RS256)
+        .spawn()
+        .await;
+    let (data, _) = app
+        .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+        .await;
+    let token = data["token"].as_str().expect("token");
+    let header = jsonwebtoken::decode_header(token).expect("header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    assert_eq!(app.verify(token).await.client_id, "acme");
+}
+
 backend_tests!(
+    rs256_keys_sign_and_verify,
     the_key_an_earlier_version_generated_is_imported,
     a_rotation_across_two_replicas_rejects_no_token,
     a_retired_keys_token_is_still_an_end_user,
