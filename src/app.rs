@@ -4,10 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    body::Bytes,
-    extract::DefaultBodyLimit,
-    http::StatusCode,
-    middleware::{from_fn, from_fn_with_state},
+    body::Bytes, extract::DefaultBodyLimit, http::StatusCode, middleware::from_fn_with_state,
     Extension, Router,
 };
 use tower::ServiceBuilder;
@@ -99,7 +96,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Outermost, so that it sees every response: the request id, the span every log line of
         // the request carries, one log line per request, and the envelope for every error the
         // layers below produce (their own 404/405/413/415/503 and panics included).
-        .layer(from_fn(request_context::request_context))
+        .layer(from_fn_with_state(
+            Arc::clone(&state),
+            request_context::request_context,
+        ))
         // A panicking handler becomes a 500 (rendered by the layer above), not a dropped
         // connection; inside the request context so the panic is logged with its request id.
         .layer(CatchPanicLayer::custom(request_context::panic_response))

@@ -52,6 +52,9 @@ pub enum Command {
     /// Signing keys in the database: rotate, list, import a PEM file.
     #[command(subcommand)]
     SigningKey(SigningKeyCommand),
+    /// The effective configuration (defaults < file < NEO_* variables).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Exit 0 when the local server's /public-api/health answers 200 (for container health checks).
     Healthcheck,
     /// Work with minted tokens.
@@ -75,6 +78,12 @@ pub enum RateLimitCommand {
         #[arg(long)]
         tenant: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as JSON, secrets redacted.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +184,10 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::ApiKey(command) => api_key_command(&config, command).await,
         Command::RateLimit(command) => rate_limit_command(&config, command).await,
         Command::SigningKey(command) => signing_key_command(&config, command).await,
+        Command::Config(ConfigCommand::Show) => {
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Healthcheck => healthcheck(&config).await,
         Command::Token(TokenCommand::Decode { token }) => decode_token(token),
     }

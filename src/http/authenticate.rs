@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     auth::Lookups,
-    ratelimit::{client_ip, Decision},
+    ratelimit::{client_ip, ClientIp, Decision},
 };
 
 /// Runs via `from_fn_with_state` on the routes that need a caller. Each failed authentication
@@ -30,16 +30,22 @@ pub async fn require_principal(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let client_ip = client_ip(
-        &state.config.server.trusted_proxies,
-        peer,
-        request.headers(),
-    );
+    // Resolved once by the request context (after trusted proxies).
+    let client_ip = match request.extensions().get::<ClientIp>() {
+        Some(ip) => *ip,
+        None => {
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            client_ip(
+                &state.config.server.trusted_proxies,
+                peer,
+                request.headers(),
+            )
+        }
+    };
     let exhausted = state.limits.auth_failures_exhausted(&client_ip).await;
     let lookups = match exhausted {
         Some(_) => Lookups::Refused,

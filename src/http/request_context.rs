@@ -1,6 +1,7 @@
 //! The outermost layer: request id, tracing span, error envelope, one log line per request.
 
 use std::{
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -13,7 +14,7 @@ use std::{
 use axum::{
     body::Body,
     body::{Bytes, HttpBody},
-    extract::{MatchedPath, Request},
+    extract::{ConnectInfo, MatchedPath, Request, State},
     http::{
         header::{CONNECTION, CONTENT_TYPE},
         HeaderName, HeaderValue, StatusCode,
@@ -24,34 +25,72 @@ use axum::{
 use tracing::{field::Empty, Instrument};
 use uuid::Uuid;
 
-use super::{envelope::RequestContext, error::ErrorReport};
+use super::{envelope::RequestContext, error::ErrorReport, AppState};
+use crate::ratelimit::client_ip;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Keeps an incoming UUID `X-Request-Id`, replaces anything else, and makes it the request's
-/// span, response header and `meta.request_id`. Every error response leaves here in the envelope.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
-    let request_id = request
+/// Routes polled by probes and scrapers: their lines are logged at DEBUG, not INFO.
+const PROBE_ROUTES: [&str; 3] = ["/public-api/health", "/public-api/health/live", "/metrics"];
+
+/// A caller's own request id (not a UUID, so not adopted) as logged: at most this many
+/// characters, printable ASCII only.
+const MAX_CLIENT_REQUEST_ID: usize = 64;
+
+/// Keeps an incoming UUID `X-Request-Id`, replaces anything else (logged as `client_request_id`),
+/// and makes it the request's span, response header and `meta.request_id`. Resolves the client
+/// address once (after trusted proxies) for the log and the failed-auth limit. Every error
+/// response leaves here in the envelope, and one line per request is logged.
+pub async fn request_context(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let offered = request
         .headers()
         .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Uuid::try_parse(v.trim()).ok())
-        .unwrap_or_else(Uuid::new_v4);
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
+    let adopted = offered.as_deref().and_then(|v| Uuid::try_parse(v).ok());
+    let request_id = adopted.unwrap_or_else(Uuid::new_v4);
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let client_ip = client_ip(
+        &state.config.server.trusted_proxies,
+        peer,
+        request.headers(),
+    );
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %request.method(),
         route = %route,
+        client_ip = %client_ip,
+        client_request_id = Empty,
         principal_kind = Empty,
         principal_id = Empty,
         tenant = Empty,
+        jti = Empty,
+        code = Empty,
+        limit = Empty,
     );
+    if let (None, Some(offered)) = (adopted, offered.as_deref()) {
+        let printable: String = offered
+            .chars()
+            .take(MAX_CLIENT_REQUEST_ID)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
+        span.record("client_request_id", printable.as_str());
+    }
+    request.extensions_mut().insert(client_ip);
     request.extensions_mut().insert(RequestContext {
         request_id,
         started,
@@ -80,8 +119,13 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let probe = PROBE_ROUTES.contains(&route.as_str());
     span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), latency_ms, "request completed");
+        if probe {
+            tracing::debug!(status = status.as_u16(), latency_ms, "request completed");
+        } else {
+            tracing::info!(status = status.as_u16(), latency_ms, "request completed");
+        }
     });
     response
 }
@@ -92,6 +136,15 @@ fn render_error(response: Response, request_id: Uuid, span: &tracing::Span) -> R
         .extensions
         .remove::<ErrorReport>()
         .unwrap_or_else(|| ErrorReport::for_status(parts.status));
+    span.record("code", report.code);
+    if let Some(limit) = report
+        .details
+        .as_ref()
+        .and_then(|details| details.get("limit"))
+        .and_then(|limit| limit.as_str())
+    {
+        span.record("limit", limit);
+    }
     if let Some(cause) = &report.cause {
         span.in_scope(|| {
             if parts.status.is_server_error() {

@@ -192,6 +192,7 @@ pub async fn mint_session_token(
         state.issuer.issue(grant)?
     };
     timings.add("sign", signing);
+    tracing::Span::current().record("jti", tracing::field::display(minted.jti));
 
     let record = MintRecord {
         jti: minted.jti,

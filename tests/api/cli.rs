@@ -779,7 +779,34 @@ async fn signing_keys_are_imported_listed_and_rotated_from_the_cli(backend: Back
     assert_eq!(header.kid.as_deref(), Some(key.kid()));
 }
 
+/// `config show` prints the effective configuration as JSON, with the variable's value in
+/// place and every secret redacted.
+async fn config_show_prints_the_effective_configuration_without_secrets(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    let run = cli
+        .run_with(
+            &["config", "show"],
+            &[
+                ("NEO_TOKEN_DEFAULT_TTL", "120"),
+                ("NEO_RATE_LIMIT_REDIS_URL", "redis://:hunter2@cache:6379"),
+                (
+                    "NEO_KEY_ENCRYPTION_KEY",
+                    "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                ),
+            ],
+        )
+        .await;
+    run.assert_success();
+    let shown: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(shown["token"]["default_ttl"], 120);
+    assert_eq!(shown["signing"]["key_encryption_key"], "***");
+    assert!(!run.stdout.contains("hunter2"), "{run}");
+    assert!(!run.stdout.contains("MDEyMzQ1"), "{run}");
+}
+
 backend_tests!(
+    config_show_prints_the_effective_configuration_without_secrets,
     signing_keys_are_imported_listed_and_rotated_from_the_cli,
     seeding_again_never_unrevokes_a_key,
     healthcheck_says_why_it_failed,

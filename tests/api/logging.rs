@@ -30,6 +30,8 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .env("NEO_LOG_FORMAT", "json")
         .env("NEO_ENTRA_JWKS_URL", &fake_entra.url)
         .env("NEO_ENTRA_AUDIENCE", entra::AUD_GUID)
+        .env("NEO_AUTH_FAILURE_BURST", "1")
+        .env("NEO_AUTH_FAILURE_PER_MINUTE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -94,6 +96,25 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .unwrap();
     assert_eq!(response.status(), 200);
 
+    // Over the failed-auth budget (1): the line says which limit fired. The caller's own request
+    // id is not a UUID: logged as client_request_id, bounded, while ours is assigned.
+    let response = client
+        .post(&url)
+        .bearer_auth(ACME_REVOKED_KEY)
+        .header("x-request-id", format!("relay-{}", "x".repeat(200)))
+        .json(&json!({"session_id": "s-acme-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    // Probes are logged at DEBUG only (this run logs INFO and up).
+    let probe = client
+        .get(format!("http://{address}/public-api/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -119,7 +140,14 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["message"] == "request completed")
         .collect();
-    assert_eq!(completed.len(), 4, "one line per request:\n{log}");
+    assert_eq!(
+        completed.len(),
+        5,
+        "one line per request, probes not at INFO:\n{log}"
+    );
+    for line in &completed {
+        assert_eq!(line["span"]["client_ip"], "127.0.0.1", "{line}");
+    }
     let first = &completed[0];
     assert_eq!(first["status"], 200);
     assert!(first["latency_ms"].is_number());
@@ -127,8 +155,11 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
     assert_eq!(first["span"]["route"], "/public-api/sessions");
     assert_eq!(first["span"]["principal_kind"], "api_key");
     assert_eq!(first["span"]["tenant"], "acme");
+    assert_eq!(first["span"]["jti"], minted["data"]["jti"]);
     assert_eq!(completed[1]["status"], 401);
+    assert_eq!(completed[1]["span"]["code"], "invalid_credentials");
     assert_eq!(completed[2]["status"], 403);
+    assert_eq!(completed[2]["span"]["code"], "insufficient_scope");
     assert_eq!(completed[2]["span"]["principal_kind"], "end_user");
     assert_eq!(completed[3]["status"], 200);
     assert_eq!(completed[3]["span"]["principal_kind"], "entra_user");
@@ -137,6 +168,15 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         format!("{}:{}", entra::TID, entra::OID)
     );
     assert_eq!(completed[3]["span"]["tenant"], "acme");
+    assert_eq!(completed[4]["status"], 429);
+    assert_eq!(completed[4]["span"]["code"], "rate_limited");
+    assert_eq!(completed[4]["span"]["limit"], "failed_auth_per_ip");
+    let client_request_id = completed[4]["span"]["client_request_id"]
+        .as_str()
+        .expect("client_request_id");
+    assert!(client_request_id.starts_with("relay-x"));
+    assert_eq!(client_request_id.len(), 64);
+    assert!(uuid::Uuid::try_parse(completed[4]["span"]["request_id"].as_str().unwrap()).is_ok());
     assert!(lines.iter().any(|l| l.contains("shut down")), "{log}");
 }
 
