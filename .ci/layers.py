@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Lowest first. A module may use modules of a lower rank (and itself), never a higher one.
 LAYERS = [
-    ["config", "tls"],
+    ["config", "tls", "metrics"],
     ["cache"],
     ["tokens"],
     ["verify"],  # the verification module for other services: tokens' claims over HTTP

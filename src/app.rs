@@ -20,7 +20,8 @@ use crate::{
         entra::EntraKeySource, ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
     },
     config::Config,
-    http::{authenticate, health, jwks, openapi, rate_limit, request_context, sessions},
+    http::{authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions},
+    metrics::Metrics,
     ratelimit::RateLimits,
     store::{MintRecorder, Store},
     tokens::TokenIssuer,
@@ -37,6 +38,7 @@ pub fn state(
     issuer: Arc<TokenIssuer>,
     entra_keys: Option<Arc<dyn EntraKeySource>>,
     limits: RateLimits,
+    metrics: Arc<Metrics>,
 ) -> Arc<AppState> {
     let entra = entra_keys.map(|keys| EntraVerifier::new(keys, &config.entra, Arc::clone(&store)));
     let authenticator = Authenticator {
@@ -50,13 +52,14 @@ pub fn state(
         entra,
     };
     Arc::new(AppState {
-        recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH),
+        recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH, Arc::clone(&metrics)),
         config,
         store,
         issuer,
         authenticator,
         limits,
         readiness: health::ReadinessCache::default(),
+        metrics,
     })
 }
 
@@ -82,6 +85,7 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(jwks::jwks))
         .routes(routes!(jwks::openid_configuration))
+        .routes(routes!(metrics::metrics))
         .merge(authenticated)
 }
 
@@ -122,5 +126,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { StatusCode::METHOD_NOT_ALLOWED })
         .layer(layers)
+        .with_state(state)
+}
+
+/// The router of `NEO_METRICS_LISTEN`: `/metrics` alone, without the public API's layers.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(state): axum::extract::State<Arc<AppState>>| async move {
+                    metrics::exposition(&state)
+                },
+            ),
+        )
         .with_state(state)
 }

@@ -101,6 +101,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "rate_limit.override_cache_seconds",
     ),
     ("NEO_TRUSTED_PROXIES", "server.trusted_proxies"),
+    ("NEO_METRICS_LISTEN", "server.metrics_listen"),
     ("NEO_LOG_FORMAT", "log.format"),
     ("NEO_LOG_FILTER", "log.filter"),
 ];
@@ -140,6 +141,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// On SIGTERM, open connections get this long to finish before they are cut.
     pub shutdown_grace_seconds: u64,
+    /// Serve `/metrics` on this address (e.g. an internal interface) instead of `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Reverse proxies whose `X-Forwarded-For` is believed: comma-separated IPs and CIDRs in
     /// the file and the variable, parsed once, here.
     pub trusted_proxies: TrustedProxies,
@@ -156,6 +159,7 @@ impl Default for ServerConfig {
             idle_timeout_seconds: 60,
             max_connections: 4096,
             shutdown_grace_seconds: 20,
+            metrics_listen: None,
             trusted_proxies: TrustedProxies::default(),
         }
     }

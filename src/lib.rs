@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod ratelimit;
 pub mod seed;
 pub mod server;
@@ -31,31 +32,38 @@ use crate::{
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
 pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
-    let store = open_store_for_serving(&config).await?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let store = open_store_for_serving(&config, Arc::clone(&metrics)).await?;
     let issuer = signing::start(&config, Arc::clone(&store))
         .await
         .context("cannot load the signing keys")?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
-        let cache = JwksCache::new(&config.entra).context("cannot build the Entra JWKS client")?;
+        let cache = JwksCache::new(&config.entra, Arc::clone(&metrics))
+            .context("cannot build the Entra JWKS client")?;
         // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.
         cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds));
         Some(cache)
     } else {
         None
     };
-    let limits = RateLimits::new(&config.rate_limit, Arc::clone(&store))
+    let limits = RateLimits::new(&config.rate_limit, Arc::clone(&store), Arc::clone(&metrics))
         .context("invalid rate_limit.redis_url")?;
     limits.wait_for_redis(Duration::from_secs(1)).await;
-    Ok(app::state(config, store, issuer, entra_keys, limits))
+    Ok(app::state(
+        config, store, issuer, entra_keys, limits, metrics,
+    ))
 }
 
 /// The store requests use, behind the guard that fails fast while the database is gone. A
 /// PostgreSQL that cannot be reached at start does not stop the service: it serves (liveness
 /// 200, readiness and database work 503) and keeps trying in the background, so the start
 /// order of an orchestrator does not matter.
-async fn open_store_for_serving(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
+async fn open_store_for_serving(
+    config: &Config,
+    metrics: Arc<metrics::Metrics>,
+) -> anyhow::Result<Arc<dyn store::Store>> {
     let error = match connect_store(config).await {
-        Ok(store) => return Ok(Arc::new(store::GuardedStore::new(store))),
+        Ok(store) => return Ok(Arc::new(store::GuardedStore::new(store, metrics))),
         Err(error) => error,
     };
     let url = config.database_url();
@@ -77,6 +85,7 @@ async fn open_store_for_serving(config: &Config) -> anyhow::Result<Arc<dyn store
         &url,
         config.database.max_connections,
         config.server.migrate_on_start,
+        metrics,
     )
     .context("invalid database URL")?;
     Ok(Arc::new(store))
@@ -120,7 +129,30 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = server::ConnectionLimits::from_config(&state.config.server);
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    if let Some(address) = state.config.server.metrics_listen {
+        let metrics_listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (server.metrics_listen)"))?;
+        tracing::info!(%address, "metrics listening");
+        let router = app::metrics_router(Arc::clone(&state));
+        let mut stopped = metrics_stopped;
+        tokio::spawn(async move {
+            let served = axum::serve(metrics_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        });
+    }
     let app = app::router(state);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_metrics.send(true);
+    };
     server::serve(listener, app, limits, shutdown)
         .await
         .context("server error")

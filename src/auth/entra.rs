@@ -13,7 +13,12 @@ use jsonwebtoken::{decode, jwk::JwkSet, Algorithm, DecodingKey, Header, Validati
 use serde::Deserialize;
 
 use super::{invalid, AuthError, Lookups, Principal};
-use crate::{cache::TtlCache, config::EntraConfig, store::Store};
+use crate::{
+    cache::TtlCache,
+    config::EntraConfig,
+    metrics::{Metrics, ResultLabel},
+    store::Store,
+};
 
 /// A JWKS larger than this is refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -34,6 +39,10 @@ pub trait EntraKeySource: Send + Sync {
     async fn key(&self, kid: &str) -> KeyLookup;
     /// The key if a current key set holds it, without fetching anything.
     fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>>;
+    /// How old the key set held is (`None`: none held), for metrics.
+    fn age(&self) -> Option<Duration> {
+        None
+    }
 }
 
 #[derive(Default)]
@@ -59,6 +68,7 @@ pub struct JwksCache {
     max_age: Duration,
     kid_cooldown: Duration,
     retry: Duration,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +88,7 @@ pub enum FetchError {
 pub use crate::tls::install_crypto_provider;
 
 impl JwksCache {
-    pub fn new(config: &EntraConfig) -> Result<Arc<Self>, reqwest::Error> {
+    pub fn new(config: &EntraConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, reqwest::Error> {
         install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.http_timeout_seconds))
@@ -96,6 +106,7 @@ impl JwksCache {
             max_age: Duration::from_secs(config.key_max_age_seconds),
             kid_cooldown: Duration::from_secs(config.kid_cooldown_seconds),
             retry: Duration::from_secs(config.retry_seconds),
+            metrics,
         }))
     }
 
@@ -133,8 +144,20 @@ impl JwksCache {
         (key, fresh)
     }
 
-    /// One GET of the JWKS; on success the new set replaces the old (rolled-over keys go).
+    /// One GET of the JWKS, counted by result.
     async fn fetch(&self) -> Result<usize, FetchError> {
+        let result = self.fetch_set().await;
+        self.metrics
+            .jwks_fetches
+            .get_or_create(&ResultLabel {
+                result: if result.is_ok() { "ok" } else { "error" },
+            })
+            .inc();
+        result
+    }
+
+    /// One GET of the JWKS; on success the new set replaces the old (rolled-over keys go).
+    async fn fetch_set(&self) -> Result<usize, FetchError> {
         let mut response = self.client.get(&self.url).send().await?;
         if !response.status().is_success() {
             return Err(FetchError::Status(response.status()));
@@ -192,6 +215,11 @@ impl JwksCache {
 impl EntraKeySource for JwksCache {
     fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
         self.cached(kid).0
+    }
+
+    fn age(&self) -> Option<Duration> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.fetched_at.map(|at| at.elapsed())
     }
 
     async fn key(&self, kid: &str) -> KeyLookup {
@@ -283,6 +311,11 @@ impl EntraVerifier {
             retry_after: Duration::from_secs(config.retry_seconds),
             directories: TtlCache::new(DIRECTORY_CACHE_TTL),
         }
+    }
+
+    /// How old the Entra key set held is (`None`: none held yet).
+    pub fn key_set_age(&self) -> Option<Duration> {
+        self.keys.age()
     }
 
     /// Validates the token and maps its directory to our tenant.

@@ -61,6 +61,20 @@ impl AuthError {
     /// The refusals that take from the client address's failed-authentication budget: a
     /// credential that is absent, unparsable or wrong, never a valid one refused for scope or
     /// an outage of ours.
+    /// A bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Invalid { .. } => "invalid",
+            Self::Ambiguous(_) => "ambiguous",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::UnknownDirectory => "unknown_directory",
+            Self::EntraUnavailable { .. } => "entra_unavailable",
+            Self::LookupRefused => "lookup_refused",
+            Self::Store(_) => "store",
+        }
+    }
+
     pub fn is_failed_authentication(&self) -> bool {
         matches!(
             self,

@@ -12,11 +12,12 @@ use axum::{
 
 use super::{
     error::{ApiError, Limit},
-    request_context::drain_body,
+    request_context::{drain_body, PrincipalKind},
     AppState,
 };
 use crate::{
     auth::Lookups,
+    metrics::ReasonLabel,
     ratelimit::{client_ip, ClientIp, Decision},
 };
 
@@ -57,15 +58,25 @@ pub async fn require_principal(
         .await
     {
         Ok(principal) => {
+            let kind = principal.kind();
             let span = tracing::Span::current();
             span.record("principal_kind", principal.kind());
             span.record("principal_id", principal.id());
             span.record("tenant", principal.tenant_id());
             request.extensions_mut().insert(principal);
-            return next.run(request).await;
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(PrincipalKind(kind));
+            return response;
         }
         Err(error) => error,
     };
+    state
+        .metrics
+        .auth_failures
+        .get_or_create(&ReasonLabel {
+            reason: error.reason(),
+        })
+        .inc();
     let per_ip = |retry_after| ApiError::RateLimited {
         retry_after,
         limit: Limit::FailedAuthPerIp,

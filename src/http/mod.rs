@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jwks;
+pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 pub mod request_context;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use crate::{
     auth::Authenticator,
     config::Config,
+    metrics::Metrics,
     ratelimit::RateLimits,
     store::{MintRecorder, Store},
     tokens::TokenIssuer,
@@ -31,4 +33,5 @@ pub struct AppState {
     pub authenticator: Authenticator,
     pub limits: RateLimits,
     pub readiness: health::ReadinessCache,
+    pub metrics: Arc<Metrics>,
 }

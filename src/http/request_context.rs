@@ -26,7 +26,10 @@ use tracing::{field::Empty, Instrument};
 use uuid::Uuid;
 
 use super::{envelope::RequestContext, error::ErrorReport, AppState};
-use crate::ratelimit::client_ip;
+use crate::{
+    metrics::{MintLabels, RequestLabels, RouteLabel},
+    ratelimit::client_ip,
+};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -112,13 +115,44 @@ pub async fn request_context(
     }
 
     let status = response.status();
+    let principal_kind = response.extensions().get::<PrincipalKind>().map(|k| k.0);
+    let mut code = None;
     if status.is_client_error() || status.is_server_error() {
-        response = render_error(response, request_id, &span);
+        let (rendered, rendered_code) = render_error(response, request_id, &span);
+        response = rendered;
+        code = Some(rendered_code);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let route_label = KNOWN_ROUTES
+        .iter()
+        .copied()
+        .find(|known| *known == route)
+        .unwrap_or("unmatched");
+    let metrics = &state.metrics;
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route_label,
+            status: status.as_u16(),
+        })
+        .inc();
+    metrics
+        .request_seconds
+        .get_or_create(&RouteLabel { route: route_label })
+        .observe(elapsed.as_secs_f64());
+    if route_label == MINT_ROUTE {
+        metrics
+            .mints
+            .get_or_create(&MintLabels {
+                principal_kind: principal_kind.unwrap_or("none"),
+                outcome: code.unwrap_or("ok"),
+            })
+            .inc();
+    }
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     let probe = PROBE_ROUTES.contains(&route.as_str());
     span.in_scope(|| {
         if probe {
@@ -130,7 +164,28 @@ pub async fn request_context(
     response
 }
 
-fn render_error(response: Response, request_id: Uuid, span: &tracing::Span) -> Response {
+/// Route templates as metric labels (anything else is `unmatched`).
+const KNOWN_ROUTES: [&str; 7] = [
+    MINT_ROUTE,
+    "/public-api/health",
+    "/public-api/health/live",
+    "/public-api/openapi.json",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+    "/metrics",
+];
+const MINT_ROUTE: &str = "/public-api/sessions";
+
+/// The kind of the authenticated caller, left in the response by the bearer layer for the
+/// request's metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PrincipalKind(pub &'static str);
+
+fn render_error(
+    response: Response,
+    request_id: Uuid,
+    span: &tracing::Span,
+) -> (Response, &'static str) {
     let (mut parts, _) = response.into_parts();
     let report = parts
         .extensions
@@ -154,15 +209,16 @@ fn render_error(response: Response, request_id: Uuid, span: &tracing::Span) -> R
             }
         });
     }
+    let code = report.code;
     let body = match serde_json::to_vec(&report.into_body(request_id)) {
         Ok(body) => body,
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR.into_response(), code),
     };
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts
         .headers
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Response::from_parts(parts, Body::from(body))
+    (Response::from_parts(parts, Body::from(body)), code)
 }
 
 /// For `CatchPanicLayer`: a 500 whose cause (the panic message) is logged, never sent.

@@ -25,6 +25,7 @@ use crate::{
     auth::Principal,
     cache::TtlCache,
     config::RateLimitConfig,
+    metrics::{LimitLabels, Metrics},
     store::{Store, StoreResult},
 };
 
@@ -55,7 +56,6 @@ pub enum Decision {
     },
 }
 
-#[cfg(test)]
 impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Self::Allowed { .. })
@@ -103,10 +103,15 @@ pub struct RateLimits {
     /// Whether the last Redis call failed (so transitions are logged once each way).
     redis_down: AtomicBool,
     overrides: TenantQuotas,
+    metrics: Arc<Metrics>,
 }
 
 impl RateLimits {
-    pub fn new(config: &RateLimitConfig, store: Arc<dyn Store>) -> Result<Self, BackendError> {
+    pub fn new(
+        config: &RateLimitConfig,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BackendError> {
         let redis = match &config.redis_url {
             Some(url) => Some(RedisLimits::new(
                 secrecy::ExposeSecret::expose_secret(url),
@@ -130,6 +135,7 @@ impl RateLimits {
             redis,
             redis_down: AtomicBool::new(false),
             overrides: TenantQuotas::new(store, Duration::from_secs(config.override_cache_seconds)),
+            metrics,
         })
     }
 
@@ -151,32 +157,54 @@ impl RateLimits {
     }
 
     /// Redis when configured and reachable, else this process's memory.
-    async fn call(&self, op: Op, key: &str, quota: Quota) -> Decision {
-        if let Some(redis) = self.redis.as_ref().filter(|r| r.available()) {
-            match op.run(redis, key, quota).await {
-                Ok(decision) => {
-                    if self.redis_down.swap(false, Ordering::Relaxed) {
-                        tracing::info!(
-                            "Redis answers again; rate limits are shared across replicas"
-                        );
+    async fn call(&self, op: Op, limit: &'static str, key: &str, quota: Quota) -> Decision {
+        let (decision, backend) = self.decide(op, key, quota).await;
+        self.metrics
+            .rate_limit_decisions
+            .get_or_create(&LimitLabels {
+                limit,
+                backend,
+                decision: if decision.is_allowed() {
+                    "allowed"
+                } else {
+                    "limited"
+                },
+            })
+            .inc();
+        decision
+    }
+
+    async fn decide(&self, op: Op, key: &str, quota: Quota) -> (Decision, &'static str) {
+        if let Some(redis) = &self.redis {
+            if redis.available() {
+                match op.run(redis, key, quota).await {
+                    Ok(decision) => {
+                        if self.redis_down.swap(false, Ordering::Relaxed) {
+                            tracing::info!(
+                                "Redis answers again; rate limits are shared across replicas"
+                            );
+                        }
+                        return (decision, "redis");
                     }
-                    return decision;
-                }
-                Err(error) => {
-                    redis.back_off();
-                    if !self.redis_down.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(%error, "Redis unreachable; rate limits fall back to this process's memory");
+                    Err(error) => {
+                        redis.back_off();
+                        if !self.redis_down.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(%error, "Redis unreachable; rate limits fall back to this process's memory");
+                        }
                     }
                 }
             }
+            self.metrics.redis_fallbacks.inc();
         }
         // The in-memory backend does not fail; if it ever did, fail open rather than lock out.
-        op.run(self.memory.as_ref(), key, quota)
-            .await
-            .unwrap_or(Decision::Allowed {
-                remaining: 0,
-                reset: Duration::ZERO,
-            })
+        let decision =
+            op.run(self.memory.as_ref(), key, quota)
+                .await
+                .unwrap_or(Decision::Allowed {
+                    remaining: 0,
+                    reset: Duration::ZERO,
+                });
+        (decision, "memory")
     }
 
     /// The quota of `principal`: its tenant's override, else the configured one.
@@ -194,13 +222,21 @@ impl RateLimits {
     /// Takes one request from the principal's bucket.
     pub async fn acquire_for_principal(&self, principal: &Principal, quota: Quota) -> Decision {
         let key = format!("p:{}:{}", principal.kind(), principal.id());
-        self.call(Op::Acquire, &key, quota).await
+        self.call(Op::Acquire, "per_principal", &key, quota).await
     }
 
     /// Before a credential is looked up: is this client over its failed-authentication budget?
     pub async fn auth_failures_exhausted(&self, ip: &ClientIp) -> Option<Duration> {
         let key = ip.bucket_key();
-        match self.call(Op::Peek, &key, self.auth_failure_quota).await {
+        match self
+            .call(
+                Op::Peek,
+                "failed_auth_per_ip",
+                &key,
+                self.auth_failure_quota,
+            )
+            .await
+        {
             Decision::Limited { retry_after } => Some(retry_after),
             Decision::Allowed { .. } => None,
         }
@@ -209,7 +245,13 @@ impl RateLimits {
     /// After a failed authentication: takes one from the client's failure budget.
     pub async fn record_auth_failure(&self, ip: &ClientIp) -> Decision {
         let key = ip.bucket_key();
-        self.call(Op::Acquire, &key, self.auth_failure_quota).await
+        self.call(
+            Op::Acquire,
+            "failed_auth_per_ip",
+            &key,
+            self.auth_failure_quota,
+        )
+        .await
     }
 }
 

@@ -16,9 +16,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow,
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, PoolStatus, SeedOutcome, SeedPlan, SessionRow,
     SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
+use crate::metrics::Metrics;
 
 /// How often the probe pings an unreachable database, and how long one ping may take.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -27,13 +28,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct GuardedStore {
     inner: Arc<dyn Store>,
     down: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl GuardedStore {
-    pub fn new(inner: Arc<dyn Store>) -> Self {
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
             down: Arc::new(AtomicBool::new(false)),
+            metrics,
         }
     }
 
@@ -41,7 +44,12 @@ impl GuardedStore {
     /// background preparation (create the database if missing and migrate, with
     /// `migrate_on_start`; else a ping) succeeds, retried with a logged back-off of 1 s doubling
     /// to 30 s.
-    pub fn starting(inner: Arc<dyn Store>, url: String, migrate_on_start: bool) -> Self {
+    pub fn starting(
+        inner: Arc<dyn Store>,
+        url: String,
+        migrate_on_start: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let down = Arc::new(AtomicBool::new(true));
         let prepared = Arc::clone(&down);
         let store = Arc::clone(&inner);
@@ -70,7 +78,11 @@ impl GuardedStore {
                 }
             }
         });
-        Self { inner, down }
+        Self {
+            inner,
+            down,
+            metrics,
+        }
     }
 
     /// Whether calls are being refused because the database was found unreachable.
@@ -78,11 +90,17 @@ impl GuardedStore {
         self.down.load(Ordering::Acquire)
     }
 
-    async fn guarded<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    async fn guarded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         if self.is_down() {
             return Err(StoreError::Unavailable);
         }
+        let started = std::time::Instant::now();
         let result = call.await;
+        self.metrics.observe_store(operation, started.elapsed());
         if let Err(error) = &result {
             if error.is_connection_lost() {
                 self.trip(error);
@@ -118,61 +136,78 @@ impl GuardedStore {
 #[async_trait]
 impl Store for GuardedStore {
     async fn migrate(&self) -> StoreResult<()> {
-        self.guarded(self.inner.migrate()).await
+        self.guarded("migrate", self.inner.migrate()).await
     }
 
     /// Guarded too: while the database is known to be gone, readiness answers at once (the
     /// guard's own probe is what finds it back).
     async fn ping(&self) -> StoreResult<()> {
-        self.guarded(self.inner.ping()).await
+        self.guarded("ping", self.inner.ping()).await
     }
 
     async fn find_api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRow>> {
-        self.guarded(self.inner.find_api_key_by_hash(key_hash))
-            .await
+        self.guarded(
+            "find_api_key_by_hash",
+            self.inner.find_api_key_by_hash(key_hash),
+        )
+        .await
     }
 
     async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()> {
-        self.guarded(self.inner.touch_api_key(key_id, used_at))
+        self.guarded("touch_api_key", self.inner.touch_api_key(key_id, used_at))
             .await
     }
 
     async fn find_session(&self, session_id: &str) -> StoreResult<Option<SessionRow>> {
-        self.guarded(self.inner.find_session(session_id)).await
+        self.guarded("find_session", self.inner.find_session(session_id))
+            .await
     }
 
     async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool> {
-        self.guarded(self.inner.end_company_exists(tenant_id, end_company_id))
-            .await
+        self.guarded(
+            "end_company_exists",
+            self.inner.end_company_exists(tenant_id, end_company_id),
+        )
+        .await
     }
 
     async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>> {
-        self.guarded(self.inner.existing_agents(tenant_id, agent_ids))
-            .await
+        self.guarded(
+            "existing_agents",
+            self.inner.existing_agents(tenant_id, agent_ids),
+        )
+        .await
     }
 
     async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
-        self.guarded(self.inner.record_mints(records)).await
+        self.guarded("record_mints", self.inner.record_mints(records))
+            .await
     }
 
     async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>> {
-        self.guarded(self.inner.find_tenant(tenant_id)).await
+        self.guarded("find_tenant", self.inner.find_tenant(tenant_id))
+            .await
     }
 
     async fn find_tenant_by_entra_id(
         &self,
         entra_tenant_id: &str,
     ) -> StoreResult<Option<TenantRow>> {
-        self.guarded(self.inner.find_tenant_by_entra_id(entra_tenant_id))
-            .await
+        self.guarded(
+            "find_tenant_by_entra_id",
+            self.inner.find_tenant_by_entra_id(entra_tenant_id),
+        )
+        .await
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
-        self.guarded(self.inner.create_api_key(key)).await
+        self.guarded("create_api_key", self.inner.create_api_key(key))
+            .await
     }
 
     async fn tenant_rate_limit(&self, tenant_id: &str) -> StoreResult<Option<(u32, u32)>> {
-        self.guarded(self.inner.tenant_rate_limit(tenant_id)).await
+        self.guarded("tenant_rate_limit", self.inner.tenant_rate_limit(tenant_id))
+            .await
     }
 
     async fn set_tenant_rate_limit(
@@ -180,27 +215,39 @@ impl Store for GuardedStore {
         tenant_id: &str,
         limit: Option<(u32, u32)>,
     ) -> StoreResult<bool> {
-        self.guarded(self.inner.set_tenant_rate_limit(tenant_id, limit))
-            .await
+        self.guarded(
+            "set_tenant_rate_limit",
+            self.inner.set_tenant_rate_limit(tenant_id, limit),
+        )
+        .await
     }
 
     async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>> {
-        self.guarded(self.inner.list_api_keys(tenant_id)).await
+        self.guarded("list_api_keys", self.inner.list_api_keys(tenant_id))
+            .await
     }
 
     async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>> {
-        self.guarded(self.inner.revoke_api_key(key_id)).await
+        self.guarded("revoke_api_key", self.inner.revoke_api_key(key_id))
+            .await
     }
 
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
-        self.guarded(self.inner.apply_seed(plan)).await
+        self.guarded("apply_seed", self.inner.apply_seed(plan))
+            .await
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        self.inner.pool_status()
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>> {
-        self.guarded(self.inner.signing_keys()).await
+        self.guarded("signing_keys", self.inner.signing_keys())
+            .await
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool> {
-        self.guarded(self.inner.insert_signing_key(key)).await
+        self.guarded("insert_signing_key", self.inner.insert_signing_key(key))
+            .await
     }
 }

@@ -230,6 +230,14 @@ pub struct MintRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The database pool's connections right now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStatus {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// A signing key as stored: its private part sealed under the key-encryption key.
 #[derive(Clone, sqlx::FromRow)]
 pub struct SigningKeyRow {
@@ -361,6 +369,9 @@ pub trait Store: Send + Sync + 'static {
     /// Upserts the whole plan in one transaction.
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
 
+    /// Connections of the pool, for metrics.
+    fn pool_status(&self) -> PoolStatus;
+
     /// Every signing key, by generation.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>>;
 
@@ -388,12 +399,14 @@ pub fn connect_when_reachable(
     url: &str,
     max_connections: u32,
     migrate_on_start: bool,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> StoreResult<GuardedStore> {
     let lazy: Arc<dyn Store> = Arc::new(PostgresStore::connect_lazy(url, max_connections)?);
     Ok(GuardedStore::starting(
         lazy,
         url.to_owned(),
         migrate_on_start,
+        metrics,
     ))
 }
 

@@ -10,7 +10,7 @@ use sqlx::{
 };
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow,
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, PoolStatus, SeedOutcome, SeedPlan, SessionRow,
     SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
 
@@ -348,6 +348,14 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus {
+            open: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>> {

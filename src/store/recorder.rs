@@ -10,6 +10,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{MintRecord, Store, StoreError, StoreResult};
+use crate::metrics::Metrics;
 
 type Waiter = (MintRecord, oneshot::Sender<StoreResult<()>>);
 
@@ -46,7 +47,7 @@ impl RecorderStatus {
 
 impl MintRecorder {
     /// Starts the writer. It ends when the last `MintRecorder` is dropped, after draining.
-    pub fn spawn(store: Arc<dyn Store>, max_batch: usize) -> Self {
+    pub fn spawn(store: Arc<dyn Store>, max_batch: usize, metrics: Arc<Metrics>) -> Self {
         let (queue, receiver) = mpsc::channel(max_batch * 8);
         let last_failure = Arc::new(Mutex::new(None));
         tokio::spawn(write_batches(
@@ -54,6 +55,7 @@ impl MintRecorder {
             receiver,
             max_batch.max(1),
             Arc::clone(&last_failure),
+            metrics,
         ));
         Self {
             queue,
@@ -88,6 +90,7 @@ async fn write_batches(
     mut receiver: mpsc::Receiver<Waiter>,
     max_batch: usize,
     last_failure: Arc<Mutex<Option<Instant>>>,
+    metrics: Arc<Metrics>,
 ) {
     let set_failure = |failed: bool| {
         let mut last = last_failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -103,7 +106,13 @@ async fn write_batches(
             continue;
         }
         let (records, waiters): (Vec<MintRecord>, Vec<_>) = batch.drain(..).unzip();
-        match store.record_mints(&records).await {
+        metrics.recorder_batch_rows.observe(records.len() as f64);
+        let started = Instant::now();
+        let committed = store.record_mints(&records).await;
+        metrics
+            .recorder_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => {
                 set_failure(false);
                 for done in waiters {
@@ -163,7 +172,7 @@ mod tests {
     async fn one_bad_row_fails_alone_and_its_neighbours_are_committed() {
         let (_dir, url, store) = seeded_sqlite().await;
 
-        let recorder = MintRecorder::spawn(Arc::clone(&store), 64);
+        let recorder = MintRecorder::spawn(Arc::clone(&store), 64, Arc::default());
         // On this single-threaded runtime the three are queued before the writer runs, so they
         // share one batch; the middle one names no session (a foreign-key violation).
         let tasks: Vec<_> = ["s-acme-1", "no-such-session", "s-acme-wl"]
@@ -191,7 +200,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_went_away_before_its_batch_is_not_recorded() {
         let (_dir, url, store) = seeded_sqlite().await;
-        let recorder = MintRecorder::spawn(Arc::clone(&store), 64);
+        let recorder = MintRecorder::spawn(Arc::clone(&store), 64, Arc::default());
         // Queue a record and give up on it before the writer has run (polled once by hand, so
         // nothing yields to the writer in between): its receiver is gone.
         let mut abandoned = Box::pin(recorder.record(record("s-acme-1")));
@@ -216,7 +225,7 @@ mod tests {
             .execute(&sqlx::SqlitePool::connect(&url).await.unwrap())
             .await
             .unwrap();
-        let recorder = MintRecorder::spawn(Arc::clone(&store), 64);
+        let recorder = MintRecorder::spawn(Arc::clone(&store), 64, Arc::default());
         let tasks: Vec<_> = ["s-acme-1", "s-acme-wl"]
             .into_iter()
             .map(|session_id| {

@@ -12,7 +12,7 @@ use sqlx::{
 };
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, SeedOutcome, SeedPlan, SessionRow,
+    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, PoolStatus, SeedOutcome, SeedPlan, SessionRow,
     SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
 
@@ -366,6 +366,14 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus {
+            open: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>> {

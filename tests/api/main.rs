@@ -30,6 +30,7 @@ mod entra;
 mod faults;
 mod hostile;
 mod logging;
+mod metrics;
 mod mint;
 mod openapi;
 mod rate_limit;

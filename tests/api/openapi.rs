@@ -108,6 +108,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
         [
             "GET /.well-known/jwks.json",
             "GET /.well-known/openid-configuration",
+            "GET /metrics",
             "GET /public-api/health",
             "GET /public-api/health/live",
             "GET /public-api/openapi.json",

@@ -1,0 +1,226 @@
+//! `GET /metrics` from the outside: after a mint, a 401 and a 429 the counters moved with the
+//! right labels, and no label value is unbounded (no key id, jti, tenant or address).
+
+use std::collections::BTreeSet;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{header, Backend, TestApp, ACME_KEY};
+
+const UNKNOWN_KEY: &str = "neo_sk_test_UnknownUnknownUnknown00";
+
+/// One sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    Some((key.to_owned(), value.trim_matches('"').to_owned()))
+                })
+                .collect();
+            Some((name.to_owned(), labels, value))
+        })
+        .collect()
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, ls, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(header(&response, "content-type")
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    response.text().await.expect("text")
+}
+
+async fn counters_move_with_bounded_labels(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .config(|c| {
+            c.rate_limit.per_minute = 1;
+            c.rate_limit.burst = 2;
+        })
+        .spawn()
+        .await;
+    let body = json!({"session_id": "s-acme-1"});
+    let (data, _) = app.mint_ok(ACME_KEY, body.clone()).await;
+    let jti = data["jti"].as_str().expect("jti").to_owned();
+    app.mint_ok(ACME_KEY, body.clone()).await;
+    assert_eq!(
+        app.mint(ACME_KEY, body.clone()).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        app.mint(UNKNOWN_KEY, body).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let text = scrape(&app).await;
+    let all = samples(&text);
+    let mints = "neo_sessions_mints_total";
+    assert_eq!(
+        value(
+            &all,
+            mints,
+            &[("principal_kind", "api_key"), ("outcome", "ok")]
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &all,
+            mints,
+            &[("principal_kind", "api_key"), ("outcome", "rate_limited")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &all,
+            mints,
+            &[
+                ("principal_kind", "none"),
+                ("outcome", "invalid_credentials")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &all,
+            "neo_sessions_auth_failures_total",
+            &[("reason", "invalid")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &all,
+            "neo_sessions_rate_limit_decisions_total",
+            &[
+                ("limit", "per_principal"),
+                ("backend", "memory"),
+                ("decision", "limited")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &all,
+            "neo_sessions_http_requests_total",
+            &[("route", "/public-api/sessions"), ("status", "200")]
+        ),
+        2.0
+    );
+    assert!(
+        value(&all, "neo_sessions_mint_recorder_batch_rows_count", &[]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &all,
+            "neo_sessions_store_operation_duration_seconds_count",
+            &[("operation", "find_session")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        value(
+            &all,
+            "neo_sessions_database_pool_connections",
+            &[("result", "max")]
+        ),
+        5.0
+    );
+    assert!(value(&all, "neo_sessions_signing_key_age_seconds", &[]) >= 0.0);
+    assert_eq!(
+        value(
+            &all,
+            "neo_sessions_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+
+    // Bounded labels: only these keys, and no value that names a caller, tenant or token.
+    let allowed: BTreeSet<&str> = [
+        "route",
+        "status",
+        "principal_kind",
+        "outcome",
+        "reason",
+        "limit",
+        "backend",
+        "decision",
+        "operation",
+        "result",
+        "version",
+        "le",
+    ]
+    .into();
+    for (name, labels, _) in &all {
+        for (key, value) in labels {
+            assert!(allowed.contains(key.as_str()), "{name}: label {key}");
+            for forbidden in ["k-acme", "acme", jti.as_str(), "127.0.0.1", "neo_sk_"] {
+                assert!(
+                    !value.contains(forbidden),
+                    "{name}{{{key}={value}}} names {forbidden}"
+                );
+            }
+        }
+    }
+}
+
+/// With `NEO_METRICS_LISTEN`, the metrics are served there and not on the public listener.
+async fn metrics_can_move_to_their_own_listener(backend: Backend) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let app = TestApp::builder(backend)
+        .config(move |c| {
+            c.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().expect("addr"))
+        })
+        .spawn()
+        .await;
+    assert_eq!(app.get("/metrics").await.status(), StatusCode::NOT_FOUND);
+    let response = app
+        .client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("text");
+    assert!(text.contains("neo_sessions_build_info"), "{text}");
+}
+
+backend_tests!(
+    counters_move_with_bounded_labels,
+    metrics_can_move_to_their_own_listener,
+);
