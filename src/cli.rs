@@ -14,7 +14,7 @@ use crate::{
     config::{Config, SigningAlgorithm},
     seed::Fixture,
     signing,
-    store::{self, NewApiKey},
+    store::NewApiKey,
 };
 
 #[derive(Debug, Parser)]
@@ -169,13 +169,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { demo } => serve(config, demo).await,
         Command::Migrate => {
-            let url = config.database_url();
-            store::create_database_if_missing(&url)
-                .await
-                .context("cannot reach the database server or create the database")?;
-            let store = store::connect(&url, config.database.max_connections)
-                .await
-                .context("cannot connect to the database")?;
+            let store = crate::connect_store(&config).await?;
             store.migrate().await.context("cannot apply migrations")?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)

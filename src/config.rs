@@ -127,6 +127,7 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
@@ -142,6 +143,7 @@ pub struct ServerConfig {
     /// On SIGTERM, open connections get this long to finish before they are cut.
     pub shutdown_grace_seconds: u64,
     /// Serve `/metrics` on this address (e.g. an internal interface) instead of `listen`.
+    #[serde(deserialize_with = "optional_socket_address")]
     pub metrics_listen: Option<SocketAddr>,
     /// Reverse proxies whose `X-Forwarded-For` is believed: comma-separated IPs and CIDRs in
     /// the file and the variable, parsed once, here.
@@ -593,6 +595,8 @@ impl Config {
         }
 
         let env: HashMap<String, String> = env.into_iter().collect();
+        // Which variable set which key (the last one listed wins, as in the merge below).
+        let mut set_by: HashMap<&'static str, &'static str> = HashMap::new();
         for (var, key) in ENV_KEYS {
             if let Some(raw) = env.get(*var) {
                 let value: Value = match raw.parse() {
@@ -600,15 +604,57 @@ impl Config {
                     Err(never) => match never {},
                 };
                 figment = figment.merge((*key, value));
+                set_by.insert(key, var);
             }
         }
+        // A problem is reported with where its value really came from.
+        let source_of = |key: &str| -> String {
+            if let Some(var) = set_by.get(key) {
+                return format!(" (from environment variable {var})");
+            }
+            match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(path)) => {
+                    format!(" (from {}, key {key})", path.display())
+                }
+                _ => " (built-in default)".to_owned(),
+            }
+        };
 
-        let config: Config = figment.extract().map_err(describe_figment_error)?;
-        config.validate()?;
+        let config: Config = figment.extract().map_err(|error| {
+            let messages: Vec<String> = error
+                .into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    if key.is_empty() {
+                        e.kind.to_string()
+                    } else {
+                        format!("{key}: {}{}", e.kind, source_of(&key))
+                    }
+                })
+                .collect();
+            ConfigError(messages.join("; "))
+        })?;
+        config.validate().map_err(|Invalid { key, message }| {
+            ConfigError(format!("{key} {message}{}", source_of(key)))
+        })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// `NEO_*` variables that set nothing (a typo, or a setting that does not exist): worth a
+    /// warning at start.
+    pub fn unknown_variables(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        let mut unknown: Vec<String> = env
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with("NEO_"))
+            .filter(|name| !ENV_KEYS.iter().any(|(var, _)| var == name))
+            .filter(|name| !NOT_SETTINGS.iter().any(|prefix| name.starts_with(prefix)))
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
         let t = &self.token;
         if t.min_ttl == 0 {
             return Err(invalid("token.min_ttl", "must be at least 1 second"));
@@ -786,32 +832,39 @@ pub fn is_valid_key_env(env: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-fn invalid(key: &str, message: &str) -> ConfigError {
-    ConfigError(format!("{key} {message}{}", env_hint(key)))
+/// A value that parsed but is not allowed; `load` adds where it came from.
+struct Invalid {
+    key: &'static str,
+    message: String,
 }
 
-fn env_hint(key: &str) -> String {
-    ENV_KEYS
-        .iter()
-        .rev()
-        .find(|(_, k)| *k == key)
-        .map(|(var, _)| format!(" (environment variable {var})"))
-        .unwrap_or_default()
+fn invalid(key: &'static str, message: &str) -> Invalid {
+    Invalid {
+        key,
+        message: message.to_owned(),
+    }
 }
 
-fn describe_figment_error(error: figment::Error) -> ConfigError {
-    let messages: Vec<String> = error
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            if key.is_empty() {
-                e.kind.to_string()
-            } else {
-                format!("{key}: {}{}", e.kind, env_hint(&key))
-            }
-        })
-        .collect();
-    ConfigError(messages.join("; "))
+/// `NEO_*` variables that are not settings of the service (tests, tools, the example).
+const NOT_SETTINGS: &[&str] = &["NEO_TEST_", "NEO_UPDATE_OPENAPI", "NEO_VERIFY_"];
+
+/// `server.listen` and `server.metrics_listen`: an IP address and a port. A host name is not
+/// resolved; saying so beats "invalid socket address syntax".
+fn socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port, e.g. 127.0.0.1:8080 or [::1]:8080 (host names such as localhost are not resolved)"
+        ))
+    })
+}
+
+fn optional_socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_address(deserializer).map(Some)
 }
 
 #[cfg(test)]
@@ -904,6 +957,55 @@ mod tests {
 
         let err = Config::load(None, env(&[("NEO_API_KEY_ENV", "Live_1")])).unwrap_err();
         assert!(err.to_string().contains("api_key.env"), "{err}");
+    }
+
+    #[test]
+    fn an_error_names_the_source_it_really_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wrongtype.toml");
+        std::fs::write(&path, "[token]\ndefault_ttl = \"soon\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("token.default_ttl"), "{err}");
+        assert!(err.contains("wrongtype.toml"), "{err}");
+        assert!(!err.contains("NEO_TOKEN_DEFAULT_TTL"), "{err}");
+
+        // A range problem of a value from the file: the file; of a variable: the variable.
+        std::fs::write(&path, "[token]\nmin_ttl = 0\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("wrongtype.toml") && err.contains("at least 1"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("NEO_TOKEN_MIN_TTL", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("from environment variable NEO_TOKEN_MIN_TTL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_host_name_as_listen_address_says_an_ip_is_required() {
+        let err = Config::load(None, env(&[("NEO_LISTEN", "localhost:8080")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        assert!(err.contains("not an IP address and port"), "{err}");
+        assert!(err.contains("NEO_LISTEN"), "{err}");
+        let config = Config::load(None, env(&[("NEO_LISTEN", "[::1]:9000")])).unwrap();
+        assert_eq!(config.server.listen.to_string(), "[::1]:9000");
+    }
+
+    #[test]
+    fn unknown_neo_variables_are_found() {
+        let unknown = Config::unknown_variables(env(&[
+            ("NEO_TOKEN_DEFUALT_TTL", "120"),
+            ("NEO_TOKEN_DEFAULT_TTL", "120"),
+            ("NEO_TEST_DATABASE_URL", "postgres://x"),
+            ("HOME", "/root"),
+        ]));
+        assert_eq!(unknown, ["NEO_TOKEN_DEFUALT_TTL"]);
     }
 
     #[test]

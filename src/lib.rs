@@ -54,6 +54,23 @@ pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     ))
 }
 
+/// An error and its causes on one line, each said once: a cause whose text the line already
+/// holds (libraries often repeat their source in their own message) is left out.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// The store requests use, behind the guard that fails fast while the database is gone. A
 /// PostgreSQL that cannot be reached at start does not stop the service: it serves (liveness
 /// 200, readiness and database work 503) and keeps trying in the background, so the start
@@ -99,11 +116,16 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn store::Sto
     if config.server.migrate_on_start {
         store::create_database_if_missing(url)
             .await
-            .context("cannot reach the database server or create the database")?;
+            .with_context(|| {
+                format!(
+                    "cannot reach the database server or create the database {}",
+                    config::redact_url(url)
+                )
+            })?;
     }
     let store = store::connect(url, config.database.max_connections)
         .await
-        .context("cannot connect to the database")?;
+        .with_context(|| format!("cannot connect to the database {}", config::redact_url(url)))?;
     if config.server.migrate_on_start {
         store.migrate().await.context("cannot apply migrations")?;
     }

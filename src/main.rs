@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     neo_sessions::auth::entra::install_crypto_provider();
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+    let config = match Config::load(cli.config.as_deref(), std::env::vars_os().filter_map(utf8)) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("neo-sessions: {error}");
@@ -33,15 +33,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for name in Config::unknown_variables(std::env::vars_os().filter_map(utf8)) {
+        tracing::warn!(
+            variable = name,
+            "unknown NEO_* variable ignored (a typo? see docs/operating.md#configuration)"
+        );
+    }
     match neo_sessions::cli::run(cli, config).await {
         Ok(code) => code,
         Err(error) => {
+            let error = neo_sessions::describe_error(&error);
             // serve logs its fatal error for the log collector; other commands just say it.
             if log_target == LogTarget::Stdout {
-                tracing::error!(error = format!("{error:#}"), "command failed");
+                tracing::error!(error, "command failed");
             }
-            eprintln!("neo-sessions: {error:#}");
+            eprintln!("neo-sessions: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Variables whose name and value are text (others cannot be settings).
+fn utf8((name, value): (std::ffi::OsString, std::ffi::OsString)) -> Option<(String, String)> {
+    Some((name.into_string().ok()?, value.into_string().ok()?))
 }

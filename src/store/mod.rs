@@ -43,9 +43,34 @@ pub enum StoreError {
     /// One failure shared by every request of a failed batch.
     #[error("{0}")]
     Shared(Arc<StoreError>),
+    /// A fixture row the database refused; names the row.
+    #[error("cannot seed {what} {id:?}: {problem}")]
+    Seed {
+        what: &'static str,
+        id: String,
+        problem: String,
+    },
 }
 
 impl StoreError {
+    /// A fixture row the database refused, said in the fixture's terms: a broken reference
+    /// names what it must refer to.
+    pub fn seed(what: &'static str, id: &str, error: sqlx::Error) -> Self {
+        let problem = match &error {
+            sqlx::Error::Database(db)
+                if matches!(db.kind(), sqlx::error::ErrorKind::ForeignKeyViolation) =>
+            {
+                "it names a tenant or end company that does not exist (define it in the fixture or seed it first)".to_owned()
+            }
+            other => other.to_string(),
+        };
+        Self::Seed {
+            what,
+            id: id.to_owned(),
+            problem,
+        }
+    }
+
     /// The database cannot serve right now (unreachable, shutting down, out of connections or
     /// of disk): a client should retry later (503), and it is not a bug of ours.
     pub fn is_unavailable(&self) -> bool {

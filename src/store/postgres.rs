@@ -268,7 +268,8 @@ impl Store for PostgresStore {
             .bind(t.platform)
             .bind(&t.entra_tenant_id)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("tenant", &t.id, e))?;
         }
         for c in &plan.end_companies {
             sqlx::query(
@@ -279,7 +280,8 @@ impl Store for PostgresStore {
             .bind(&c.id)
             .bind(&c.name)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("end company", &c.id, e))?;
         }
         for a in &plan.agents {
             sqlx::query(
@@ -290,7 +292,8 @@ impl Store for PostgresStore {
             .bind(&a.tenant_id)
             .bind(&a.name)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("agent", &a.id.to_string(), e))?;
         }
         for s in &plan.sessions {
             sqlx::query(
@@ -306,7 +309,8 @@ impl Store for PostgresStore {
             .bind(s.status)
             .bind(&s.end_company_id)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("session", &s.id, e))?;
         }
         let mut outcome = SeedOutcome::default();
         for k in &plan.api_keys {
@@ -330,7 +334,8 @@ impl Store for PostgresStore {
                 .bind(k.revoked)
                 .bind(k.replace_existing_hash)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| StoreError::seed("API key", &k.id, e))?;
             } else {
                 sqlx::query(
                     "INSERT INTO api_keys (id, tenant_id, name, key_hash, revoked_at)
@@ -342,7 +347,8 @@ impl Store for PostgresStore {
                 .bind(&k.key_hash[..])
                 .bind(k.revoked)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| StoreError::seed("API key", &k.id, e))?;
                 outcome.created_api_keys.push(k.id.clone());
             }
         }

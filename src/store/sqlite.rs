@@ -284,7 +284,8 @@ impl Store for SqliteStore {
             .bind(t.platform)
             .bind(&t.entra_tenant_id)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("tenant", &t.id, e))?;
         }
         for c in &plan.end_companies {
             sqlx::query(
@@ -295,7 +296,8 @@ impl Store for SqliteStore {
             .bind(&c.id)
             .bind(&c.name)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("end company", &c.id, e))?;
         }
         for a in &plan.agents {
             sqlx::query(
@@ -306,7 +308,8 @@ impl Store for SqliteStore {
             .bind(&a.tenant_id)
             .bind(&a.name)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("agent", &a.id.to_string(), e))?;
         }
         for s in &plan.sessions {
             sqlx::query(
@@ -322,7 +325,8 @@ impl Store for SqliteStore {
             .bind(s.status)
             .bind(&s.end_company_id)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| StoreError::seed("session", &s.id, e))?;
         }
         let mut outcome = SeedOutcome::default();
         for k in &plan.api_keys {
@@ -347,7 +351,8 @@ impl Store for SqliteStore {
                 .bind(k.replace_existing_hash)
                 .bind(&now)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| StoreError::seed("API key", &k.id, e))?;
             } else {
                 sqlx::query(
                     "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at, revoked_at)
@@ -360,7 +365,8 @@ impl Store for SqliteStore {
                 .bind(&now)
                 .bind(k.revoked)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| StoreError::seed("API key", &k.id, e))?;
                 outcome.created_api_keys.push(k.id.clone());
             }
         }

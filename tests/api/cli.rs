@@ -805,7 +805,54 @@ async fn config_show_prints_the_effective_configuration_without_secrets(backend:
     assert!(!run.stdout.contains("MDEyMzQ1"), "{run}");
 }
 
+/// Errors an operator can act on: a seed row that names a missing tenant says which row and
+/// what is missing; an unknown NEO_* variable is warned about; a cause is said once.
+async fn errors_name_their_object_once(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    let fixture = cli.write_fixture(
+        "orphan.json",
+        &json!({"sessions": [{"id": "s-orphan", "tenant_id": "no-such-tenant"}]}),
+    );
+    let run = cli.run(&["seed", &fixture.to_string_lossy()]).await;
+    run.assert_failure();
+    assert!(run.stderr.contains("session \"s-orphan\""), "{run}");
+    assert!(run.stderr.contains("tenant"), "{run}");
+    assert!(
+        !run.stderr.contains("FOREIGN KEY constraint failed"),
+        "{run}"
+    );
+
+    let run = cli
+        .run_with(
+            &["api-key", "list", "--tenant", "acme"],
+            &[("NEO_TOKEN_DEFUALT_TTL", "60")],
+        )
+        .await;
+    run.assert_success();
+    assert!(run.stderr.contains("NEO_TOKEN_DEFUALT_TTL"), "{run}");
+
+    // An unreachable database: the host is named, and no cause is repeated.
+    let run = Cli {
+        database_url: "postgres://neo:secret@no-such-host.invalid:5432/neo".to_owned(),
+        data_dir: tempfile::tempdir().expect("dir"),
+        work_dir: tempfile::tempdir().expect("dir"),
+    }
+    .run(&["migrate"])
+    .await;
+    run.assert_failure();
+    assert!(run.stderr.contains("no-such-host.invalid"), "{run}");
+    assert!(!run.stderr.contains("secret"), "{run}");
+    let causes: Vec<&str> = run.stderr.trim().split(": ").collect();
+    let mut seen = std::collections::HashSet::new();
+    for cause in &causes {
+        assert!(seen.insert(*cause), "{cause:?} said twice:\n{run}");
+    }
+}
+
 backend_tests!(
+    errors_name_their_object_once,
     config_show_prints_the_effective_configuration_without_secrets,
     signing_keys_are_imported_listed_and_rotated_from_the_cli,
     seeding_again_never_unrevokes_a_key,
