@@ -24,8 +24,9 @@ use crate::{
     about = "Mints short-lived, session-bound JWTs"
 )]
 pub struct Cli {
-    /// Config file (default: config/default.toml when it exists). NEO_* variables override it.
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Config file (default: config/default.toml when it exists). NEO_* variables override it
+    /// (every key and its variable: docs/operating.md, or `neo-sessions config show`).
+    #[arg(long, global = true, value_name = "FILE", env = "NEO_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -39,8 +40,14 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
-    /// Apply pending database migrations.
-    Migrate,
+    /// Apply pending database migrations (NEO_DATABASE_URL; the embedded database by default).
+    Migrate {
+        /// Only show each migration and whether it is applied.
+        #[arg(long)]
+        status: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
     /// Upsert tenants, end companies, agents, sessions and API keys from a JSON fixture.
     Seed { file: PathBuf },
     /// Manage API keys.
@@ -60,6 +67,11 @@ pub enum Command {
     /// Work with minted tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +89,11 @@ pub enum RateLimitCommand {
     Clear {
         #[arg(long)]
         tenant: String,
+    },
+    /// Every tenant with an override.
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
     },
 }
 
@@ -141,7 +158,12 @@ pub enum OutputFormat {
 pub enum TokenCommand {
     /// Print a token's header and claims (NOT a verification: verifiers use the JWKS). Reads the
     /// token, or a whole mint response, from the argument or from stdin.
-    Decode { token: Option<String> },
+    Decode {
+        token: Option<String>,
+        /// `json`: one document {"header": ..., "claims": ...} (for jq).
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +182,8 @@ pub enum ApiKeyCommand {
     List {
         #[arg(long)]
         tenant: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
     },
     /// Revoke a key by id; it is refused from the next request on.
     Revoke { id: String },
@@ -168,12 +192,7 @@ pub enum ApiKeyCommand {
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { demo } => serve(config, demo).await,
-        Command::Migrate => {
-            let store = crate::connect_store(&config).await?;
-            store.migrate().await.context("cannot apply migrations")?;
-            println!("migrations applied");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate { status, output } => migrate(&config, status, output).await,
         Command::Seed { file } => seed(&config, file).await,
         Command::ApiKey(command) => api_key_command(&config, command).await,
         Command::RateLimit(command) => rate_limit_command(&config, command).await,
@@ -183,7 +202,13 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck => healthcheck(&config).await,
-        Command::Token(TokenCommand::Decode { token }) => decode_token(token),
+        Command::Token(TokenCommand::Decode { token, output }) => decode_token(token, output),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "neo-sessions", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -337,16 +362,29 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
         }
-        ApiKeyCommand::List { tenant } => {
+        ApiKeyCommand::List { tenant, output } => {
+            if store.find_tenant(&tenant).await?.is_none() {
+                bail!("no tenant {tenant:?}");
+            }
             let keys = store.list_api_keys(&tenant).await?;
+            if output == OutputFormat::Json {
+                let keys: Vec<serde_json::Value> = keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "id": k.id, "tenant_id": k.tenant_id, "name": k.name,
+                            "created_at": k.created_at, "last_used_at": k.last_used_at,
+                            "revoked_at": k.revoked_at,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{:<20} {:<12} {:<24} {:<20} {:<20} REVOKED",
                 "ID", "TENANT", "NAME", "CREATED", "LAST USED"
             );
-            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                    .unwrap_or_else(|| "-".to_owned())
-            };
             for k in keys {
                 println!(
                     "{:<20} {:<12} {:<24} {:<20} {:<20} {}",
@@ -389,6 +427,24 @@ async fn rate_limit_command(
             burst,
         } => (tenant, Some((per_minute, burst))),
         RateLimitCommand::Clear { tenant } => (tenant, None),
+        RateLimitCommand::List { output } => {
+            let limits = store.list_tenant_rate_limits().await?;
+            if output == OutputFormat::Json {
+                let limits: Vec<serde_json::Value> = limits
+                    .iter()
+                    .map(|(tenant, per_minute, burst)| {
+                        serde_json::json!({"tenant_id": tenant, "per_minute": per_minute, "burst": burst})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&limits)?);
+            } else {
+                println!("{:<24} {:>10} {:>8}", "TENANT", "PER MINUTE", "BURST");
+                for (tenant, per_minute, burst) in limits {
+                    println!("{tenant:<24} {per_minute:>10} {burst:>8}");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     if !store.set_tenant_rate_limit(&tenant, limit).await? {
         bail!("no tenant {tenant:?}");
@@ -396,6 +452,39 @@ async fn rate_limit_command(
     match limit {
         Some((per_minute, burst)) => println!("tenant {tenant}: {per_minute}/min, burst {burst}"),
         None => println!("tenant {tenant}: the configured default"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A time in listings, `-` for none.
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+async fn migrate(config: &Config, status: bool, output: OutputFormat) -> anyhow::Result<ExitCode> {
+    if !status {
+        let store = crate::connect_store(config).await?;
+        store.migrate().await.context("cannot apply migrations")?;
+        println!("migrations applied");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Look without changing anything: no database is created, nothing migrated.
+    let url = config.database_url();
+    let store = crate::store::connect(&url, 1).await.with_context(|| {
+        format!(
+            "cannot connect to the database {}",
+            crate::config::redact_url(&url)
+        )
+    })?;
+    let migrations = store.migration_status().await?;
+    if output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&migrations)?);
+    } else {
+        for m in &migrations {
+            let state = if m.applied { "applied" } else { "pending" };
+            println!("{:<16} {state:<8} {}", m.version, m.description);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -434,10 +523,6 @@ async fn signing_key_command(
                 println!("{}", serde_json::to_string_pretty(&keys)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                    .unwrap_or_else(|| "-".to_owned())
-            };
             println!(
                 "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} REMOVED",
                 "KID", "ALG", "STATE", "CREATED", "SIGNS FROM", "RETIRED"
@@ -459,7 +544,7 @@ async fn signing_key_command(
     Ok(ExitCode::SUCCESS)
 }
 
-fn decode_token(token: Option<String>) -> anyhow::Result<ExitCode> {
+fn decode_token(token: Option<String>, output: OutputFormat) -> anyhow::Result<ExitCode> {
     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
     let input = match token {
         Some(token) => token,
@@ -480,13 +565,30 @@ fn decode_token(token: Option<String>) -> anyhow::Result<ExitCode> {
     else {
         bail!("not a JWT: expected three dot-separated parts");
     };
-    for (name, part) in [("header", header), ("claims", claims)] {
+    let decode = |name: &str, part: &str| -> anyhow::Result<serde_json::Value> {
         let bytes = URL_SAFE_NO_PAD
             .decode(part)
             .with_context(|| format!("the {name} is not base64url"))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).with_context(|| format!("the {name} is not JSON"))?;
-        println!("{name}: {}", serde_json::to_string_pretty(&value)?);
+        serde_json::from_slice(&bytes).with_context(|| format!("the {name} is not JSON"))
+    };
+    let header = decode("header", header)?;
+    let claims = decode("claims", claims)?;
+    if output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"header": header, "claims": claims}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("header: {}", serde_json::to_string_pretty(&header)?);
+    println!("claims: {}", serde_json::to_string_pretty(&claims)?);
+    for (claim, label) in [("iat", "issued at"), ("exp", "expires at")] {
+        if let Some(at) = claims[claim]
+            .as_i64()
+            .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        {
+            println!("{label}: {}", at.format("%Y-%m-%dT%H:%M:%SZ"));
+        }
     }
     println!("(decoded, not verified: verify against /.well-known/jwks.json)");
     Ok(ExitCode::SUCCESS)

@@ -845,8 +845,14 @@ fn invalid(key: &'static str, message: &str) -> Invalid {
     }
 }
 
-/// `NEO_*` variables that are not settings of the service (tests, tools, the example).
-const NOT_SETTINGS: &[&str] = &["NEO_TEST_", "NEO_UPDATE_OPENAPI", "NEO_VERIFY_"];
+/// `NEO_*` variables that are not configuration keys: the config file's path (a CLI argument),
+/// tests, tools, the example.
+const NOT_SETTINGS: &[&str] = &[
+    "NEO_CONFIG",
+    "NEO_TEST_",
+    "NEO_UPDATE_OPENAPI",
+    "NEO_VERIFY_",
+];
 
 /// `server.listen` and `server.metrics_listen`: an IP address and a port. A host name is not
 /// resolved; saying so beats "invalid socket address syntax".

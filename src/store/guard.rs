@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, PoolStatus, SeedOutcome, SeedPlan, SessionRow,
-    SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
+    ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, NewApiKey, PoolStatus, SeedOutcome,
+    SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
 use crate::metrics::Metrics;
 
@@ -234,6 +234,19 @@ impl Store for GuardedStore {
 
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
         self.guarded("apply_seed", self.inner.apply_seed(plan))
+            .await
+    }
+
+    async fn list_tenant_rate_limits(&self) -> StoreResult<Vec<(String, u32, u32)>> {
+        self.guarded(
+            "list_tenant_rate_limits",
+            self.inner.list_tenant_rate_limits(),
+        )
+        .await
+    }
+
+    async fn migration_status(&self) -> StoreResult<Vec<MigrationStatus>> {
+        self.guarded("migration_status", self.inner.migration_status())
             .await
     }
 

@@ -255,6 +255,29 @@ pub struct MintRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// One migration and whether it is applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+}
+
+/// What the binary's migrations look like against the versions a database has applied.
+fn migration_status_of(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[i64],
+) -> Vec<MigrationStatus> {
+    migrator
+        .iter()
+        .map(|m| MigrationStatus {
+            version: m.version,
+            description: m.description.to_string(),
+            applied: applied.contains(&m.version),
+        })
+        .collect()
+}
+
 /// The database pool's connections right now.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PoolStatus {
@@ -393,6 +416,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Upserts the whole plan in one transaction.
     async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
+
+    /// Every tenant's rate-limit override: `(tenant_id, per_minute, burst)`, by tenant.
+    async fn list_tenant_rate_limits(&self) -> StoreResult<Vec<(String, u32, u32)>>;
+
+    /// The migrations this binary knows, each with whether the database has it applied.
+    async fn migration_status(&self) -> StoreResult<Vec<MigrationStatus>>;
 
     /// Connections of the pool, for metrics.
     fn pool_status(&self) -> PoolStatus;

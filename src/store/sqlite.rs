@@ -12,8 +12,9 @@ use sqlx::{
 };
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MintRecord, NewApiKey, PoolStatus, SeedOutcome, SeedPlan, SessionRow,
-    SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
+    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, NewApiKey,
+    PoolStatus, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
+    TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -372,6 +373,34 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn list_tenant_rate_limits(&self) -> StoreResult<Vec<(String, u32, u32)>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT tenant_id, per_minute, burst FROM tenant_rate_limits ORDER BY tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant, per_minute, burst)| {
+                (
+                    tenant,
+                    u32::try_from(per_minute).unwrap_or(u32::MAX),
+                    u32::try_from(burst).unwrap_or(u32::MAX),
+                )
+            })
+            .collect())
+    }
+
+    async fn migration_status(&self) -> StoreResult<Vec<MigrationStatus>> {
+        // A database never migrated has no bookkeeping table: nothing is applied.
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+        Ok(migration_status_of(&MIGRATOR, &applied))
     }
 
     fn pool_status(&self) -> PoolStatus {

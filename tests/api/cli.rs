@@ -851,7 +851,82 @@ async fn errors_name_their_object_once(backend: Backend) {
     }
 }
 
+/// For scripts: listings and `token decode` in JSON (parsed here, not string-matched), `migrate
+/// --status`, `rate-limit list`, an unknown tenant is an error, and shell completions.
+async fn the_cli_speaks_json_for_scripts(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    let json = |run: Run| -> Value {
+        run.assert_success();
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"))
+    };
+
+    let keys = json(
+        cli.run(&["api-key", "list", "--tenant", "acme", "--output", "json"])
+            .await,
+    );
+    let ids: Vec<&str> = keys
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"k-acme") && ids.contains(&"k-old"), "{keys}");
+    assert!(!keys.to_string().contains("neo_sk_"), "{keys}");
+    let unknown = cli.run(&["api-key", "list", "--tenant", "nope"]).await;
+    unknown.assert_failure();
+    assert!(unknown.stderr.contains("nope"), "{unknown}");
+
+    let migrations = json(cli.run(&["migrate", "--status", "--output", "json"]).await);
+    let migrations = migrations.as_array().expect("array");
+    assert!(migrations.len() >= 4);
+    assert!(
+        migrations.iter().all(|m| m["applied"] == true),
+        "{migrations:?}"
+    );
+
+    cli.run(&[
+        "rate-limit",
+        "set",
+        "--tenant",
+        "globex",
+        "--per-minute",
+        "5",
+        "--burst",
+        "2",
+    ])
+    .await
+    .assert_success();
+    let limits = json(cli.run(&["rate-limit", "list", "--output", "json"]).await);
+    assert_eq!(
+        limits,
+        json!([{"tenant_id": "globex", "per_minute": 5, "burst": 2}])
+    );
+
+    let app = TestApp::builder(backend).database(db).spawn().await;
+    let (data, _) = app
+        .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+        .await;
+    let token = data["token"].as_str().expect("token");
+    let decoded = json(
+        cli.run(&["token", "decode", token, "--output", "json"])
+            .await,
+    );
+    assert_eq!(decoded["claims"]["session_id"], "s-acme-1");
+    assert_eq!(decoded["header"]["typ"], "neo-session+jwt");
+    let text = cli.run(&["token", "decode", token]).await;
+    text.assert_success();
+    assert!(text.stdout.contains("expires at: 20"), "{text}");
+
+    let completions = cli.run(&["completions", "bash"]).await;
+    completions.assert_success();
+    assert!(completions.stdout.contains("neo-sessions"), "{completions}");
+    assert!(completions.stdout.contains("signing-key"), "{completions}");
+}
+
 backend_tests!(
+    the_cli_speaks_json_for_scripts,
     errors_name_their_object_once,
     config_show_prints_the_effective_configuration_without_secrets,
     signing_keys_are_imported_listed_and_rotated_from_the_cli,
