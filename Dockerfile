@@ -33,12 +33,20 @@ RUN mkdir -p /out/data && chown 65532:65532 /out/data
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /build/target/release/neo-sessions /usr/local/bin/neo-sessions
 COPY --from=builder --chown=65532:65532 /out/data /app/data
+# The example fixture, for `seed /app/fixtures/seed.example.json` (its keys are neo_sk_test_…,
+# inert unless NEO_API_KEY_ENV=test).
+COPY --from=builder /build/config/seed.example.json /app/fixtures/seed.example.json
 WORKDIR /app
-ENV NEO_LISTEN=0.0.0.0:8080 NEO_DATA_DIR=/app/data NEO_LOG_FORMAT=json
+# Safe production defaults: only neo_sk_live_… keys are accepted unless told otherwise.
+# (NEO_API_KEY_ENV names a key prefix, not a secret.)
+# hadolint ignore=DL3064
+ENV NEO_LISTEN=0.0.0.0:8080 NEO_DATA_DIR=/app/data NEO_LOG_FORMAT=json NEO_API_KEY_ENV=live
 EXPOSE 8080
-USER nonroot:nonroot
-# Exec form only: there is no shell in this image.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+# distroless's nonroot user, by number so that any runtime can resolve it.
+USER 65532:65532
+# Exec form only: there is no shell in this image. healthcheck waits as long as readiness may
+# take (the request timeout plus 2 s).
+HEALTHCHECK --interval=10s --timeout=15s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/neo-sessions", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/neo-sessions"]
 CMD ["serve"]
