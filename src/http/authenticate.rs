@@ -12,6 +12,7 @@ use axum::{
 
 use super::{
     error::{ApiError, Limit},
+    rate_limit,
     request_context::{drain_body, PrincipalKind},
     AppState,
 };
@@ -77,16 +78,27 @@ pub async fn require_principal(
             reason: error.reason(),
         })
         .inc();
-    let per_ip = |retry_after| ApiError::RateLimited {
-        retry_after,
-        limit: Limit::FailedAuthPerIp,
+    // The per-address 429 says which limit it is, with its own RateLimit headers.
+    let per_ip = |retry_after| {
+        let mut response = ApiError::RateLimited {
+            retry_after,
+            limit: Limit::FailedAuthPerIp,
+        }
+        .into_response();
+        rate_limit::set_headers(
+            &mut response,
+            "failed-auth-per-ip",
+            state.limits.auth_failure_quota(),
+            Decision::Limited { retry_after },
+        );
+        response
     };
     let response = match exhausted {
         // Over budget already: whatever the reason, the answer is the per-address limit.
-        Some(retry_after) => per_ip(retry_after).into_response(),
+        Some(retry_after) => per_ip(retry_after),
         None if error.is_failed_authentication() => {
             match state.limits.record_auth_failure(&client_ip).await {
-                Decision::Limited { retry_after } => per_ip(retry_after).into_response(),
+                Decision::Limited { retry_after } => per_ip(retry_after),
                 Decision::Allowed { .. } => ApiError::from(error).into_response(),
             }
         }

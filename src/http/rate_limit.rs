@@ -45,38 +45,36 @@ pub async fn per_principal(
             .into_response()
         }
     };
-    let headers = response.headers_mut();
-    if let Ok(policy) = HeaderValue::from_str(&policy(quota)) {
-        headers.insert(RATELIMIT_POLICY.clone(), policy);
-    }
-    if let Ok(value) = HeaderValue::from_str(&current(decision)) {
-        headers.insert(RATELIMIT.clone(), value);
-    }
+    set_headers(&mut response, "per-principal", quota, decision);
     response
 }
 
-/// draft-ietf-httpapi-ratelimit-headers: the quota (`q`) over a window (`w`, seconds) and the
-/// burst the bucket holds.
-fn policy(quota: Quota) -> String {
-    format!(
-        "\"per-principal\";q={};w=60;burst={}",
+/// The IETF httpapi draft headers for the limit `name`: `RateLimit-Policy` (the quota `q` over
+/// a window `w` in seconds, and the burst the bucket holds) and `RateLimit` (what is left now,
+/// `r`, and when the bucket is full again, `t` seconds).
+pub fn set_headers(response: &mut Response, name: &str, quota: Quota, decision: Decision) {
+    let policy = format!(
+        "\"{name}\";q={};w=60;burst={}",
         quota.per_minute, quota.burst
-    )
-}
-
-/// What is left now (`r`) and when the bucket is full again (`t`, seconds).
-fn current(decision: Decision) -> String {
-    match decision {
+    );
+    let current = match decision {
         Decision::Allowed { remaining, reset } => {
             let t = if reset.is_zero() {
                 0
             } else {
                 whole_seconds(reset)
             };
-            format!("\"per-principal\";r={remaining};t={t}")
+            format!("\"{name}\";r={remaining};t={t}")
         }
         Decision::Limited { retry_after } => {
-            format!("\"per-principal\";r=0;t={}", whole_seconds(retry_after))
+            format!("\"{name}\";r=0;t={}", whole_seconds(retry_after))
         }
+    };
+    let headers = response.headers_mut();
+    if let Ok(policy) = HeaderValue::from_str(&policy) {
+        headers.insert(RATELIMIT_POLICY.clone(), policy);
+    }
+    if let Ok(value) = HeaderValue::from_str(&current) {
+        headers.insert(RATELIMIT.clone(), value);
     }
 }

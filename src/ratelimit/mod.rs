@@ -139,6 +139,11 @@ impl RateLimits {
         })
     }
 
+    /// The failed-authentication quota per client address.
+    pub fn auth_failure_quota(&self) -> Quota {
+        self.auth_failure_quota
+    }
+
     /// Gives a configured Redis up to `within` to accept the first connection; start-up goes on
     /// either way (until Redis answers, this process's memory holds the budgets).
     pub async fn wait_for_redis(&self, within: Duration) {

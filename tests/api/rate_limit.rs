@@ -458,6 +458,11 @@ async fn a_spent_address_is_refused_lookups_not_service(backend: Backend) {
         app.mint(UNKNOWN_KEY, BODY()).await;
     }
     let response = app.mint(UNKNOWN_KEY, BODY()).await;
+    assert_eq!(
+        header(&response, "ratelimit-policy").as_deref(),
+        Some("\"failed-auth-per-ip\";q=1;w=60;burst=3")
+    );
+    assert!(header(&response, "ratelimit").is_some_and(|v| v.contains("r=0")));
     let body = assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(body["error"]["details"]["limit"], "failed_auth_per_ip");
 
