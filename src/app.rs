@@ -94,6 +94,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
     let (routes, document) = api_routes(&state).split_for_parts();
+    let mut document = serde_json::to_value(&document).unwrap_or_default();
+    openapi::document_responses(&mut document);
     let document = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
 
     let layers = ServiceBuilder::new()

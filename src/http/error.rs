@@ -465,4 +465,54 @@ mod tests {
         );
         assert!(report.cause.is_some_and(|c| c.contains("secret_column")));
     }
+
+    /// Every code the server can answer with is in the OpenAPI document's enum for its status.
+    #[test]
+    fn every_code_is_documented_under_its_status() {
+        let documented = |status: StatusCode, code: &str| {
+            super::super::openapi::ERROR_CODES
+                .iter()
+                .any(|(s, codes)| *s == status.as_str() && codes.contains(&code))
+        };
+        let errors = vec![
+            ApiError::MissingCredentials,
+            ApiError::InvalidCredentials { reason: "x" },
+            ApiError::AmbiguousCredentials("x"),
+            ApiError::InsufficientScope,
+            ApiError::Forbidden("x"),
+            ApiError::SessionNotFound,
+            ApiError::SessionClosed,
+            ApiError::InvalidJson("x".into()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge,
+            ApiError::Validation(Map::new()),
+            ApiError::InvalidEndCompany,
+            ApiError::InvalidAgentIds(vec![1]),
+            ApiError::RateLimited {
+                retry_after: Duration::from_secs(1),
+                limit: Limit::PerPrincipal,
+            },
+            ApiError::EntraUnavailable {
+                retry_after: Duration::from_secs(1),
+            },
+            ApiError::DatabaseUnavailable(StoreError::Unavailable),
+            ApiError::NotReady {
+                database: "unavailable",
+                recorder: "ok",
+                signing_keys: "ok",
+            },
+            ApiError::Store(StoreError::UnsupportedUrl),
+            ApiError::Internal("x".into()),
+        ];
+        for error in errors {
+            let status = error.status();
+            let code = error.report().code;
+            assert!(documented(status, code), "{code} under {status}");
+        }
+        for status in [400u16, 404, 405, 413, 415, 429, 500, 503] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let code = ErrorReport::for_status(status).code;
+            assert!(documented(status, code), "{code} under {status}");
+        }
+    }
 }

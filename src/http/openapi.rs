@@ -6,6 +6,7 @@ use axum::{
     response::IntoResponse,
     Extension,
 };
+use serde_json::{json, Value};
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     Modify, OpenApi,
@@ -67,4 +68,133 @@ pub async fn openapi_json(
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         document,
     )
+}
+
+/// The error codes each status can carry (the `code` of the envelope), as documented enums.
+pub(crate) const ERROR_CODES: &[(&str, &[&str])] = &[
+    ("400", &["invalid_json", "bad_request"]),
+    ("401", &["missing_credentials", "invalid_credentials"]),
+    ("403", &["insufficient_scope", "forbidden"]),
+    ("404", &["session_not_found", "not_found"]),
+    ("405", &["method_not_allowed"]),
+    ("409", &["session_closed"]),
+    ("413", &["payload_too_large"]),
+    ("415", &["unsupported_media_type"]),
+    (
+        "422",
+        &[
+            "validation_failed",
+            "invalid_end_company",
+            "invalid_agent_ids",
+        ],
+    ),
+    ("429", &["rate_limited"]),
+    ("500", &["internal_error"]),
+    (
+        "503",
+        &[
+            "database_unavailable",
+            "entra_unavailable",
+            "timeout",
+            "service_unavailable",
+            "too_many_connections",
+        ],
+    ),
+];
+
+fn header(description: &str) -> Value {
+    json!({ "description": description, "schema": { "type": "string" } })
+}
+
+/// Adds what the generated document cannot say by itself: per status, the error codes as an
+/// enum and an example envelope; the headers clients rely on (`X-Request-Id` on every response,
+/// `Retry-After` on 429 and 503, `WWW-Authenticate` on 401 and 403 of authenticated routes, the
+/// `RateLimit` pair where the per-principal limit applies).
+pub fn document_responses(document: &mut Value) {
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            let authenticated = operation.get("security").is_some();
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                let Some(response) = response.as_object_mut() else {
+                    continue;
+                };
+                let headers = response
+                    .entry("headers")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut();
+                let Some(headers) = headers else { continue };
+                headers.insert(
+                    "X-Request-Id".into(),
+                    header("The request id (a caller's UUID is kept); also `meta.request_id`."),
+                );
+                if status == "429" || status == "503" {
+                    headers.insert(
+                        "Retry-After".into(),
+                        header("Seconds to wait before retrying."),
+                    );
+                }
+                if authenticated && (status == "401" || status == "403") {
+                    headers.insert(
+                        "WWW-Authenticate".into(),
+                        header("An RFC 6750 Bearer challenge."),
+                    );
+                }
+                if authenticated && (status == "200" || status == "429") {
+                    headers.insert(
+                        "RateLimit-Policy".into(),
+                        header("`\"per-principal\";q=<per minute>;w=60;burst=<burst>` (or `\"failed-auth-per-ip\"` on a per-address 429)."),
+                    );
+                    headers.insert(
+                        "RateLimit".into(),
+                        header("`\"<limit>\";r=<left now>;t=<seconds until full>`."),
+                    );
+                }
+                let Some((_, codes)) = ERROR_CODES.iter().find(|(s, _)| *s == status) else {
+                    continue;
+                };
+                let is_envelope = response
+                    .get("content")
+                    .and_then(|c| c.get("application/json"))
+                    .and_then(|c| c.get("schema"))
+                    .and_then(|s| s.get("$ref"))
+                    .and_then(Value::as_str)
+                    == Some("#/components/schemas/ErrorEnvelope");
+                if !is_envelope {
+                    continue;
+                }
+                response.insert(
+                    "content".into(),
+                    json!({
+                        "application/json": {
+                            "schema": {
+                                "allOf": [
+                                    { "$ref": "#/components/schemas/ErrorEnvelope" },
+                                    { "type": "object", "properties": { "error": {
+                                        "type": "object",
+                                        "properties": { "code": { "type": "string", "enum": codes } }
+                                    } } }
+                                ]
+                            },
+                            "example": {
+                                "error": { "code": codes[0], "message": "(a sentence for humans)" },
+                                "meta": { "request_id": "5b0a1f7e-8d2c-4c61-9a53-2f4d7e9b1c30" }
+                            }
+                        }
+                    }),
+                );
+            }
+        }
+    }
 }

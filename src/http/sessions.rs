@@ -32,27 +32,33 @@ const MAX_AGENT_IDS: usize = 256;
 #[derive(Debug, Clone, Default, ToSchema)]
 pub struct MintSessionTokenRequest {
     /// The chat session the token is bound to (1 to 255 characters).
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub session_id: String,
     /// Agents the end user may talk to; each must belong to the target tenant. Duplicates are removed.
-    #[schema(default = json!([]), required = false)]
+    #[schema(default = json!([]), required = false, max_items = 256)]
     pub allowed_agent_ids: Vec<i64>,
     /// Target tenant to mint the token for. Honored only for a platform service account, and only
     /// when `session_id` is that tenant's Neo Support session (otherwise 403); any other caller
     /// passing it gets 403. Omit to mint for the caller's own tenant.
-    #[schema(nullable, default = json!(null))]
+    #[schema(nullable, default = json!(null), min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub client_id: Option<String>,
     /// Narrows the token to one end company of the target tenant. Ignored (with a warning) when the
     /// session is itself scoped to an end company: the session's scope always wins.
-    #[schema(nullable, default = json!(null))]
+    #[schema(nullable, default = json!(null), min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub end_company_id: Option<String>,
     /// The end user; becomes the token's `sub` (else the session id).
-    #[schema(nullable, default = json!(null))]
+    #[schema(nullable, default = json!(null), min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub end_user: Option<String>,
-    #[schema(nullable, default = json!(null))]
+    /// An email address: `local@domain.tld`, no whitespace or control characters.
+    #[schema(nullable, default = json!(null), max_length = 254, pattern = "^[^@\\s\\u0000-\\u001F\\u007F-\\u009F]+@[^@\\s.\\u0000-\\u001F\\u007F-\\u009F][^@\\s\\u0000-\\u001F\\u007F-\\u009F]*\\.[^@\\s\\u0000-\\u001F\\u007F-\\u009F]*[^@\\s.\\u0000-\\u001F\\u007F-\\u009F]$")]
     pub end_user_email: Option<String>,
-    /// Token lifetime in seconds; default 900, allowed 60 to 3600 (configurable).
-    #[schema(value_type = Option<i64>, nullable, default = json!(null))]
+    /// Token lifetime in seconds; default 900, allowed 60 to 3600 (the bounds shown are the
+    /// defaults; `NEO_TOKEN_MIN_TTL`/`NEO_TOKEN_MAX_TTL` change them).
+    #[schema(value_type = Option<i64>, nullable, default = json!(null), minimum = 60, maximum = 3600)]
     pub ttl_seconds: Option<u32>,
 }
 

@@ -81,6 +81,35 @@ async fn the_document_keeps_the_seed_contract(backend: Backend) {
         doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"
     );
+
+    // For client developers: the headers, the error codes per status, the enforced bounds.
+    let responses = &mint["responses"];
+    for status in ["200", "401", "429", "503"] {
+        assert!(
+            responses[status]["headers"]["X-Request-Id"].is_object(),
+            "{status}"
+        );
+    }
+    assert!(responses["401"]["headers"]["WWW-Authenticate"].is_object());
+    assert!(responses["429"]["headers"]["Retry-After"].is_object());
+    assert!(responses["200"]["headers"]["RateLimit-Policy"].is_object());
+    let codes = |status: &str| -> Vec<String> {
+        responses[status]["content"]["application/json"]["schema"]["allOf"][1]["properties"]
+            ["error"]["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no code enum for {status}"))
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(codes("401"), ["missing_credentials", "invalid_credentials"]);
+    assert!(codes("422").contains(&"invalid_agent_ids".to_owned()));
+    assert!(codes("503").contains(&"database_unavailable".to_owned()));
+    let ttl = &schemas["MintSessionTokenRequest"]["properties"]["ttl_seconds"];
+    assert_eq!(
+        (ttl["minimum"].as_i64(), ttl["maximum"].as_i64()),
+        (Some(60), Some(3600))
+    );
 }
 
 async fn every_route_is_documented_and_every_documented_route_exists(backend: Backend) {
