@@ -83,6 +83,7 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(health::health))
         .routes(routes!(health::live))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::docs))
         .routes(routes!(jwks::jwks))
         .routes(routes!(jwks::openid_configuration))
         .routes(routes!(metrics::metrics))

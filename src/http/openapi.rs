@@ -198,3 +198,26 @@ pub fn document_responses(document: &mut Value) {
         }
     }
 }
+
+#[utoipa::path(
+    get,
+    path = "/docs",
+    operation_id = "docs_get",
+    tag = "Meta",
+    summary = "This API, rendered for people (a page built into the binary: nothing from a CDN)",
+    responses((status = 200, description = "An HTML page that renders `/public-api/openapi.json`.", content_type = "text/html"))
+)]
+pub async fn docs() -> impl IntoResponse {
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                ),
+            ),
+        ],
+        include_str!("docs.html"),
+    )
+}

@@ -137,6 +137,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
         [
             "GET /.well-known/jwks.json",
             "GET /.well-known/openid-configuration",
+            "GET /docs",
             "GET /metrics",
             "GET /public-api/health",
             "GET /public-api/health/live",
@@ -185,6 +186,22 @@ async fn health_reports_the_database(backend: Backend) {
     );
 }
 
+/// `/docs` renders the document for people from the binary alone: no external host is named.
+async fn the_docs_page_is_served_from_the_binary(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let response = app.get("/docs").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(crate::helpers::header(&response, "content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
+    assert!(crate::helpers::header(&response, "content-security-policy")
+        .is_some_and(|csp| csp.contains("connect-src 'self'")));
+    let page = response.text().await.expect("page");
+    assert!(page.contains("/public-api/openapi.json"));
+    for external in ["http://", "https://", "//cdn", "unpkg", "jsdelivr"] {
+        assert!(!page.contains(external), "the page loads {external}");
+    }
+}
+
 async fn the_jwks_publishes_only_public_key_material(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let response = app.get("/.well-known/jwks.json").await;
@@ -204,6 +221,7 @@ async fn the_jwks_publishes_only_public_key_material(backend: Backend) {
 }
 
 backend_tests!(
+    the_docs_page_is_served_from_the_binary,
     the_committed_document_is_the_served_document,
     the_document_keeps_the_seed_contract,
     every_route_is_documented_and_every_documented_route_exists,
