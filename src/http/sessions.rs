@@ -297,11 +297,7 @@ impl MintSessionTokenRequest {
                 );
             }
             Some(Value::Array(items)) => {
-                match items
-                    .iter()
-                    .map(Value::as_i64)
-                    .collect::<Option<Vec<i64>>>()
-                {
+                match items.iter().map(integral).collect::<Option<Vec<i64>>>() {
                     Some(ids) => request.allowed_agent_ids = ids,
                     None => {
                         errors.insert(
@@ -322,7 +318,7 @@ impl MintSessionTokenRequest {
         let (min, max) = (limits.min_ttl, limits.max_ttl);
         match body.remove("ttl_seconds") {
             None | Some(Value::Null) => {}
-            Some(value) => match value.as_u64().and_then(|ttl| u32::try_from(ttl).ok()) {
+            Some(value) => match integral(&value).and_then(|ttl| u32::try_from(ttl).ok()) {
                 Some(ttl) if (min..=max).contains(&ttl) => request.ttl_seconds = Some(ttl),
                 _ => {
                     errors.insert(
@@ -339,6 +335,18 @@ impl MintSessionTokenRequest {
             Err(ApiError::Validation(errors))
         }
     }
+}
+
+/// A JSON integer, as JSON Schema counts them: `92` and `92.0` alike (a number with no
+/// fractional part, exactly representable); never `92.5` or a string.
+fn integral(value: &Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    // 2^53: beyond it a float no longer names one integer.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    (f.fract() == 0.0 && f.abs() <= EXACT).then_some(f as i64)
 }
 
 fn field_error(field: &str, message: &str) -> ApiError {
@@ -437,6 +445,19 @@ mod tests {
         assert!(parse(json!({"session_id": "s", "ttl_seconds": 3600})).is_ok());
         assert!(parse(json!({"session_id": "s", "ttl_seconds": 3601})).is_err());
         assert!(parse(json!({"session_id": "s", "ttl_seconds": 900.5})).is_err());
+        // JSON Schema's integers: 120.0 is one.
+        assert_eq!(
+            parse(json!({"session_id": "s", "ttl_seconds": 120.0}))
+                .unwrap()
+                .ttl_seconds,
+            Some(120)
+        );
+        assert_eq!(
+            parse(json!({"session_id": "s", "allowed_agent_ids": [101.0, 102]}))
+                .unwrap()
+                .allowed_agent_ids,
+            [101, 102]
+        );
     }
 
     #[test]
