@@ -91,7 +91,20 @@ pub struct MintSessionTokenEnvelope {
     description = "Mints a short-lived JWT bound to one chat `session_id`. The Teams relay (or any future end-user-facing channel) attaches it as `Authorization: Bearer <token>` on subsequent `/chat/sessions/<session_id>/*` calls. Only service-account or dashboard callers can mint; the resulting token cannot mint or revoke.\n\nA **platform** service account may pass `client_id` to mint for another tenant, but only when `session_id` is that tenant's Neo Support session (otherwise 403); any non-platform caller passing `client_id` is rejected with 403.\n\nWhen the session is scoped to an end-company (white-label sessions are, at create), the minted `end_company_id` claim is taken from the session itself — a caller-supplied value never widens or changes the session's scope.",
     request_body(content = MintSessionTokenRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Success.", body = MintSessionTokenEnvelope),
+        (status = 200, description = "Success.", body = MintSessionTokenEnvelope,
+            example = json!({
+                "data": {
+                    "token": "eyJhbGciOiJFUzI1NiIsInR5cCI6Im5lby1zZXNzaW9uK2p3dCIsImtpZCI6Ii4uLiJ9.eyIuLi4iOiIuLi4ifQ.c2lnbmF0dXJl",
+                    "jti": "0f8c6a2e-7d1b-4c3a-9e5f-2b4d6c8a1e3f",
+                    "session_id": "s-acme-1",
+                    "expires_at": "2026-11-29T12:15:00Z",
+                    "expires_in": 900
+                },
+                "meta": {
+                    "request_id": "5b0a1f7e-8d2c-4c61-9a53-2f4d7e9b1c30",
+                    "timings_ms": {"db": 1.2, "sign": 0.1, "total": 1.9}
+                }
+            })),
         (status = 400, description = "Bad request — malformed input.", body = ErrorEnvelope),
         (status = 401, description = "Unauthenticated — missing or invalid credentials.", body = ErrorEnvelope),
         (status = 403, description = "Forbidden — authenticated but not allowed.", body = ErrorEnvelope),
