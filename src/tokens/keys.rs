@@ -114,8 +114,12 @@ impl SigningKey {
         let pkcs8 = generate_pkcs8(algorithm)?;
         write_private_file(
             &path,
-            pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.clone())),
-        )?;
+            &pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.clone())),
+        )
+        .map_err(|source| KeyError::Write {
+            path: path.clone(),
+            source,
+        })?;
         tracing::info!(path = %path.display(), algorithm = algorithm.as_str(), "generated a new signing key");
         Self::from_pkcs8(&pkcs8, algorithm).map_err(|reason| KeyError::Parse {
             path,
@@ -333,29 +337,24 @@ fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Vec<u8>, KeyError> {
     })
 }
 
-/// Creates `path` (and its directory, mode 0700) with mode 0600; never overwrites.
-fn write_private_file(path: &Path, contents: String) -> Result<(), KeyError> {
-    let write_error = |source| KeyError::Write {
-        path: path.to_owned(),
-        source,
-    };
+/// Creates `path` (and its directory, mode 0700) with mode 0600; never overwrites. For the
+/// private files of this module and of `seal`.
+pub(crate) fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(dir)
-                .map_err(write_error)?;
+                .create(dir)?;
         }
     }
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(write_error)?;
-    file.write_all(contents.as_bytes()).map_err(write_error)?;
-    file.sync_all().map_err(write_error)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 
 use std::{
     fs,
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -108,7 +107,12 @@ impl Kek {
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| SealError::Random)?;
-        write_private_file(&path, &STANDARD.encode(bytes))?;
+        super::keys::write_private_file(&path, &STANDARD.encode(bytes)).map_err(|source| {
+            SealError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
         tracing::warn!(
             path = %path.display(),
             "generated a key-encryption key in the data directory; replicas sharing a database need the same one (NEO_KEY_ENCRYPTION_KEY)"
@@ -172,31 +176,6 @@ impl Kek {
             .map_err(|_| failed())?;
         Ok(plaintext.to_vec())
     }
-}
-
-/// Creates `path` (and its directory, mode 0700) with mode 0600; never overwrites.
-fn write_private_file(path: &Path, contents: &str) -> Result<(), SealError> {
-    let write_error = |source| SealError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(write_error)?;
-        }
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(write_error)?;
-    file.write_all(contents.as_bytes()).map_err(write_error)?;
-    file.sync_all().map_err(write_error)
 }
 
 #[cfg(test)]
