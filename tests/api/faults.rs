@@ -257,15 +257,10 @@ async fn a_database_down_at_start_is_waited_for_in_the_background() {
     .await;
 
     postgres.restart().await;
-    let mut back = false;
-    for _ in 0..300 {
-        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "the service connects once PostgreSQL is up");
+    assert!(
+        app.mints_again(ACME_KEY, BODY(), 300).await,
+        "the service connects once PostgreSQL is up"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(app.get("/public-api/health").await.status(), StatusCode::OK);
 }
@@ -333,15 +328,10 @@ async fn a_full_disk_under_the_embedded_database_is_a_503_and_readiness_says_so(
     assert_eq!(body["error"]["details"]["recorder"], "failing");
 
     std::fs::remove_file(&filler).expect("free the space");
-    let mut back = false;
-    for _ in 0..50 {
-        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "mints succeed once there is space again");
+    assert!(
+        app.mints_again(ACME_KEY, BODY(), 50).await,
+        "mints succeed once there is space again"
+    );
 }
 
 /// A flood of unauthenticated readiness probes costs at most one database ping a second.

@@ -402,6 +402,18 @@ impl TestApp {
         request.send().await.expect("request")
     }
 
+    /// Mints with `credential` every 100 ms until one is answered 200, at most `attempts`
+    /// times; whether one was. (For a service coming back from a fault.)
+    pub async fn mints_again(&self, credential: &str, body: Value, attempts: usize) -> bool {
+        for _ in 0..attempts {
+            if self.mint(credential, body.clone()).await.status() == StatusCode::OK {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// Mints and returns `data` and `meta`, asserting 200.
     pub async fn mint_ok(&self, credential: &str, body: Value) -> (Value, Value) {
         let response = self.mint(credential, body).await;

@@ -348,15 +348,10 @@ async fn without_redis_requests_are_still_answered_and_limited_in_memory() {
     // uses it again, whose fresh bucket admits what the spent in-memory one would not.
     redis.restart().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut back = false;
-    for _ in 0..40 {
-        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "the service returns to Redis when it is back");
+    assert!(
+        app.mints_again(ACME_KEY, BODY(), 40).await,
+        "the service returns to Redis when it is back"
+    );
 }
 
 #[tokio::test]
@@ -543,15 +538,10 @@ async fn redis_that_was_never_reachable_costs_mints_nothing() {
     redis.restart().await;
     // The background connector retries with a back-off (1 s, 2 s, ...): Redis's fresh bucket
     // admits what the spent in-memory one does not, once it is connected.
-    let mut back = false;
-    for _ in 0..100 {
-        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "the service connects to Redis once it is up");
+    assert!(
+        app.mints_again(ACME_KEY, BODY(), 100).await,
+        "the service connects to Redis once it is up"
+    );
 }
 
 backend_tests!(
