@@ -20,7 +20,9 @@ use crate::{
         entra::EntraKeySource, ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
     },
     config::Config,
-    http::{authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions},
+    http::{
+        authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions, tokens,
+    },
     metrics::Metrics,
     ratelimit::RateLimits,
     store::{MintRecorder, Store},
@@ -70,6 +72,11 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
     // the per-principal limit, then the handler.
     let authenticated = OpenApiRouter::new()
         .routes(routes!(sessions::mint_session_token))
+        .routes(routes!(
+            tokens::get_session_token,
+            tokens::revoke_session_token
+        ))
+        .routes(routes!(tokens::introspect_session_token))
         .route_layer(from_fn_with_state(
             Arc::clone(state),
             rate_limit::per_principal,

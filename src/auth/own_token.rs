@@ -51,7 +51,23 @@ impl SessionTokenVerifier {
             })
     }
 
+    /// The claims of a valid token of ours (signature, `typ`, published key, `iss`, `aud`,
+    /// times), for introspection.
+    pub fn claims(&self, token: &str) -> Result<SessionClaims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed JWT"))?;
+        self.verified_claims(token, &header)
+    }
+
     pub fn verify(&self, token: &str, header: &Header) -> Result<Principal, AuthError> {
+        let claims = self.verified_claims(token, header)?;
+        Ok(Principal::EndUser {
+            tenant_id: claims.client_id,
+            session_id: claims.session_id,
+            jti: claims.jti,
+        })
+    }
+
+    fn verified_claims(&self, token: &str, header: &Header) -> Result<SessionClaims, AuthError> {
         if header.typ.as_deref() != Some(SESSION_TOKEN_TYP) {
             return Err(invalid("session token with a wrong typ"));
         }
@@ -68,13 +84,8 @@ impl SessionTokenVerifier {
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == algorithm) else {
             return Err(invalid("session token key of an unsupported algorithm"));
         };
-        let data = decode::<SessionClaims>(token, signer.key.decoding_key(), validation)
-            .map_err(|_| invalid("session token failed verification"))?;
-        let claims = data.claims;
-        Ok(Principal::EndUser {
-            tenant_id: claims.client_id,
-            session_id: claims.session_id,
-            jti: claims.jti,
-        })
+        decode::<SessionClaims>(token, signer.key.decoding_key(), validation)
+            .map(|data| data.claims)
+            .map_err(|_| invalid("session token failed verification"))
     }
 }

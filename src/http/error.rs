@@ -45,6 +45,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("session not found")]
     SessionNotFound,
+    #[error("token not found")]
+    TokenNotFound,
     #[error("session closed")]
     SessionClosed,
     #[error("request body is not valid JSON: {0}")]
@@ -141,7 +143,7 @@ impl ApiError {
             | Self::InvalidCredentials { .. }
             | Self::AmbiguousCredentials(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope | Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::SessionNotFound | Self::TokenNotFound => StatusCode::NOT_FOUND,
             Self::SessionClosed => StatusCode::CONFLICT,
             Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -179,6 +181,11 @@ impl ApiError {
             Self::SessionNotFound => (
                 "session_not_found",
                 "No such session for this tenant.".into(),
+                None,
+            ),
+            Self::TokenNotFound => (
+                "token_not_found",
+                "No such token for this caller.".into(),
                 None,
             ),
             Self::SessionClosed => (
@@ -481,6 +488,7 @@ mod tests {
             ApiError::InsufficientScope,
             ApiError::Forbidden("x"),
             ApiError::SessionNotFound,
+            ApiError::TokenNotFound,
             ApiError::SessionClosed,
             ApiError::InvalidJson("x".into()),
             ApiError::UnsupportedMediaType,

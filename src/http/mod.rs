@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod request_context;
 pub mod sessions;
+pub mod tokens;
 
 use std::sync::Arc;
 

@@ -75,7 +75,10 @@ pub(crate) const ERROR_CODES: &[(&str, &[&str])] = &[
     ("400", &["invalid_json", "bad_request"]),
     ("401", &["missing_credentials", "invalid_credentials"]),
     ("403", &["insufficient_scope", "forbidden"]),
-    ("404", &["session_not_found", "not_found"]),
+    (
+        "404",
+        &["session_not_found", "token_not_found", "not_found"],
+    ),
     ("405", &["method_not_allowed"]),
     ("409", &["session_closed"]),
     ("413", &["payload_too_large"]),

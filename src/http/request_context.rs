@@ -165,8 +165,11 @@ pub async fn request_context(
 }
 
 /// Route templates as metric labels (anything else is `unmatched`).
-const KNOWN_ROUTES: [&str; 7] = [
+const KNOWN_ROUTES: [&str; 10] = [
     MINT_ROUTE,
+    "/public-api/sessions/{jti}",
+    "/public-api/sessions/introspect",
+    "/docs",
     "/public-api/health",
     "/public-api/health/live",
     "/public-api/openapi.json",

@@ -192,6 +192,7 @@ pub async fn mint_session_token(
         .ttl_seconds
         .unwrap_or(state.config.token.default_ttl);
     let signing = std::time::Instant::now();
+    let claims_end_company = end_company_id.clone();
     let grant = TokenGrant {
         session_id: session.id.clone(),
         client_id: session.tenant_id.clone(),
@@ -219,7 +220,9 @@ pub async fn mint_session_token(
         tenant_id: session.tenant_id.clone(),
         minted_by_kind: principal.kind(),
         minted_by: principal.id(),
+        minted_by_tenant: principal.tenant_id().to_owned(),
         end_user: request.end_user,
+        end_company_id: claims_end_company,
         issued_at: minted.issued_at,
         expires_at: minted.expires_at,
     };

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, NewApiKey, PoolStatus, SeedOutcome,
-    SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
+    ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey, PoolStatus,
+    SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
 use crate::metrics::Metrics;
 
@@ -198,6 +198,15 @@ impl Store for GuardedStore {
             self.inner.find_tenant_by_entra_id(entra_tenant_id),
         )
         .await
+    }
+
+    async fn find_mint(&self, jti: uuid::Uuid) -> StoreResult<Option<MintRow>> {
+        self.guarded("find_mint", self.inner.find_mint(jti)).await
+    }
+
+    async fn revoke_mint(&self, jti: uuid::Uuid, revoked_by: &str) -> StoreResult<Option<MintRow>> {
+        self.guarded("revoke_mint", self.inner.revoke_mint(jti, revoked_by))
+            .await
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {

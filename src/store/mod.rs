@@ -250,9 +250,30 @@ pub struct MintRecord {
     pub minted_by_kind: &'static str,
     /// The key id, or the dashboard user's `tid:oid`.
     pub minted_by: String,
+    /// The minting principal's tenant (the platform tenant for a `client_id` mint).
+    pub minted_by_tenant: String,
     pub end_user: Option<String>,
+    /// The end company the token is scoped to (rule 5).
+    pub end_company_id: Option<String>,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// A mint record as read back: the record, and its revocation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MintRow {
+    pub jti: String,
+    pub session_id: String,
+    pub tenant_id: String,
+    pub minted_by_kind: String,
+    pub minted_by: String,
+    pub minted_by_tenant: Option<String>,
+    pub end_user: Option<String>,
+    pub end_company_id: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
 }
 
 /// One migration and whether it is applied.
@@ -390,6 +411,13 @@ pub trait Store: Send + Sync + 'static {
     async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()>;
 
     async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>>;
+
+    /// One mint record by its jti.
+    async fn find_mint(&self, jti: Uuid) -> StoreResult<Option<MintRow>>;
+
+    /// Revokes one token (`revoked_by` names who); revoking a revoked token changes nothing.
+    /// Returns the record as it is afterwards, `None` for an unknown jti.
+    async fn revoke_mint(&self, jti: Uuid, revoked_by: &str) -> StoreResult<Option<MintRow>>;
 
     /// The tenant whose Microsoft Entra directory is `entra_tenant_id` (a lowercase GUID).
     async fn find_tenant_by_entra_id(

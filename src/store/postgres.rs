@@ -10,7 +10,7 @@ use sqlx::{
 };
 
 use super::{
-    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, NewApiKey,
+    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey,
     PoolStatus, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
     TenantRow,
 };
@@ -117,7 +117,9 @@ impl Store for PostgresStore {
         let mut tenant_id = Vec::with_capacity(records.len());
         let mut kind = Vec::with_capacity(records.len());
         let mut minted_by = Vec::with_capacity(records.len());
+        let mut minted_by_tenant = Vec::with_capacity(records.len());
         let mut end_user = Vec::with_capacity(records.len());
+        let mut end_company_id = Vec::with_capacity(records.len());
         let mut issued_at = Vec::with_capacity(records.len());
         let mut expires_at = Vec::with_capacity(records.len());
         for r in records {
@@ -126,15 +128,19 @@ impl Store for PostgresStore {
             tenant_id.push(r.tenant_id.as_str());
             kind.push(r.minted_by_kind);
             minted_by.push(r.minted_by.as_str());
+            minted_by_tenant.push(r.minted_by_tenant.as_str());
             end_user.push(r.end_user.as_deref());
+            end_company_id.push(r.end_company_id.as_deref());
             issued_at.push(r.issued_at);
             expires_at.push(r.expires_at);
         }
         sqlx::query(
             "INSERT INTO session_token_mints
-               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at)
+               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
+                expires_at, minted_by_tenant, end_company_id)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::timestamptz[], $8::timestamptz[])",
+                                  $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                                  $10::text[])",
         )
         .bind(jti)
         .bind(session_id)
@@ -144,6 +150,8 @@ impl Store for PostgresStore {
         .bind(end_user)
         .bind(issued_at)
         .bind(expires_at)
+        .bind(minted_by_tenant)
+        .bind(end_company_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -166,6 +174,26 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(StoreError::from)
+    }
+
+    async fn find_mint(&self, jti: uuid::Uuid) -> StoreResult<Option<MintRow>> {
+        sqlx::query_as(concat!("SELECT jti::text AS jti, session_id, tenant_id, minted_by_kind, minted_by, minted_by_tenant,                     end_user, end_company_id, issued_at, expires_at, revoked_at, revoked_by              FROM session_token_mints", " WHERE jti = $1"))
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)
+    }
+
+    async fn revoke_mint(&self, jti: uuid::Uuid, revoked_by: &str) -> StoreResult<Option<MintRow>> {
+        sqlx::query(
+            "UPDATE session_token_mints SET revoked_at = now(), revoked_by = $2
+             WHERE jti = $1 AND revoked_at IS NULL",
+        )
+        .bind(jti)
+        .bind(revoked_by)
+        .execute(&self.pool)
+        .await?;
+        self.find_mint(jti).await
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {

@@ -162,7 +162,9 @@ mod tests {
             tenant_id: "acme".to_owned(),
             minted_by_kind: "api_key",
             minted_by: "k-acme".to_owned(),
+            minted_by_tenant: "acme".to_owned(),
             end_user: None,
+            end_company_id: None,
             issued_at: now,
             expires_at: now + chrono::Duration::seconds(900),
         }

@@ -12,7 +12,7 @@ use sqlx::{
 };
 
 use super::{
-    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, NewApiKey,
+    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey,
     PoolStatus, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
     TenantRow,
 };
@@ -144,7 +144,8 @@ impl Store for SqliteStore {
         }
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO session_token_mints
-               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at) ",
+               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
+                expires_at, minted_by_tenant, end_company_id) ",
         );
         insert.push_values(records, |mut row, r| {
             row.push_bind(r.jti.to_string())
@@ -154,7 +155,9 @@ impl Store for SqliteStore {
                 .push_bind(r.minted_by.clone())
                 .push_bind(r.end_user.clone())
                 .push_bind(ts(r.issued_at))
-                .push_bind(ts(r.expires_at));
+                .push_bind(ts(r.expires_at))
+                .push_bind(r.minted_by_tenant.clone())
+                .push_bind(r.end_company_id.clone());
         });
         insert.build().execute(&self.pool).await?;
         Ok(())
@@ -177,6 +180,27 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(StoreError::from)
+    }
+
+    async fn find_mint(&self, jti: uuid::Uuid) -> StoreResult<Option<MintRow>> {
+        sqlx::query_as(concat!("SELECT jti, session_id, tenant_id, minted_by_kind, minted_by, minted_by_tenant,                     end_user, end_company_id, issued_at, expires_at, revoked_at, revoked_by              FROM session_token_mints", " WHERE jti = ?1"))
+            .bind(jti.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)
+    }
+
+    async fn revoke_mint(&self, jti: uuid::Uuid, revoked_by: &str) -> StoreResult<Option<MintRow>> {
+        sqlx::query(
+            "UPDATE session_token_mints SET revoked_at = ?2, revoked_by = ?3
+             WHERE jti = ?1 AND revoked_at IS NULL",
+        )
+        .bind(jti.to_string())
+        .bind(ts(Utc::now()))
+        .bind(revoked_by)
+        .execute(&self.pool)
+        .await?;
+        self.find_mint(jti).await
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {

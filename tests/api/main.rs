@@ -36,4 +36,5 @@ mod openapi;
 mod rate_limit;
 mod schema;
 mod signing_keys;
+mod tokens;
 mod verify;

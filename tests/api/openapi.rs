@@ -135,6 +135,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
     assert_eq!(
         documented,
         [
+            "DELETE /public-api/sessions/{jti}",
             "GET /.well-known/jwks.json",
             "GET /.well-known/openid-configuration",
             "GET /docs",
@@ -142,7 +143,9 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
             "GET /public-api/health",
             "GET /public-api/health/live",
             "GET /public-api/openapi.json",
+            "GET /public-api/sessions/{jti}",
             "POST /public-api/sessions",
+            "POST /public-api/sessions/introspect",
         ]
     );
 }

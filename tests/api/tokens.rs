@@ -1,0 +1,220 @@
+//! The life cycle of minted tokens from the outside: read a record, revoke a token (idempotent),
+//! introspect (RFC 7662) — tenant-isolated, with the platform's Neo Support tokens visible to
+//! both the tenant and the platform, and end users refused.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, Backend, TestApp, ACME_KEY, GLOBEX_KEY, NEO_KEY};
+
+async fn minted(app: &TestApp, credential: &str, body: Value) -> (String, String) {
+    let (data, _) = app.mint_ok(credential, body).await;
+    (
+        data["jti"].as_str().expect("jti").to_owned(),
+        data["token"].as_str().expect("token").to_owned(),
+    )
+}
+
+async fn record(app: &TestApp, credential: &str, jti: &str) -> reqwest::Response {
+    app.request(
+        Method::GET,
+        &format!("/public-api/sessions/{jti}"),
+        Some(credential),
+    )
+    .await
+}
+
+async fn revoke(app: &TestApp, credential: &str, jti: &str) -> reqwest::Response {
+    app.request(
+        Method::DELETE,
+        &format!("/public-api/sessions/{jti}"),
+        Some(credential),
+    )
+    .await
+}
+
+async fn introspect(app: &TestApp, credential: &str, token: &str) -> Value {
+    let response = app
+        .client
+        .post(app.url("/public-api/sessions/introspect"))
+        .bearer_auth(credential)
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    body["data"].clone()
+}
+
+async fn a_record_is_read_and_revoked_by_its_tenant_only(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (jti, token) = minted(
+        &app,
+        ACME_KEY,
+        json!({"session_id": "s-acme-wl", "end_user": "pat"}),
+    )
+    .await;
+
+    let response = record(&app, ACME_KEY, &jti).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let data = response.json::<Value>().await.expect("json")["data"].clone();
+    assert_eq!(data["jti"], jti.as_str());
+    assert_eq!(data["session_id"], "s-acme-wl");
+    assert_eq!(data["client_id"], "acme");
+    assert_eq!(data["end_user"], "pat");
+    assert_eq!(data["end_company_id"], "contoso");
+    assert_eq!(data["minted_by"], "k-acme");
+    assert_eq!(data["minted_by_kind"], "api_key");
+    assert_eq!(data["minted_by_platform"], false);
+    assert_eq!(data["active"], true);
+    assert!(data["revoked_at"].is_null());
+    assert!(
+        data.get("token").is_none(),
+        "the token itself is never shown"
+    );
+
+    // Another tenant, a malformed or unknown jti: the same 404.
+    for (credential, id) in [
+        (GLOBEX_KEY, jti.as_str()),
+        (ACME_KEY, "not-a-uuid"),
+        (ACME_KEY, "0f8c6a2e-7d1b-4c3a-9e5f-2b4d6c8a1e3f"),
+    ] {
+        assert_error(
+            record(&app, credential, id).await,
+            StatusCode::NOT_FOUND,
+            "token_not_found",
+        )
+        .await;
+    }
+    assert_error(
+        revoke(&app, GLOBEX_KEY, &jti).await,
+        StatusCode::NOT_FOUND,
+        "token_not_found",
+    )
+    .await;
+    // An end user may neither read nor revoke, not even its own token.
+    assert_error(
+        record(&app, &token, &jti).await,
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+    )
+    .await;
+    assert_error(
+        revoke(&app, &token, &jti).await,
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+    )
+    .await;
+
+    // Revoke: the record says who and when; again: the same answer.
+    let first = revoke(&app, ACME_KEY, &jti).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first = first.json::<Value>().await.expect("json")["data"].clone();
+    assert_eq!(first["active"], false);
+    assert_eq!(first["revoked_by"], "k-acme");
+    assert!(first["revoked_at"].is_string());
+    let again = revoke(&app, ACME_KEY, &jti).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let again = again.json::<Value>().await.expect("json")["data"].clone();
+    assert_eq!(again["revoked_at"], first["revoked_at"]);
+    assert_eq!(app.mint_count().await, 1, "revoking records nothing new");
+}
+
+async fn introspection_says_active_only_for_live_tokens_of_the_callers_tenant(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (jti, token) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+
+    let live = introspect(&app, ACME_KEY, &token).await;
+    assert_eq!(live["active"], true);
+    assert_eq!(live["token_type"], "neo-session+jwt");
+    assert_eq!(live["jti"], jti.as_str());
+    assert_eq!(live["session_id"], "s-acme-1");
+    assert_eq!(live["client_id"], "acme");
+
+    // Foreign (another tenant asks), forged, malformed: inactive, and nothing else said.
+    let foreign = introspect(&app, GLOBEX_KEY, &token).await;
+    assert_eq!(foreign, json!({"active": false}));
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        introspect(&app, ACME_KEY, &forged).await,
+        json!({"active": false})
+    );
+    assert_eq!(
+        introspect(&app, ACME_KEY, "not.a.jwt").await,
+        json!({"active": false})
+    );
+
+    // Revoked: inactive from then on.
+    assert_eq!(revoke(&app, ACME_KEY, &jti).await.status(), StatusCode::OK);
+    assert_eq!(
+        introspect(&app, ACME_KEY, &token).await,
+        json!({"active": false})
+    );
+
+    // End users may not introspect; a body without a token is a 422.
+    let response = app
+        .client
+        .post(app.url("/public-api/sessions/introspect"))
+        .bearer_auth(&token)
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .expect("request");
+    assert_error(response, StatusCode::FORBIDDEN, "insufficient_scope").await;
+    let response = app
+        .client
+        .post(app.url("/public-api/sessions/introspect"))
+        .bearer_auth(ACME_KEY)
+        .json(&json!({ "jwt": token }))
+        .send()
+        .await
+        .expect("request");
+    assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+}
+
+/// A token the platform minted into Acme's Neo Support session: Acme sees it (marked), the
+/// platform sees it; the platform does not see Acme's own tokens.
+async fn the_platforms_support_tokens_are_visible_to_both_sides(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (support_jti, _) = minted(
+        &app,
+        NEO_KEY,
+        json!({"session_id": "s-acme-support", "client_id": "acme"}),
+    )
+    .await;
+    let (own_jti, _) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+
+    let seen_by_acme = record(&app, ACME_KEY, &support_jti).await;
+    assert_eq!(seen_by_acme.status(), StatusCode::OK);
+    let seen_by_acme = seen_by_acme.json::<Value>().await.expect("json")["data"].clone();
+    assert_eq!(seen_by_acme["minted_by_platform"], true);
+    assert_eq!(seen_by_acme["client_id"], "acme");
+    assert_eq!(
+        record(&app, NEO_KEY, &support_jti).await.status(),
+        StatusCode::OK
+    );
+    assert_error(
+        record(&app, NEO_KEY, &own_jti).await,
+        StatusCode::NOT_FOUND,
+        "token_not_found",
+    )
+    .await;
+    assert_eq!(
+        revoke(&app, NEO_KEY, &support_jti).await.status(),
+        StatusCode::OK
+    );
+}
+
+backend_tests!(
+    a_record_is_read_and_revoked_by_its_tenant_only,
+    introspection_says_active_only_for_live_tokens_of_the_callers_tenant,
+    the_platforms_support_tokens_are_visible_to_both_sides,
+);
