@@ -77,6 +77,8 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
             tokens::revoke_session_token
         ))
         .routes(routes!(tokens::introspect_session_token))
+        .routes(routes!(tokens::revoke_session_tokens))
+        .routes(routes!(tokens::revocations))
         .route_layer(from_fn_with_state(
             Arc::clone(state),
             rate_limit::per_principal,

@@ -165,8 +165,10 @@ pub async fn request_context(
 }
 
 /// Route templates as metric labels (anything else is `unmatched`).
-const KNOWN_ROUTES: [&str; 10] = [
+const KNOWN_ROUTES: [&str; 12] = [
     MINT_ROUTE,
+    "/public-api/sessions/revoke",
+    "/public-api/sessions/revocations",
     "/public-api/sessions/{jti}",
     "/public-api/sessions/introspect",
     "/docs",

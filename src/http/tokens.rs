@@ -261,3 +261,238 @@ pub async fn introspect_session_token(
         SuccessMeta::new(ctx, timings, Vec::new()),
     ))
 }
+
+/// Which tokens of a chat session to revoke.
+#[derive(Debug, ToSchema)]
+pub struct RevokeSessionRequest {
+    /// The chat session.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    pub session_id: String,
+    /// Revoke the tokens issued before this time (default: now, i.e. all of them).
+    #[schema(value_type = Option<String>, format = DateTime, nullable)]
+    pub issued_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionRevocation {
+    pub session_id: String,
+    /// How many tokens this call revoked (already revoked ones are not counted).
+    pub revoked: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionRevocationEnvelope {
+    pub data: SessionRevocation,
+    pub meta: SuccessMeta,
+}
+
+#[utoipa::path(
+    post,
+    path = "/public-api/sessions/revoke",
+    operation_id = "public_api.session_tokens_revoke",
+    tag = "Chat",
+    summary = "Revoke every token of a chat session",
+    description = "Revokes the session's tokens issued before `issued_before` (default now). The session must be the caller's tenant's; a platform key may also revoke the tokens of another tenant's Neo Support session. A call that revoked nothing says so in `meta.warnings`.",
+    request_body(content = RevokeSessionRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "How many were revoked.", body = SessionRevocationEnvelope),
+        (status = 400, description = "The body is not JSON.", body = ErrorEnvelope),
+        (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
+        (status = 403, description = "An end-user token may not revoke.", body = ErrorEnvelope),
+        (status = 404, description = "No such session for this caller.", body = ErrorEnvelope),
+        (status = 413, description = "Request body too large.", body = ErrorEnvelope),
+        (status = 415, description = "Send application/json.", body = ErrorEnvelope),
+        (status = 422, description = "`session_id` or `issued_before` invalid.", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
+        (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn revoke_session_tokens(
+    State(state): State<Arc<AppState>>,
+    ctx: RequestContext,
+    MintingPrincipal(principal): MintingPrincipal,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<Success<SessionRevocation>>, ApiError> {
+    let request = RevokeSessionRequest::from_json(&body)?;
+    let mut timings = Timings::default();
+    let session = timings
+        .time("db", state.store.find_session(&request.session_id))
+        .await?;
+    // The caller's own sessions; for the platform also other tenants' Neo Support sessions.
+    let session = session
+        .filter(|s| {
+            s.tenant_id == principal.tenant_id() || (principal.is_platform() && s.is_neo_support())
+        })
+        .ok_or(ApiError::SessionNotFound)?;
+    let issued_before = request.issued_before.unwrap_or_else(Utc::now);
+    let revoked = timings
+        .time(
+            "db",
+            state
+                .store
+                .revoke_session_mints(&session.id, issued_before, &principal.id()),
+        )
+        .await?;
+    let warnings = if revoked == 0 {
+        vec![format!(
+            "no token was revoked: session {} has no unrevoked token issued before {}",
+            session.id,
+            issued_before.to_rfc3339()
+        )]
+    } else {
+        Vec::new()
+    };
+    Ok(Success::new(
+        SessionRevocation {
+            session_id: session.id,
+            revoked,
+        },
+        SuccessMeta::new(ctx, timings, warnings),
+    ))
+}
+
+impl RevokeSessionRequest {
+    fn from_json(body: &serde_json::Value) -> Result<Self, ApiError> {
+        let mut errors = serde_json::Map::new();
+        let session_id = match body.get("session_id").and_then(serde_json::Value::as_str) {
+            Some(id)
+                if !id.is_empty()
+                    && id.chars().count() <= 255
+                    && !id.chars().any(char::is_control) =>
+            {
+                Some(id.to_owned())
+            }
+            _ => {
+                errors.insert(
+                    "session_id".into(),
+                    "is required: 1 to 255 characters".into(),
+                );
+                None
+            }
+        };
+        let issued_before = match body.get("issued_before") {
+            // Absent, null or empty: not given (now).
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(text)) if text.is_empty() => None,
+            Some(value) => match value
+                .as_str()
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            {
+                Some(at) => Some(at.with_timezone(&Utc)),
+                None => {
+                    errors.insert(
+                        "issued_before".into(),
+                        "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z".into(),
+                    );
+                    None
+                }
+            },
+        };
+        match session_id {
+            Some(session_id) if errors.is_empty() => Ok(Self {
+                session_id,
+                issued_before,
+            }),
+            _ => Err(ApiError::Validation(errors)),
+        }
+    }
+}
+
+/// One revoked token, for a verifier's deny-list: drop it at `expires_at`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedToken {
+    #[schema(value_type = String)]
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationFeed {
+    /// Oldest revocation first.
+    pub revocations: Vec<RevokedToken>,
+    /// Pass as `since` next time (the last revocation's time, or the `since` given).
+    pub next_since: DateTime<Utc>,
+    /// More revocations wait: ask again at once with `next_since`.
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationFeedEnvelope {
+    pub data: RevocationFeed,
+    pub meta: SuccessMeta,
+}
+
+/// Revocations per call at most.
+const FEED_PAGE: u32 = 1000;
+
+#[utoipa::path(
+    get,
+    path = "/public-api/sessions/revocations",
+    operation_id = "public_api.session_token_revocations",
+    tag = "Chat",
+    summary = "Revoked tokens that have not expired yet (a verifier's deny-list feed)",
+    description = "Revocations after `since` (RFC 3339; default: all), oldest first, at most 1000 per call. A verifier keeps the jtis in memory until their `expires_at` and polls with `next_since`. A tenant's key sees its tenant's tokens; the platform key sees every tenant's (the chat service verifies them all).",
+    params(("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time; revocations after it (absent: all).")),
+    responses(
+        (status = 200, description = "The revocations.", body = RevocationFeedEnvelope),
+        (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
+        (status = 403, description = "An end-user token may not read the feed.", body = ErrorEnvelope),
+        (status = 422, description = "`since` is not an RFC 3339 time.", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
+        (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn revocations(
+    State(state): State<Arc<AppState>>,
+    ctx: RequestContext,
+    MintingPrincipal(principal): MintingPrincipal,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Success<RevocationFeed>>, ApiError> {
+    let since = match query.get("since") {
+        None => DateTime::<Utc>::UNIX_EPOCH,
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|_| {
+                let mut errors = serde_json::Map::new();
+                errors.insert(
+                    "since".into(),
+                    "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z".into(),
+                );
+                ApiError::Validation(errors)
+            })?,
+    };
+    let tenant = (!principal.is_platform()).then(|| principal.tenant_id());
+    let mut timings = Timings::default();
+    let rows = timings
+        .time(
+            "db",
+            state.store.revocations_since(tenant, since, FEED_PAGE + 1),
+        )
+        .await?;
+    let has_more = rows.len() > FEED_PAGE as usize;
+    let revocations: Vec<RevokedToken> = rows
+        .into_iter()
+        .take(FEED_PAGE as usize)
+        .map(|r| RevokedToken {
+            jti: r.jti,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+        })
+        .collect();
+    let next_since = revocations.last().map_or(since, |r| r.revoked_at);
+    Ok(Success::new(
+        RevocationFeed {
+            revocations,
+            next_since,
+            has_more,
+        },
+        SuccessMeta::new(ctx, timings, Vec::new()),
+    ))
+}

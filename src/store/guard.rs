@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey, PoolStatus,
-    SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
+    Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
+    TenantRow,
 };
 use crate::metrics::Metrics;
 
@@ -207,6 +208,33 @@ impl Store for GuardedStore {
     async fn revoke_mint(&self, jti: uuid::Uuid, revoked_by: &str) -> StoreResult<Option<MintRow>> {
         self.guarded("revoke_mint", self.inner.revoke_mint(jti, revoked_by))
             .await
+    }
+
+    async fn revoke_session_mints(
+        &self,
+        session_id: &str,
+        issued_before: DateTime<Utc>,
+        revoked_by: &str,
+    ) -> StoreResult<u64> {
+        self.guarded(
+            "revoke_session_mints",
+            self.inner
+                .revoke_session_mints(session_id, issued_before, revoked_by),
+        )
+        .await
+    }
+
+    async fn revocations_since(
+        &self,
+        tenant_id: Option<&str>,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Revocation>> {
+        self.guarded(
+            "revocations_since",
+            self.inner.revocations_since(tenant_id, since, limit),
+        )
+        .await
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {

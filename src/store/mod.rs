@@ -276,6 +276,14 @@ pub struct MintRow {
     pub revoked_by: Option<String>,
 }
 
+/// One revoked token, for verifiers' deny-lists.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Revocation {
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: DateTime<Utc>,
+}
+
 /// One migration and whether it is applied.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MigrationStatus {
@@ -414,6 +422,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// One mint record by its jti.
     async fn find_mint(&self, jti: Uuid) -> StoreResult<Option<MintRow>>;
+
+    /// Revokes every token of `session_id` issued before `issued_before` that is not revoked
+    /// yet; how many.
+    async fn revoke_session_mints(
+        &self,
+        session_id: &str,
+        issued_before: DateTime<Utc>,
+        revoked_by: &str,
+    ) -> StoreResult<u64>;
+
+    /// Revoked tokens that have not expired, revoked after `since`, oldest revocation first, at
+    /// most `limit`; of `tenant_id`'s tokens, or of every tenant's with `None`.
+    async fn revocations_since(
+        &self,
+        tenant_id: Option<&str>,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Revocation>>;
 
     /// Revokes one token (`revoked_by` names who); revoking a revoked token changes nothing.
     /// Returns the record as it is afterwards, `None` for an unknown jti.

@@ -11,8 +11,8 @@ use sqlx::{
 
 use super::{
     migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey,
-    PoolStatus, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
-    TenantRow,
+    PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
+    StoreResult, TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -194,6 +194,44 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         self.find_mint(jti).await
+    }
+
+    async fn revoke_session_mints(
+        &self,
+        session_id: &str,
+        issued_before: DateTime<Utc>,
+        revoked_by: &str,
+    ) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "UPDATE session_token_mints SET revoked_at = now(), revoked_by = $3
+             WHERE session_id = $1 AND issued_at < $2 AND revoked_at IS NULL",
+        )
+        .bind(session_id)
+        .bind(issued_before)
+        .bind(revoked_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn revocations_since(
+        &self,
+        tenant_id: Option<&str>,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Revocation>> {
+        sqlx::query_as(
+            "SELECT jti::text AS jti, expires_at, revoked_at FROM session_token_mints
+             WHERE revoked_at > $1 AND expires_at > now()
+               AND ($2::text IS NULL OR tenant_id = $2)
+             ORDER BY revoked_at, jti LIMIT $3",
+        )
+        .bind(since)
+        .bind(tenant_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from)
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {

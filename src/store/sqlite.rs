@@ -13,8 +13,8 @@ use sqlx::{
 
 use super::{
     migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey,
-    PoolStatus, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
-    TenantRow,
+    PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
+    StoreResult, TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -201,6 +201,46 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         self.find_mint(jti).await
+    }
+
+    async fn revoke_session_mints(
+        &self,
+        session_id: &str,
+        issued_before: DateTime<Utc>,
+        revoked_by: &str,
+    ) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "UPDATE session_token_mints SET revoked_at = ?3, revoked_by = ?4
+             WHERE session_id = ?1 AND issued_at < ?2 AND revoked_at IS NULL",
+        )
+        .bind(session_id)
+        .bind(ts(issued_before))
+        .bind(ts(Utc::now()))
+        .bind(revoked_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn revocations_since(
+        &self,
+        tenant_id: Option<&str>,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Revocation>> {
+        sqlx::query_as(
+            "SELECT jti, expires_at, revoked_at FROM session_token_mints
+             WHERE revoked_at > ?1 AND expires_at > ?2
+               AND (?3 IS NULL OR tenant_id = ?3)
+             ORDER BY revoked_at, jti LIMIT ?4",
+        )
+        .bind(ts(since))
+        .bind(ts(Utc::now()))
+        .bind(tenant_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from)
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {

@@ -213,7 +213,154 @@ async fn the_platforms_support_tokens_are_visible_to_both_sides(backend: Backend
     );
 }
 
+async fn post_json(app: &TestApp, credential: &str, path: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(credential)
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn feed(app: &TestApp, credential: &str, since: Option<&str>) -> Value {
+    let mut request = app
+        .client
+        .get(app.url("/public-api/sessions/revocations"))
+        .bearer_auth(credential);
+    if let Some(since) = since {
+        request = request.query(&[("since", since)]);
+    }
+    let response = request.send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json::<Value>().await.expect("json")["data"].clone()
+}
+
+fn jtis(feed: &Value) -> Vec<String> {
+    feed["revocations"]
+        .as_array()
+        .expect("revocations")
+        .iter()
+        .filter_map(|r| r["jti"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Revoking a chat session's tokens leaves other sessions' tokens active, says when nothing was
+/// revoked, and the revocation feed lists what was revoked, per tenant (all tenants for the
+/// platform key), continuing from `next_since`.
+async fn a_sessions_tokens_are_revoked_together_and_fed_to_verifiers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (a, _) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+    let (b, _) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+    let (other, other_token) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-wl"})).await;
+
+    // Nothing issued before a time long past: nothing revoked, and the answer says so.
+    let response = post_json(
+        &app,
+        ACME_KEY,
+        "/public-api/sessions/revoke",
+        json!({"session_id": "s-acme-1", "issued_before": "2020-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["data"]["revoked"], 0);
+    assert!(body["meta"]["warnings"][0]
+        .as_str()
+        .is_some_and(|w| w.contains("no token was revoked")));
+
+    let response = post_json(
+        &app,
+        ACME_KEY,
+        "/public-api/sessions/revoke",
+        json!({"session_id": "s-acme-1"}),
+    )
+    .await;
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["data"]["revoked"], 2, "{body}");
+    assert_eq!(
+        introspect(&app, ACME_KEY, &other_token).await["active"],
+        true,
+        "another session's token stays active"
+    );
+
+    // Another tenant's session, a bad time, an end user: refused.
+    assert_error(
+        post_json(
+            &app,
+            GLOBEX_KEY,
+            "/public-api/sessions/revoke",
+            json!({"session_id": "s-acme-wl"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    )
+    .await;
+    assert_error(
+        post_json(
+            &app,
+            ACME_KEY,
+            "/public-api/sessions/revoke",
+            json!({"session_id": "s-acme-wl", "issued_before": "yesterday"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        post_json(
+            &app,
+            &other_token,
+            "/public-api/sessions/revoke",
+            json!({"session_id": "s-acme-wl"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+    )
+    .await;
+
+    // The feed: Acme's two revocations, with their expiry; none for Globex; all for the platform.
+    let acme = feed(&app, ACME_KEY, None).await;
+    let mut revoked = jtis(&acme);
+    revoked.sort();
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    assert!(acme["revocations"][0]["expires_at"].is_string());
+    assert_eq!(acme["has_more"], false);
+    assert!(jtis(&feed(&app, GLOBEX_KEY, None).await).is_empty());
+    assert_eq!(jtis(&feed(&app, NEO_KEY, None).await).len(), 2);
+
+    // Polling from next_since returns only what came after.
+    let next = acme["next_since"].as_str().expect("next_since").to_owned();
+    assert!(jtis(&feed(&app, ACME_KEY, Some(&next)).await).is_empty());
+    assert_eq!(
+        revoke(&app, ACME_KEY, &other).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(jtis(&feed(&app, ACME_KEY, Some(&next)).await), [other]);
+
+    let response = app
+        .client
+        .get(app.url("/public-api/sessions/revocations"))
+        .query(&[("since", "not a time")])
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+}
+
 backend_tests!(
+    a_sessions_tokens_are_revoked_together_and_fed_to_verifiers,
     a_record_is_read_and_revoked_by_its_tenant_only,
     introspection_says_active_only_for_live_tokens_of_the_callers_tenant,
     the_platforms_support_tokens_are_visible_to_both_sides,
