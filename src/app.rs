@@ -71,7 +71,10 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
     // last runs first: bearer authentication (with the failed-auth limit per client IP), then
     // the per-principal limit, then the handler.
     let authenticated = OpenApiRouter::new()
-        .routes(routes!(sessions::mint_session_token))
+        .routes(routes!(
+            sessions::mint_session_token,
+            tokens::list_session_tokens
+        ))
         .routes(routes!(
             tokens::get_session_token,
             tokens::revoke_session_token

@@ -56,6 +56,7 @@ pub async fn request_context(
     let adopted = offered.as_deref().and_then(|v| Uuid::try_parse(v).ok());
     let request_id = adopted.unwrap_or_else(Uuid::new_v4);
     let started = Instant::now();
+    let minting = request.method() == axum::http::Method::POST;
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -143,7 +144,7 @@ pub async fn request_context(
         .request_seconds
         .get_or_create(&RouteLabel { route: route_label })
         .observe(elapsed.as_secs_f64());
-    if route_label == MINT_ROUTE {
+    if route_label == MINT_ROUTE && minting {
         metrics
             .mints
             .get_or_create(&MintLabels {

@@ -496,3 +496,117 @@ pub async fn revocations(
         SuccessMeta::new(ctx, timings, Vec::new()),
     ))
 }
+
+/// The tokens listed per page by default, and at most.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionTokenList {
+    pub data: Vec<SessionTokenRecord>,
+    /// With `pagination`: pass `next_cursor` as `cursor` for the next page.
+    pub meta: SuccessMeta,
+}
+
+fn bad_query(field: &str, message: &str) -> ApiError {
+    let mut errors = serde_json::Map::new();
+    errors.insert(field.into(), message.into());
+    ApiError::Validation(errors)
+}
+
+/// `cursor` is `base64url(issued_at|jti)` of the last record of the previous page.
+fn encode_cursor(row: &SessionTokenRecord) -> String {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", row.issued_at.to_rfc3339(), row.jti))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, uuid::Uuid)> {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (at, jti) = text.split_once('|')?;
+    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+    Some((at, uuid::Uuid::try_parse(jti).ok()?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/public-api/sessions",
+    operation_id = "public_api.session_tokens_list",
+    tag = "Chat",
+    summary = "The caller's tenant's minted tokens, newest first",
+    description = "Keyset-paginated (`meta.pagination`: pass `next_cursor` as `cursor`); stable while new tokens are minted. A tenant also sees the tokens the platform minted into its Neo Support session (`minted_by_platform`); the platform key also sees those it minted into other tenants.",
+    params(
+        ("session_id" = Option<String>, Query, description = "Only this chat session's tokens."),
+        ("active" = Option<bool>, Query, description = "`true`: neither revoked nor expired; `false`: revoked or expired."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
+        ("cursor" = Option<String>, Query, description = "`meta.pagination.next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "One page.", body = SessionTokenList),
+        (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
+        (status = 403, description = "An end-user token may not list.", body = ErrorEnvelope),
+        (status = 422, description = "A query parameter is invalid.", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
+        (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn list_session_tokens(
+    State(state): State<Arc<AppState>>,
+    ctx: RequestContext,
+    MintingPrincipal(principal): MintingPrincipal,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<SessionTokenList>, ApiError> {
+    let active = match query.get("active").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(bad_query("active", "must be true or false")),
+    };
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| bad_query("limit", "must be an integer from 1 to 200"))?,
+    };
+    let after = match query.get("cursor").filter(|cursor| !cursor.is_empty()) {
+        None => None,
+        Some(cursor) => Some(
+            decode_cursor(cursor)
+                .ok_or_else(|| bad_query("cursor", "is not a cursor this service gave out"))?,
+        ),
+    };
+    let mint_query = crate::store::MintQuery {
+        tenant_id: principal.tenant_id().to_owned(),
+        minted_by_tenant: principal
+            .is_platform()
+            .then(|| principal.tenant_id().to_owned()),
+        session_id: query.get("session_id").cloned(),
+        active,
+        after,
+        limit: limit + 1,
+    };
+    let mut timings = Timings::default();
+    let rows = timings
+        .time("db", state.store.list_mints(&mint_query))
+        .await?;
+    let has_more = rows.len() > limit as usize;
+    let records: Vec<SessionTokenRecord> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(SessionTokenRecord::of)
+        .collect();
+    let mut meta = SuccessMeta::new(ctx, timings, Vec::new());
+    meta.pagination = Some(super::envelope::Pagination {
+        next_cursor: has_more
+            .then(|| records.last().map(encode_cursor))
+            .flatten(),
+        has_more,
+    });
+    Ok(Json(SessionTokenList {
+        data: records,
+        meta,
+    }))
+}

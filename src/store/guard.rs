@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey, PoolStatus,
-    Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
-    TenantRow,
+    ApiKeyListing, ApiKeyRow, MigrationStatus, MintQuery, MintRecord, MintRow, NewApiKey,
+    PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
+    StoreResult, TenantRow,
 };
 use crate::metrics::Metrics;
 
@@ -199,6 +199,11 @@ impl Store for GuardedStore {
             self.inner.find_tenant_by_entra_id(entra_tenant_id),
         )
         .await
+    }
+
+    async fn list_mints(&self, query: &MintQuery) -> StoreResult<Vec<MintRow>> {
+        self.guarded("list_mints", self.inner.list_mints(query))
+            .await
     }
 
     async fn find_mint(&self, jti: uuid::Uuid) -> StoreResult<Option<MintRow>> {

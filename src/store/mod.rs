@@ -276,6 +276,21 @@ pub struct MintRow {
     pub revoked_by: Option<String>,
 }
 
+/// Which mint records to list.
+#[derive(Debug, Clone)]
+pub struct MintQuery {
+    /// The caller's tenant: its tokens.
+    pub tenant_id: String,
+    /// Also the tokens this (platform) tenant minted into other tenants.
+    pub minted_by_tenant: Option<String>,
+    pub session_id: Option<String>,
+    /// `Some(true)`: neither revoked nor expired; `Some(false)`: revoked or expired.
+    pub active: Option<bool>,
+    /// Keyset: only records strictly after this `(issued_at, jti)` in the order.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: u32,
+}
+
 /// One revoked token, for verifiers' deny-lists.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Revocation {
@@ -419,6 +434,9 @@ pub trait Store: Send + Sync + 'static {
     async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()>;
 
     async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>>;
+
+    /// Mint records, newest first (`issued_at`, then `jti`, descending), as `query` says.
+    async fn list_mints(&self, query: &MintQuery) -> StoreResult<Vec<MintRow>>;
 
     /// One mint record by its jti.
     async fn find_mint(&self, jti: Uuid) -> StoreResult<Option<MintRow>>;

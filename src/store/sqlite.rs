@@ -12,9 +12,9 @@ use sqlx::{
 };
 
 use super::{
-    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintRecord, MintRow, NewApiKey,
-    PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
-    StoreResult, TenantRow,
+    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintQuery, MintRecord, MintRow,
+    NewApiKey, PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store,
+    StoreError, StoreResult, TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -180,6 +180,31 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(StoreError::from)
+    }
+
+    async fn list_mints(&self, query: &MintQuery) -> StoreResult<Vec<MintRow>> {
+        sqlx::query_as(
+            "SELECT jti, session_id, tenant_id, minted_by_kind, minted_by, minted_by_tenant,
+                    end_user, end_company_id, issued_at, expires_at, revoked_at, revoked_by
+             FROM session_token_mints
+             WHERE (tenant_id = ?1 OR (?2 IS NOT NULL AND minted_by_tenant = ?2))
+               AND (?3 IS NULL OR session_id = ?3)
+               AND (?4 IS NULL OR ?4 = (revoked_at IS NULL AND expires_at > ?8))
+               AND (?5 IS NULL OR (issued_at, jti) < (?5, ?6))
+             ORDER BY issued_at DESC, jti DESC
+             LIMIT ?7",
+        )
+        .bind(&query.tenant_id)
+        .bind(&query.minted_by_tenant)
+        .bind(&query.session_id)
+        .bind(query.active)
+        .bind(query.after.map(|(at, _)| ts(at)))
+        .bind(query.after.map(|(_, jti)| jti.to_string()))
+        .bind(i64::from(query.limit))
+        .bind(ts(Utc::now()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from)
     }
 
     async fn find_mint(&self, jti: uuid::Uuid) -> StoreResult<Option<MintRow>> {

@@ -143,6 +143,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
             "GET /public-api/health",
             "GET /public-api/health/live",
             "GET /public-api/openapi.json",
+            "GET /public-api/sessions",
             "GET /public-api/sessions/revocations",
             "GET /public-api/sessions/{jti}",
             "POST /public-api/sessions",

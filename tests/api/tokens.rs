@@ -359,7 +359,117 @@ async fn a_sessions_tokens_are_revoked_together_and_fed_to_verifiers(backend: Ba
     .await;
 }
 
+async fn list(app: &TestApp, credential: &str, query: &[(&str, &str)]) -> (Vec<Value>, Value) {
+    let response = app
+        .client
+        .get(app.url("/public-api/sessions"))
+        .query(query)
+        .bearer_auth(credential)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    (
+        body["data"].as_array().expect("data").clone(),
+        body["meta"]["pagination"].clone(),
+    )
+}
+
+/// 250 tokens paged through 100 at a time while 20 more are minted: each of the 250 exactly
+/// once, newest first; filters by session and by activity; other tenants see none of them.
+async fn listing_pages_through_every_token_once(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let mut minted_jtis = std::collections::HashSet::new();
+    for i in 0..250 {
+        let session = if i % 5 == 0 { "s-acme-wl" } else { "s-acme-1" };
+        let (jti, _) = minted(&app, ACME_KEY, json!({ "session_id": session })).await;
+        minted_jtis.insert(jti);
+    }
+    let concurrent = {
+        let app = std::sync::Arc::clone(&app);
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+            }
+        })
+    };
+    let (first, pagination) = list(&app, ACME_KEY, &[("limit", "100")]).await;
+    let mut seen: Vec<String> = Vec::new();
+    let mut page = first;
+    let mut pagination = pagination;
+    loop {
+        seen.extend(
+            page.iter()
+                .filter_map(|r| r["jti"].as_str().map(str::to_owned)),
+        );
+        if pagination["has_more"] != true {
+            break;
+        }
+        let cursor = pagination["next_cursor"]
+            .as_str()
+            .expect("cursor")
+            .to_owned();
+        (page, pagination) = list(&app, ACME_KEY, &[("limit", "100"), ("cursor", &cursor)]).await;
+    }
+    concurrent.await.expect("concurrent mints");
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a token listed twice");
+    for jti in &minted_jtis {
+        assert!(seen.contains(jti), "{jti} missing from the pages");
+    }
+
+    let (scoped, _) = list(
+        &app,
+        ACME_KEY,
+        &[("session_id", "s-acme-wl"), ("limit", "200")],
+    )
+    .await;
+    assert_eq!(scoped.len(), 50);
+    assert!(scoped.iter().all(|r| r["session_id"] == "s-acme-wl"));
+    let times: Vec<&str> = scoped
+        .iter()
+        .filter_map(|r| r["issued_at"].as_str())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+
+    let one = scoped[0]["jti"].as_str().expect("jti").to_owned();
+    assert_eq!(revoke(&app, ACME_KEY, &one).await.status(), StatusCode::OK);
+    let (inactive, _) = list(&app, ACME_KEY, &[("active", "false")]).await;
+    assert_eq!(inactive.len(), 1);
+    assert_eq!(inactive[0]["jti"], one.as_str());
+
+    let (foreign, pagination) = list(&app, GLOBEX_KEY, &[]).await;
+    assert!(foreign.is_empty());
+    assert_eq!(pagination["has_more"], false);
+    for (field, value) in [
+        ("limit", "0"),
+        ("limit", "201"),
+        ("active", "yes"),
+        ("cursor", "nope"),
+    ] {
+        let response = app
+            .client
+            .get(app.url("/public-api/sessions"))
+            .query(&[(field, value)])
+            .bearer_auth(ACME_KEY)
+            .send()
+            .await
+            .expect("request");
+        let body = assert_error(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert!(body["error"]["details"].get(field).is_some(), "{body}");
+    }
+}
+
 backend_tests!(
+    listing_pages_through_every_token_once,
     a_sessions_tokens_are_revoked_together_and_fed_to_verifiers,
     a_record_is_read_and_revoked_by_its_tenant_only,
     introspection_says_active_only_for_live_tokens_of_the_callers_tenant,
