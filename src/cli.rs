@@ -185,7 +185,8 @@ pub enum ApiKeyCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
-    /// Revoke a key by id; it is refused from the next request on.
+    /// Revoke a key by id; every replica refuses it within NEO_API_KEY_CACHE_SECONDS (5 s by
+    /// default: the key cache; it takes effect at once where the key is not cached).
     Revoke { id: String },
 }
 
