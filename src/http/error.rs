@@ -49,6 +49,12 @@ pub enum ApiError {
     TokenNotFound,
     #[error("session closed")]
     SessionClosed,
+    /// An `Idempotency-Key` seen before with a different request body.
+    #[error("idempotency key reused with another request")]
+    IdempotencyKeyReused,
+    /// An `Idempotency-Key` whose first request is still minting.
+    #[error("idempotency key in use")]
+    IdempotencyKeyInUse,
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("unsupported content type")]
@@ -144,7 +150,9 @@ impl ApiError {
             | Self::AmbiguousCredentials(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::SessionNotFound | Self::TokenNotFound => StatusCode::NOT_FOUND,
-            Self::SessionClosed => StatusCode::CONFLICT,
+            Self::SessionClosed | Self::IdempotencyKeyReused | Self::IdempotencyKeyInUse => {
+                StatusCode::CONFLICT
+            }
             Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -191,6 +199,16 @@ impl ApiError {
             Self::SessionClosed => (
                 "session_closed",
                 "The session is closed; tokens can be minted only for active sessions.".into(),
+                None,
+            ),
+            Self::IdempotencyKeyReused => (
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request body; use a new key for a new request.".into(),
+                None,
+            ),
+            Self::IdempotencyKeyInUse => (
+                "idempotency_key_in_use",
+                "The first request with this Idempotency-Key is still being processed; retry shortly.".into(),
                 None,
             ),
             Self::InvalidJson(why) => (
@@ -490,6 +508,8 @@ mod tests {
             ApiError::SessionNotFound,
             ApiError::TokenNotFound,
             ApiError::SessionClosed,
+            ApiError::IdempotencyKeyReused,
+            ApiError::IdempotencyKeyInUse,
             ApiError::InvalidJson("x".into()),
             ApiError::UnsupportedMediaType,
             ApiError::PayloadTooLarge,

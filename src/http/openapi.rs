@@ -80,7 +80,14 @@ pub(crate) const ERROR_CODES: &[(&str, &[&str])] = &[
         &["session_not_found", "token_not_found", "not_found"],
     ),
     ("405", &["method_not_allowed"]),
-    ("409", &["session_closed"]),
+    (
+        "409",
+        &[
+            "session_closed",
+            "idempotency_key_reused",
+            "idempotency_key_in_use",
+        ],
+    ),
     ("413", &["payload_too_large"]),
     ("415", &["unsupported_media_type"]),
     (

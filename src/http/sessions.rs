@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, Json};
+use axum::{extract::State, http::HeaderMap, Json};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -18,8 +19,8 @@ use super::{
 use crate::{
     auth::Principal,
     config::TokenConfig,
-    store::{MintRecord, SessionRow},
-    tokens::TokenGrant,
+    store::{IdempotencyClaim, MintRecord, SessionRow},
+    tokens::{MintedToken, SessionClaims, TokenGrant, TokenIssuer},
 };
 
 const MAX_ID_LEN: usize = 255;
@@ -89,6 +90,10 @@ pub struct MintSessionTokenEnvelope {
     tag = "Chat",
     summary = "Mint an end-user session token",
     description = "Mints a short-lived JWT bound to one chat `session_id`. The Teams relay (or any future end-user-facing channel) attaches it as `Authorization: Bearer <token>` on subsequent `/chat/sessions/<session_id>/*` calls. Only service-account or dashboard callers can mint; the resulting token cannot mint or revoke.\n\nA **platform** service account may pass `client_id` to mint for another tenant, but only when `session_id` is that tenant's Neo Support session (otherwise 403); any non-platform caller passing `client_id` is rejected with 403.\n\nWhen the session is scoped to an end-company (white-label sessions are, at create), the minted `end_company_id` claim is taken from the session itself — a caller-supplied value never widens or changes the session's scope.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1, pattern = "^[\\x21-\\x7E]+$",
+            description = "Makes a retry safe: a request repeating the key and body of one this credential sent in the last `NEO_TOKEN_MAX_TTL` seconds gets the token that request minted (same `jti` and expiry, signed again) instead of a new one; the same key with another body is a 409 `idempotency_key_reused`, and a retry while the first request is still minting waits up to 5 s, then gets a 409 `idempotency_key_in_use`."),
+    ),
     request_body(content = MintSessionTokenRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Success.", body = MintSessionTokenEnvelope,
@@ -123,16 +128,166 @@ pub async fn mint_session_token(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
     MintingPrincipal(principal): MintingPrincipal,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Success<MintSessionTokenResponse>>, ApiError> {
-    let store = &state.store;
-    let mut timings = Timings::default();
+    let idempotency_key = idempotency_key(&headers)?;
+    // Hashed as parsed (serde_json sorts object keys), so whitespace and key order do not matter.
+    let request_hash = idempotency_key.as_ref().map(|_| {
+        let canonical = serde_json::to_vec(&body).unwrap_or_default();
+        <[u8; 32]>::from(Sha256::digest(canonical))
+    });
 
     // Rule 1: the shape of the body.
     let request = MintSessionTokenRequest::from_json(body, &state.config.token)?;
+    let mut timings = Timings::default();
+
+    let (Some(key), Some(request_hash)) = (idempotency_key, request_hash) else {
+        let (data, warnings, _) = mint(&state, &principal, request, &mut timings).await?;
+        return Ok(Success::new(data, SuccessMeta::new(ctx, timings, warnings)));
+    };
+
+    // With an Idempotency-Key: the first request mints, a retry gets that token again.
+    let owner = format!("{}:{}", principal.kind(), principal.id());
+    let window = chrono::Duration::seconds(i64::from(state.config.token.max_ttl));
+    let patience = std::time::Instant::now() + IDEMPOTENCY_WAIT;
+    loop {
+        let now = Utc::now();
+        let claim = state.store.claim_idempotency(
+            &owner,
+            &key,
+            &request_hash,
+            now,
+            now - window,
+            now - IDEMPOTENCY_ABANDONED,
+        );
+        match timings.time("db", claim).await? {
+            None => break,
+            Some(claim) if claim.request_hash[..] != request_hash[..] => {
+                return Err(ApiError::IdempotencyKeyReused)
+            }
+            Some(IdempotencyClaim {
+                claims: Some(claims),
+                ..
+            }) => {
+                let claims: SessionClaims = serde_json::from_str(&claims)
+                    .map_err(|e| ApiError::Internal(format!("stored idempotent claims: {e}")))?;
+                if claims.exp <= now.timestamp() {
+                    // That token has expired: this retry mints a new one.
+                    let forget = state.store.settle_idempotency(&owner, &key, None);
+                    timings.time("db", forget).await?;
+                    continue;
+                }
+                let minted = sign(&state, Signing::Again(claims), &mut timings).await?;
+                let expires_in = u32::try_from(minted.claims.exp - now.timestamp()).unwrap_or(0);
+                tracing::Span::current().record("jti", tracing::field::display(minted.jti));
+                let data = MintSessionTokenResponse {
+                    token: minted.token,
+                    jti: minted.jti,
+                    session_id: minted.claims.session_id,
+                    expires_at: minted.expires_at,
+                    expires_in,
+                };
+                let warnings = vec![IDEMPOTENT_REPLAY.to_owned()];
+                return Ok(Success::new(data, SuccessMeta::new(ctx, timings, warnings)));
+            }
+            Some(_) if std::time::Instant::now() < patience => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Some(_) => return Err(ApiError::IdempotencyKeyInUse),
+        }
+    }
+    let minted = mint(&state, &principal, request, &mut timings).await;
+    let settled = match &minted {
+        Ok((_, _, claims)) => serde_json::to_string(claims).ok(),
+        Err(_) => None,
+    };
+    if let Err(error) = state
+        .store
+        .settle_idempotency(&owner, &key, settled.as_deref())
+        .await
+    {
+        // The token is minted and recorded; a retry waits out the claim (IDEMPOTENCY_ABANDONED).
+        tracing::warn!(%error, "could not settle an Idempotency-Key claim");
+    }
+    let (data, warnings, _) = minted?;
+    Ok(Success::new(data, SuccessMeta::new(ctx, timings, warnings)))
+}
+
+/// How long a retry waits for the first request with its key to finish before a 409.
+const IDEMPOTENCY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A claim never settled (its instance died mid-mint) is dropped after this long.
+const IDEMPOTENCY_ABANDONED: chrono::Duration = chrono::Duration::seconds(30);
+const IDEMPOTENT_REPLAY: &str = "Idempotency-Key replay: this is the token the first request with this key minted (same jti and expiry), signed again.";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        let mut fields = Map::new();
+        fields.insert(
+            "Idempotency-Key".into(),
+            Value::from(vec![Value::from(why)]),
+        );
+        ApiError::Validation(fields)
+    };
+    if values.next().is_some() {
+        return Err(bad("send the header once"));
+    }
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&k.len())
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| bad("must be 1 to 255 visible ASCII characters"))?;
+    Ok(Some(key.to_owned()))
+}
+
+enum Signing {
+    New(TokenGrant),
+    Again(SessionClaims),
+}
+
+async fn sign(
+    state: &AppState,
+    what: Signing,
+    timings: &mut Timings,
+) -> Result<MintedToken, ApiError> {
+    let started = std::time::Instant::now();
+    let issue = |issuer: &TokenIssuer, what: Signing| match what {
+        Signing::New(grant) => issuer.issue(grant),
+        Signing::Again(claims) => issuer.resign(claims),
+    };
+    let minted = if state.issuer.signs_slowly() {
+        // RS256 takes about a millisecond of CPU: off the async runtime.
+        let issuer = Arc::clone(&state.issuer);
+        tokio::task::spawn_blocking(move || issue(&issuer, what))
+            .await
+            .map_err(|e| ApiError::Internal(format!("signing task failed: {e}")))??
+    } else {
+        issue(&state.issuer, what)?
+    };
+    timings.add("sign", started);
+    Ok(minted)
+}
+
+/// Rules 2 to 7 for a well-formed request: the response data, warnings, and the signed claims.
+async fn mint(
+    state: &AppState,
+    principal: &Principal,
+    request: MintSessionTokenRequest,
+    timings: &mut Timings,
+) -> Result<(MintSessionTokenResponse, Vec<String>, SessionClaims), ApiError> {
+    let store = &state.store;
 
     // Rules 2 and 3: the target tenant (refused before any lookup), then its session.
-    let target = Target::of(&principal, request.client_id.as_deref())?;
+    let target = Target::of(principal, request.client_id.as_deref())?;
     let session = timings
         .time("db", store.find_session(&request.session_id))
         .await?;
@@ -191,7 +346,6 @@ pub async fn mint_session_token(
     let ttl_seconds = request
         .ttl_seconds
         .unwrap_or(state.config.token.default_ttl);
-    let signing = std::time::Instant::now();
     let claims_end_company = end_company_id.clone();
     let grant = TokenGrant {
         session_id: session.id.clone(),
@@ -202,16 +356,7 @@ pub async fn mint_session_token(
         allowed_agent_ids,
         ttl_seconds,
     };
-    let minted = if state.issuer.signs_slowly() {
-        // RS256 takes about a millisecond of CPU: off the async runtime.
-        let issuer = Arc::clone(&state.issuer);
-        tokio::task::spawn_blocking(move || issuer.issue(grant))
-            .await
-            .map_err(|e| ApiError::Internal(format!("signing task failed: {e}")))??
-    } else {
-        state.issuer.issue(grant)?
-    };
-    timings.add("sign", signing);
+    let minted = sign(state, Signing::New(grant), timings).await?;
     tracing::Span::current().record("jti", tracing::field::display(minted.jti));
 
     let record = MintRecord {
@@ -235,7 +380,7 @@ pub async fn mint_session_token(
         expires_at: minted.expires_at,
         expires_in: ttl_seconds,
     };
-    Ok(Success::new(data, SuccessMeta::new(ctx, timings, warnings)))
+    Ok((data, warnings, minted.claims))
 }
 
 /// Whose session a mint may be for (rules 2 and 3).

@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyListing, ApiKeyRow, MigrationStatus, MintQuery, MintRecord, MintRow, NewApiKey,
-    PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
-    StoreResult, TenantRow,
+    ApiKeyListing, ApiKeyRow, IdempotencyClaim, MigrationStatus, MintQuery, MintRecord, MintRow,
+    NewApiKey, PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store,
+    StoreError, StoreResult, TenantRow,
 };
 use crate::metrics::Metrics;
 
@@ -197,6 +197,42 @@ impl Store for GuardedStore {
         self.guarded(
             "find_tenant_by_entra_id",
             self.inner.find_tenant_by_entra_id(entra_tenant_id),
+        )
+        .await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        request_hash: &[u8; 32],
+        now: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+        abandoned_before: DateTime<Utc>,
+    ) -> StoreResult<Option<IdempotencyClaim>> {
+        self.guarded(
+            "claim_idempotency",
+            self.inner.claim_idempotency(
+                principal,
+                key,
+                request_hash,
+                now,
+                expired_before,
+                abandoned_before,
+            ),
+        )
+        .await
+    }
+
+    async fn settle_idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        claims: Option<&str>,
+    ) -> StoreResult<()> {
+        self.guarded(
+            "settle_idempotency",
+            self.inner.settle_idempotency(principal, key, claims),
         )
         .await
     }

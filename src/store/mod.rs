@@ -276,6 +276,14 @@ pub struct MintRow {
     pub revoked_by: Option<String>,
 }
 
+/// An `Idempotency-Key` claimed before.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdempotencyClaim {
+    pub request_hash: Vec<u8>,
+    /// The token's claims (JSON) once minted; `None` while the first request is minting.
+    pub claims: Option<String>,
+}
+
 /// Which mint records to list.
 #[derive(Debug, Clone)]
 pub struct MintQuery {
@@ -437,6 +445,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Mint records, newest first (`issued_at`, then `jti`, descending), as `query` says.
     async fn list_mints(&self, query: &MintQuery) -> StoreResult<Vec<MintRow>>;
+
+    /// Claims `(principal, key)` for a mint with `request_hash`, first dropping a claim older than
+    /// `expired_before`, or one never settled (its mint died) older than `abandoned_before`. `None`: claimed, mint now; else the claim that was there.
+    async fn claim_idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        request_hash: &[u8; 32],
+        now: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+        abandoned_before: DateTime<Utc>,
+    ) -> StoreResult<Option<IdempotencyClaim>>;
+
+    /// Stores the minted token's claims (JSON) on a claim; `None` removes the claim (the mint
+    /// failed: a retry may try again).
+    async fn settle_idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        claims: Option<&str>,
+    ) -> StoreResult<()>;
 
     /// One mint record by its jti.
     async fn find_mint(&self, jti: Uuid) -> StoreResult<Option<MintRow>>;

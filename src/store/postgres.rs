@@ -10,9 +10,9 @@ use sqlx::{
 };
 
 use super::{
-    migration_status_of, ApiKeyListing, ApiKeyRow, MigrationStatus, MintQuery, MintRecord, MintRow,
-    NewApiKey, PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store,
-    StoreError, StoreResult, TenantRow,
+    migration_status_of, ApiKeyListing, ApiKeyRow, IdempotencyClaim, MigrationStatus, MintQuery,
+    MintRecord, MintRow, NewApiKey, PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow,
+    SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -174,6 +174,73 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(StoreError::from)
+    }
+
+    async fn claim_idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        request_hash: &[u8; 32],
+        now: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+        abandoned_before: DateTime<Utc>,
+    ) -> StoreResult<Option<IdempotencyClaim>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM mint_idempotency WHERE principal = $1 AND idem_key = $2
+               AND (created_at < $3 OR (claims IS NULL AND created_at < $4))",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(expired_before)
+        .bind(abandoned_before)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO mint_idempotency (principal, idem_key, request_hash, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(&request_hash[..])
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let existing = if inserted {
+            None
+        } else {
+            sqlx::query_as(
+                "SELECT request_hash, claims FROM mint_idempotency
+                 WHERE principal = $1 AND idem_key = $2",
+            )
+            .bind(principal)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        Ok(existing)
+    }
+
+    async fn settle_idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        claims: Option<&str>,
+    ) -> StoreResult<()> {
+        let statement = match claims {
+            Some(_) => "UPDATE mint_idempotency SET claims = $3 WHERE principal = $1 AND idem_key = $2",
+            None => "DELETE FROM mint_idempotency WHERE principal = $1 AND idem_key = $2 AND $3::text IS NULL",
+        };
+        sqlx::query(statement)
+            .bind(principal)
+            .bind(key)
+            .bind(claims)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn list_mints(&self, query: &MintQuery) -> StoreResult<Vec<MintRow>> {

@@ -57,6 +57,8 @@ pub struct MintedToken {
     pub jti: Uuid,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// What was signed: kept (not the token) for an `Idempotency-Key` replay.
+    pub claims: SessionClaims,
 }
 
 #[derive(Serialize)]
@@ -296,6 +298,18 @@ impl TokenIssuer {
             allowed_agent_ids: grant.allowed_agent_ids,
             scope: self.scope.clone(),
         };
+        self.sign(signer, claims)
+    }
+
+    /// Signs `claims` again with the key active now: the same token (same `jti`, same times), a
+    /// new signature. An `Idempotency-Key` replay answers with it, so no token is kept at rest.
+    pub fn resign(&self, claims: SessionClaims) -> Result<MintedToken, KeyError> {
+        let ring = self.ring();
+        let signer = ring.active(now_seconds()).ok_or(KeyError::NoActiveKey)?;
+        self.sign(signer, claims)
+    }
+
+    fn sign(&self, signer: &RingKey, claims: SessionClaims) -> Result<MintedToken, KeyError> {
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Sign)?;
         let mut token =
             String::with_capacity(signer.encoded_header.len() + payload.len() * 2 + 100);
@@ -309,9 +323,10 @@ impl TokenIssuer {
         let at = |secs: i64| Utc.timestamp_opt(secs, 0).single().ok_or(KeyError::Sign);
         Ok(MintedToken {
             token,
-            jti,
-            issued_at: at(now)?,
-            expires_at: at(exp)?,
+            jti: claims.jti,
+            issued_at: at(claims.iat)?,
+            expires_at: at(claims.exp)?,
+            claims,
         })
     }
 }

@@ -29,6 +29,7 @@ mod demo;
 mod entra;
 mod faults;
 mod hostile;
+mod idempotency;
 mod logging;
 mod metrics;
 mod mint;
