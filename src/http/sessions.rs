@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, http::HeaderMap, Json};
+use axum::{
+    extract::{FromRequestParts, State},
+    http::request::Parts,
+    Json,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -128,10 +132,9 @@ pub async fn mint_session_token(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
     MintingPrincipal(principal): MintingPrincipal,
-    headers: HeaderMap,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Success<MintSessionTokenResponse>>, ApiError> {
-    let idempotency_key = idempotency_key(&headers)?;
     // Hashed as parsed (serde_json sorts object keys), so whitespace and key order do not matter.
     let request_hash = idempotency_key.as_ref().map(|_| {
         let canonical = serde_json::to_vec(&body).unwrap_or_default();
@@ -221,32 +224,39 @@ const IDEMPOTENCY_ABANDONED: chrono::Duration = chrono::Duration::seconds(30);
 const IDEMPOTENT_REPLAY: &str = "Idempotency-Key replay: this is the token the first request with this key minted (same jti and expiry), signed again.";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let mut values = headers.get_all("idempotency-key").iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    let bad = |why: &str| {
-        let mut fields = Map::new();
-        fields.insert(
-            "Idempotency-Key".into(),
-            Value::from(vec![Value::from(why)]),
-        );
-        ApiError::Validation(fields)
-    };
-    if values.next().is_some() {
-        return Err(bad("send the header once"));
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters. Read in place (the
+/// `HeaderMap` extractor would copy every header on every mint).
+pub struct IdempotencyKey(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut values = parts.headers.get_all("idempotency-key").iter();
+        let Some(value) = values.next() else {
+            return Ok(Self(None));
+        };
+        let bad = |why: &str| {
+            let mut fields = Map::new();
+            fields.insert(
+                "Idempotency-Key".into(),
+                Value::from(vec![Value::from(why)]),
+            );
+            ApiError::Validation(fields)
+        };
+        if values.next().is_some() {
+            return Err(bad("send the header once"));
+        }
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| {
+                (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&k.len())
+                    && k.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .ok_or_else(|| bad("must be 1 to 255 visible ASCII characters"))?;
+        Ok(Self(Some(key.to_owned())))
     }
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| {
-            (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&k.len())
-                && k.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .ok_or_else(|| bad("must be 1 to 255 visible ASCII characters"))?;
-    Ok(Some(key.to_owned()))
 }
 
 enum Signing {
