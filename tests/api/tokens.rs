@@ -182,6 +182,29 @@ async fn introspection_says_active_only_for_live_tokens_of_the_callers_tenant(ba
 
 /// A token the platform minted into Acme's Neo Support session: Acme sees it (marked), the
 /// platform sees it; the platform does not see Acme's own tokens.
+async fn an_expired_token_is_not_active(backend: Backend) {
+    let app = TestApp::builder(backend).static_signing_key().spawn().await;
+    let (jti, _) = minted(
+        &app,
+        ACME_KEY,
+        json!({"session_id": "s-acme-1", "end_user": "pat"}),
+    )
+    .await;
+    // The minted jti, signed with the server's own key: first live (the control), then expired.
+    let live = crate::verify::signed(&app, json!({ "jti": jti })).await;
+    assert_eq!(introspect(&app, ACME_KEY, &live).await["active"], true);
+    let now = chrono::Utc::now().timestamp();
+    let expired = crate::verify::signed(
+        &app,
+        json!({"jti": jti, "exp": now - 3600, "iat": now - 4000, "nbf": now - 4000}),
+    )
+    .await;
+    assert_eq!(
+        introspect(&app, ACME_KEY, &expired).await,
+        json!({"active": false})
+    );
+}
+
 async fn the_platforms_support_tokens_are_visible_to_both_sides(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (support_jti, _) = minted(
@@ -474,4 +497,5 @@ backend_tests!(
     a_record_is_read_and_revoked_by_its_tenant_only,
     introspection_says_active_only_for_live_tokens_of_the_callers_tenant,
     the_platforms_support_tokens_are_visible_to_both_sides,
+    an_expired_token_is_not_active,
 );

@@ -55,7 +55,7 @@ async fn server_kid(app: &TestApp) -> String {
     jwks["keys"][0]["kid"].as_str().expect("kid").to_owned()
 }
 
-async fn signed(app: &TestApp, overrides: Value) -> String {
+pub(crate) async fn signed(app: &TestApp, overrides: Value) -> String {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(server_kid(app).await);
     header.typ = Some(SESSION_TOKEN_TYP.to_owned());
