@@ -418,7 +418,11 @@ pub struct RevocationFeed {
     pub revocations: Vec<RevokedToken>,
     /// Pass as `since` next time (the last revocation's time, or the `since` given).
     pub next_since: DateTime<Utc>,
-    /// More revocations wait: ask again at once with `next_since`.
+    /// Pass as `after` next time, with `next_since` (the last revocation's jti, or the `after`
+    /// given): one bulk revoke gives many tokens the same `revoked_at`.
+    #[schema(value_type = Option<String>)]
+    pub next_after: Option<String>,
+    /// More revocations wait: ask again at once with `next_since` and `next_after`.
     pub has_more: bool,
 }
 
@@ -437,13 +441,16 @@ const FEED_PAGE: u32 = 1000;
     operation_id = "public_api.session_token_revocations",
     tag = "Chat",
     summary = "Revoked tokens that have not expired yet (a verifier's deny-list feed)",
-    description = "Revocations after `since` (RFC 3339; default: all), oldest first, at most 1000 per call. A verifier keeps the jtis in memory until their `expires_at` and polls with `next_since`. A tenant's key sees its tenant's tokens; the platform key sees every tenant's (the chat service verifies them all).",
-    params(("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time; revocations after it (absent: all).")),
+    description = "Revocations after `since` (RFC 3339; default: all), oldest first, at most 1000 per call. A verifier keeps the jtis in memory until their `expires_at` and polls with `next_since` and `next_after`. A tenant's key sees its tenant's tokens; the platform key sees every tenant's (the chat service verifies them all).",
+    params(
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time; revocations after it (absent: all)."),
+        ("after" = Option<String>, Query, format = Uuid, description = "With `since`: the last jti already seen at that time (`next_after`); revocations at exactly `since` with a greater jti are included."),
+    ),
     responses(
         (status = 200, description = "The revocations.", body = RevocationFeedEnvelope),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
         (status = 403, description = "An end-user token may not read the feed.", body = ErrorEnvelope),
-        (status = 422, description = "`since` is not an RFC 3339 time.", body = ErrorEnvelope),
+        (status = 422, description = "`since` is not an RFC 3339 time, or `after` not a UUID.", body = ErrorEnvelope),
         (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
         (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
     ),
@@ -468,14 +475,24 @@ pub async fn revocations(
                 ApiError::Validation(errors)
             })?,
     };
+    let after = match query.get("after") {
+        None => None,
+        Some(text) => Some(
+            uuid::Uuid::try_parse(text)
+                .map(|jti| jti.to_string())
+                .map_err(|_| {
+                    let mut errors = serde_json::Map::new();
+                    errors.insert("after".into(), "must be a jti (a UUID)".into());
+                    ApiError::Validation(errors)
+                })?,
+        ),
+    };
     let tenant = (!principal.is_platform()).then(|| principal.tenant_id());
     let mut timings = Timings::default();
-    let rows = timings
-        .time(
-            "db",
-            state.store.revocations_since(tenant, since, FEED_PAGE + 1),
-        )
-        .await?;
+    let feed = state
+        .store
+        .revocations_since(tenant, since, after.as_deref(), FEED_PAGE + 1);
+    let rows = timings.time("db", feed).await?;
     let has_more = rows.len() > FEED_PAGE as usize;
     let revocations: Vec<RevokedToken> = rows
         .into_iter()
@@ -487,10 +504,12 @@ pub async fn revocations(
         })
         .collect();
     let next_since = revocations.last().map_or(since, |r| r.revoked_at);
+    let next_after = revocations.last().map(|r| r.jti.clone()).or(after);
     Ok(Success::new(
         RevocationFeed {
             revocations,
             next_since,
+            next_after,
             has_more,
         },
         SuccessMeta::new(ctx, timings, Vec::new()),

@@ -269,11 +269,12 @@ impl Store for GuardedStore {
         &self,
         tenant_id: Option<&str>,
         since: DateTime<Utc>,
+        after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<Revocation>> {
         self.guarded(
             "revocations_since",
-            self.inner.revocations_since(tenant_id, since, limit),
+            self.inner.revocations_since(tenant_id, since, after, limit),
         )
         .await
     }

@@ -481,10 +481,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revoked tokens that have not expired, revoked after `since`, oldest revocation first, at
     /// most `limit`; of `tenant_id`'s tokens, or of every tenant's with `None`.
+    /// (`after`: the last jti already seen at `since`, so a page boundary inside one timestamp,
+    /// as a bulk revoke writes, loses nothing.)
     async fn revocations_since(
         &self,
         tenant_id: Option<&str>,
         since: DateTime<Utc>,
+        after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<Revocation>>;
 

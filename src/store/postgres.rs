@@ -310,17 +310,20 @@ impl Store for PostgresStore {
         &self,
         tenant_id: Option<&str>,
         since: DateTime<Utc>,
+        after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<Revocation>> {
         sqlx::query_as(
             "SELECT jti::text AS jti, expires_at, revoked_at FROM session_token_mints
-             WHERE revoked_at > $1 AND expires_at > now()
+             WHERE (revoked_at > $1 OR (revoked_at = $1 AND jti > $4::uuid))
+               AND expires_at > now()
                AND ($2::text IS NULL OR tenant_id = $2)
              ORDER BY revoked_at, jti LIMIT $3",
         )
         .bind(since)
         .bind(tenant_id)
         .bind(i64::from(limit))
+        .bind(after)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from)

@@ -322,11 +322,12 @@ impl Store for SqliteStore {
         &self,
         tenant_id: Option<&str>,
         since: DateTime<Utc>,
+        after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<Revocation>> {
         sqlx::query_as(
             "SELECT jti, expires_at, revoked_at FROM session_token_mints
-             WHERE revoked_at > ?1 AND expires_at > ?2
+             WHERE (revoked_at > ?1 OR (revoked_at = ?1 AND jti > ?5)) AND expires_at > ?2
                AND (?3 IS NULL OR tenant_id = ?3)
              ORDER BY revoked_at, jti LIMIT ?4",
         )
@@ -334,6 +335,7 @@ impl Store for SqliteStore {
         .bind(ts(Utc::now()))
         .bind(tenant_id)
         .bind(i64::from(limit))
+        .bind(after)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from)

@@ -271,6 +271,79 @@ fn jtis(feed: &Value) -> Vec<String> {
 /// Revoking a chat session's tokens leaves other sessions' tokens active, says when nothing was
 /// revoked, and the revocation feed lists what was revoked, per tenant (all tenants for the
 /// platform key), continuing from `next_since`.
+/// One bulk revoke gives every token the same `revoked_at`; the feed's pages (1000 each) must
+/// still carry each one once, resuming inside that timestamp with `after`.
+async fn a_bulk_revoke_larger_than_a_feed_page_is_fed_whole(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let app = std::sync::Arc::clone(&app);
+        tasks.spawn(async move {
+            let mut jtis = Vec::new();
+            for _ in 0..201 {
+                jtis.push(
+                    minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"}))
+                        .await
+                        .0,
+                );
+            }
+            jtis
+        });
+    }
+    let minted_jtis: std::collections::HashSet<String> =
+        tasks.join_all().await.into_iter().flatten().collect();
+    assert_eq!(minted_jtis.len(), 1005);
+    let response = post_json(
+        &app,
+        ACME_KEY,
+        "/public-api/sessions/revoke",
+        json!({"session_id": "s-acme-1"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut seen = Vec::new();
+    let mut query: Vec<(String, String)> = Vec::new();
+    for _ in 0..5 {
+        let response = app
+            .client
+            .get(app.url("/public-api/sessions/revocations"))
+            .query(&query)
+            .bearer_auth(ACME_KEY)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK);
+        let page = response.json::<Value>().await.expect("json")["data"].clone();
+        seen.extend(jtis(&page));
+        if page["has_more"] != true {
+            break;
+        }
+        let since = page["next_since"].as_str().expect("next_since").to_owned();
+        let after = page["next_after"].as_str().expect("next_after").to_owned();
+        query = vec![("since".into(), since), ("after".into(), after)];
+    }
+    let unique: std::collections::HashSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a revocation fed twice");
+    assert_eq!(unique, minted_jtis, "the feed lost or invented revocations");
+
+    // A malformed `after` is refused.
+    let response = app
+        .client
+        .get(app.url("/public-api/sessions/revocations"))
+        .query(&[("after", "nope")])
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+}
+
 async fn a_sessions_tokens_are_revoked_together_and_fed_to_verifiers(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (a, _) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
@@ -498,4 +571,5 @@ backend_tests!(
     introspection_says_active_only_for_live_tokens_of_the_callers_tenant,
     the_platforms_support_tokens_are_visible_to_both_sides,
     an_expired_token_is_not_active,
+    a_bulk_revoke_larger_than_a_feed_page_is_fed_whole,
 );
