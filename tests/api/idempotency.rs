@@ -9,10 +9,15 @@ use crate::helpers::{assert_error, Backend, TestApp, ACME_KEY, GLOBEX_KEY};
 
 const KEY: &str = "relay-retry-7f3a";
 
+/// A mint with this `Idempotency-Key`.
+async fn send_keyed(app: &TestApp, credential: &str, key: &str, body: Value) -> reqwest::Response {
+    app.mint_with(Some(credential), &[("Idempotency-Key", key)], body)
+        .await
+}
+
+/// A mint with this `Idempotency-Key`, asserting 200: `data` and `meta`.
 async fn mint_keyed(app: &TestApp, credential: &str, key: &str, body: Value) -> (Value, Value) {
-    let response = app
-        .mint_with(Some(credential), &[("Idempotency-Key", key)], body)
-        .await;
+    let response = send_keyed(app, credential, key, body).await;
     let status = response.status();
     let json: Value = response.json().await.expect("json body");
     assert_eq!(status, StatusCode::OK, "{json}");
@@ -56,13 +61,13 @@ async fn a_retry_gets_the_first_token_again(backend: Backend) {
 async fn the_same_key_with_another_body_is_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     mint_keyed(&app, ACME_KEY, KEY, json!({"session_id": "s-acme-1"})).await;
-    let response = app
-        .mint_with(
-            Some(ACME_KEY),
-            &[("Idempotency-Key", KEY)],
-            json!({"session_id": "s-acme-1", "end_user": "mallory"}),
-        )
-        .await;
+    let response = send_keyed(
+        &app,
+        ACME_KEY,
+        KEY,
+        json!({"session_id": "s-acme-1", "end_user": "mallory"}),
+    )
+    .await;
     assert_error(response, StatusCode::CONFLICT, "idempotency_key_reused").await;
     assert_eq!(app.mint_count().await, 1);
 }
@@ -71,13 +76,7 @@ async fn keys_belong_to_one_credential(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (acme, _) = mint_keyed(&app, ACME_KEY, KEY, json!({"session_id": "s-acme-1"})).await;
     // Another tenant using the same key string neither sees acme's token nor is refused.
-    let response = app
-        .mint_with(
-            Some(GLOBEX_KEY),
-            &[("Idempotency-Key", KEY)],
-            json!({"session_id": "s-acme-1"}),
-        )
-        .await;
+    let response = send_keyed(&app, GLOBEX_KEY, KEY, json!({"session_id": "s-acme-1"})).await;
     assert_error(response, StatusCode::NOT_FOUND, "session_not_found").await;
     let (globex, _) = mint_keyed(&app, GLOBEX_KEY, KEY, json!({"session_id": "s-globex-1"})).await;
     assert_ne!(globex["jti"], acme["jti"]);
@@ -86,22 +85,22 @@ async fn keys_belong_to_one_credential(backend: Backend) {
 
 async fn a_refused_request_does_not_use_up_its_key(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let response = app
-        .mint_with(
-            Some(ACME_KEY),
-            &[("Idempotency-Key", KEY)],
-            json!({"session_id": "no-such-session"}),
-        )
-        .await;
+    let response = send_keyed(
+        &app,
+        ACME_KEY,
+        KEY,
+        json!({"session_id": "no-such-session"}),
+    )
+    .await;
     assert_error(response, StatusCode::NOT_FOUND, "session_not_found").await;
     // The same request again is tried again (and refused again), not answered from a claim.
-    let response = app
-        .mint_with(
-            Some(ACME_KEY),
-            &[("Idempotency-Key", KEY)],
-            json!({"session_id": "no-such-session"}),
-        )
-        .await;
+    let response = send_keyed(
+        &app,
+        ACME_KEY,
+        KEY,
+        json!({"session_id": "no-such-session"}),
+    )
+    .await;
     assert_error(response, StatusCode::NOT_FOUND, "session_not_found").await;
     // And after a failure the key may carry another request.
     mint_keyed(&app, ACME_KEY, KEY, json!({"session_id": "s-acme-1"})).await;
@@ -145,13 +144,7 @@ async fn a_malformed_key_is_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let long = "k".repeat(256);
     for key in ["", "has space", long.as_str()] {
-        let response = app
-            .mint_with(
-                Some(ACME_KEY),
-                &[("Idempotency-Key", key)],
-                json!({"session_id": "s-acme-1"}),
-            )
-            .await;
+        let response = send_keyed(&app, ACME_KEY, key, json!({"session_id": "s-acme-1"})).await;
         let body = assert_error(
             response,
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -246,15 +246,24 @@ async fn post_json(app: &TestApp, credential: &str, path: &str, body: Value) -> 
         .expect("request")
 }
 
-async fn feed(app: &TestApp, credential: &str, since: Option<&str>) -> Value {
-    let mut request = app
-        .client
+/// `GET /public-api/sessions/revocations` with these query parameters.
+async fn feed_response(
+    app: &TestApp,
+    credential: &str,
+    query: &[(&str, &str)],
+) -> reqwest::Response {
+    app.client
         .get(app.url("/public-api/sessions/revocations"))
-        .bearer_auth(credential);
-    if let Some(since) = since {
-        request = request.query(&[("since", since)]);
-    }
-    let response = request.send().await.expect("request");
+        .query(query)
+        .bearer_auth(credential)
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn feed(app: &TestApp, credential: &str, since: Option<&str>) -> Value {
+    let query: Vec<(&str, &str)> = since.map(|since| ("since", since)).into_iter().collect();
+    let response = feed_response(app, credential, &query).await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json::<Value>().await.expect("json")["data"].clone()
 }
@@ -303,16 +312,13 @@ async fn a_bulk_revoke_larger_than_a_feed_page_is_fed_whole(backend: Backend) {
     assert_eq!(response.status(), StatusCode::OK);
 
     let mut seen = Vec::new();
-    let mut query: Vec<(String, String)> = Vec::new();
+    let mut cursor: Option<(String, String)> = None;
     for _ in 0..5 {
-        let response = app
-            .client
-            .get(app.url("/public-api/sessions/revocations"))
-            .query(&query)
-            .bearer_auth(ACME_KEY)
-            .send()
-            .await
-            .expect("request");
+        let query = match &cursor {
+            Some((since, after)) => vec![("since", since.as_str()), ("after", after.as_str())],
+            None => Vec::new(),
+        };
+        let response = feed_response(&app, ACME_KEY, &query).await;
         assert_eq!(response.status(), StatusCode::OK);
         let page = response.json::<Value>().await.expect("json")["data"].clone();
         seen.extend(jtis(&page));
@@ -321,21 +327,14 @@ async fn a_bulk_revoke_larger_than_a_feed_page_is_fed_whole(backend: Backend) {
         }
         let since = page["next_since"].as_str().expect("next_since").to_owned();
         let after = page["next_after"].as_str().expect("next_after").to_owned();
-        query = vec![("since".into(), since), ("after".into(), after)];
+        cursor = Some((since, after));
     }
     let unique: std::collections::HashSet<String> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "a revocation fed twice");
     assert_eq!(unique, minted_jtis, "the feed lost or invented revocations");
 
     // A malformed `after` is refused.
-    let response = app
-        .client
-        .get(app.url("/public-api/sessions/revocations"))
-        .query(&[("after", "nope")])
-        .bearer_auth(ACME_KEY)
-        .send()
-        .await
-        .expect("request");
+    let response = feed_response(&app, ACME_KEY, &[("after", "nope")]).await;
     assert_error(
         response,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -439,14 +438,7 @@ async fn a_sessions_tokens_are_revoked_together_and_fed_to_verifiers(backend: Ba
     );
     assert_eq!(jtis(&feed(&app, ACME_KEY, Some(&next)).await), [other]);
 
-    let response = app
-        .client
-        .get(app.url("/public-api/sessions/revocations"))
-        .query(&[("since", "not a time")])
-        .bearer_auth(ACME_KEY)
-        .send()
-        .await
-        .expect("request");
+    let response = feed_response(&app, ACME_KEY, &[("since", "not a time")]).await;
     assert_error(
         response,
         StatusCode::UNPROCESSABLE_ENTITY,
