@@ -87,6 +87,7 @@ fn api_key_verification(c: &mut Criterion) {
         "test".into(),
         Duration::from_secs(3600),
         Duration::from_secs(3600),
+        live_feed(),
     );
     runtime
         .block_on(verifier.verify(ACME_KEY, Lookups::Allowed))
@@ -98,6 +99,13 @@ fn api_key_verification(c: &mut Criterion) {
                 .expect("valid key")
         })
     });
+}
+
+/// A change feed that is up (the caches answer), as in a running service.
+fn live_feed() -> Arc<neo_sessions::cache::Freshness> {
+    let freshness = neo_sessions::cache::Freshness::down();
+    freshness.restored();
+    freshness
 }
 
 struct StaticKey(Arc<DecodingKey>);
@@ -132,7 +140,12 @@ fn entra_validation(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let store = runtime.block_on(store::connect(&url, 1)).expect("store");
-    let verifier = EntraVerifier::new(Arc::new(StaticKey(Arc::new(decoding))), &config, store);
+    let verifier = EntraVerifier::new(
+        Arc::new(StaticKey(Arc::new(decoding))),
+        &config,
+        store,
+        live_feed(),
+    );
 
     let now = chrono::Utc::now().timestamp();
     let claims = json!({

@@ -19,6 +19,7 @@ use crate::{
     auth::{
         entra::EntraKeySource, ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
     },
+    cache::Freshness,
     config::Config,
     http::{
         authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions, tokens,
@@ -41,14 +42,23 @@ pub fn state(
     entra_keys: Option<Arc<dyn EntraKeySource>>,
     limits: RateLimits,
     metrics: Arc<Metrics>,
+    freshness: Arc<Freshness>,
 ) -> Arc<AppState> {
-    let entra = entra_keys.map(|keys| EntraVerifier::new(keys, &config.entra, Arc::clone(&store)));
+    let entra = entra_keys.map(|keys| {
+        EntraVerifier::new(
+            keys,
+            &config.entra,
+            Arc::clone(&store),
+            Arc::clone(&freshness),
+        )
+    });
     let authenticator = Authenticator {
         api_keys: ApiKeyVerifier::new(
             Arc::clone(&store),
             config.api_key.env.clone(),
             Duration::from_secs(config.api_key.last_used_resolution_seconds),
             Duration::from_secs(config.api_key.cache_seconds),
+            Arc::clone(&freshness),
         ),
         session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), config.token.leeway_seconds),
         entra,
@@ -62,6 +72,7 @@ pub fn state(
         limits,
         readiness: health::ReadinessCache::default(),
         metrics,
+        freshness,
     })
 }
 

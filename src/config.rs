@@ -100,6 +100,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "NEO_RATE_LIMIT_OVERRIDE_CACHE_SECONDS",
         "rate_limit.override_cache_seconds",
     ),
+    ("NEO_AUDIT_RETENTION_DAYS", "audit.retention_days"),
     ("NEO_TRUSTED_PROXIES", "server.trusted_proxies"),
     ("NEO_METRICS_LISTEN", "server.metrics_listen"),
     ("NEO_LOG_FORMAT", "log.format"),
@@ -121,6 +122,7 @@ pub struct Config {
     pub signing: SigningConfig,
     pub entra: EntraConfig,
     pub rate_limit: RateLimitConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
 }
 
@@ -308,8 +310,9 @@ pub struct ApiKeyConfig {
     pub env: String,
     /// `last_used_at` is written at most once per key per this many seconds.
     pub last_used_resolution_seconds: u64,
-    /// A key looked up by its hash is reused for this long: a revoked key is refused by every
-    /// replica at most this many seconds later. 0 looks every request up.
+    /// A key looked up by its hash is reused for at most this long. Revocation does not wait
+    /// for it: a change notification drops the key from every replica's cache at once; this is
+    /// the bound for a notification connection that died unnoticed. 0 looks every request up.
     pub cache_seconds: u64,
 }
 
@@ -320,6 +323,20 @@ impl Default for ApiKeyConfig {
             last_used_resolution_seconds: 60,
             cache_seconds: 5,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Mint records whose token expired more than this many days ago are deleted (in bounded
+    /// batches, in the background). 0 keeps them forever.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention_days: 90 }
     }
 }
 

@@ -29,6 +29,9 @@ use crate::{
     ratelimit::RateLimits,
 };
 
+/// How soon a lost cache-invalidation feed is re-opened.
+const CHANGE_FEED_RETRY: Duration = Duration::from_secs(1);
+
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
 pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
@@ -46,12 +49,46 @@ pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     } else {
         None
     };
-    let limits = RateLimits::new(&config.rate_limit, Arc::clone(&store), Arc::clone(&metrics))
-        .context("invalid rate_limit.redis_url")?;
+    // Caches answer once the change feed is live: no lookup is ever served from a cache that
+    // could miss a change.
+    let freshness = cache::Freshness::down();
+    store::spawn_change_watcher(
+        Arc::clone(&store),
+        Arc::clone(&freshness),
+        CHANGE_FEED_RETRY,
+    );
+    wait_for_change_feed(&freshness, Duration::from_secs(1)).await;
+    store::spawn_retention(
+        Arc::clone(&store),
+        config.audit.retention_days,
+        Duration::from_secs(u64::from(config.token.max_ttl)),
+    );
+    let limits = RateLimits::new(
+        &config.rate_limit,
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        Arc::clone(&freshness),
+    )
+    .context("invalid rate_limit.redis_url")?;
     limits.wait_for_redis(Duration::from_secs(1)).await;
     Ok(app::state(
-        config, store, issuer, entra_keys, limits, metrics,
+        config, store, issuer, entra_keys, limits, metrics, freshness,
     ))
+}
+
+/// Gives the change feed up to `within` to connect, so that the first requests already use the
+/// caches; start-up goes on either way (until it connects, every lookup reads the database).
+async fn wait_for_change_feed(freshness: &cache::Freshness, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !freshness.is_live() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "the cache invalidation feed is not connected yet; caches are bypassed until it is"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// An error and its causes on one line, each said once: a cause whose text the line already

@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::{invalid, AuthError, Lookups, Principal};
 use crate::{
-    cache::TtlCache,
+    cache::{Freshness, Topic, TtlCache},
     config::is_valid_key_env,
     store::{ApiKeyRow, Store},
 };
@@ -86,16 +86,18 @@ impl ApiKeyVerifier {
         env: String,
         last_used_resolution: Duration,
         cache_ttl: Duration,
+        freshness: Arc<Freshness>,
     ) -> Self {
         Self {
             store,
             env,
             last_used: LastUsed::new(last_used_resolution),
-            cache: TtlCache::new(cache_ttl),
+            // A key row carries its tenant's platform flag: a tenant change counts too.
+            cache: TtlCache::new(cache_ttl, freshness, &[Topic::ApiKeys, Topic::Tenants]),
         }
     }
 
-    /// The key row for `digest`: from the cache while it is fresh, else from the store.
+    /// The key row for `digest`: from the cache while it is exact, else from the store.
     async fn find(
         &self,
         digest: &[u8; 32],
@@ -107,9 +109,10 @@ impl ApiKeyVerifier {
         if lookups == Lookups::Refused {
             return Err(AuthError::LookupRefused);
         }
+        let ticket = self.cache.ticket();
         let row = self.store.find_api_key_by_hash(digest).await?.map(Arc::new);
         if let Some(row) = &row {
-            self.cache.insert(*digest, Arc::clone(row));
+            self.cache.insert(ticket, *digest, Arc::clone(row));
         }
         Ok(row)
     }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{invalid, AuthError, Lookups, Principal};
 use crate::{
-    cache::TtlCache,
+    cache::{Freshness, Topic, TtlCache},
     config::EntraConfig,
     metrics::{Metrics, ResultLabel},
     store::Store,
@@ -294,7 +294,12 @@ pub struct EntraIdentity {
 }
 
 impl EntraVerifier {
-    pub fn new(keys: Arc<dyn EntraKeySource>, config: &EntraConfig, store: Arc<dyn Store>) -> Self {
+    pub fn new(
+        keys: Arc<dyn EntraKeySource>,
+        config: &EntraConfig,
+        store: Arc<dyn Store>,
+        freshness: Arc<Freshness>,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&config.audiences());
         validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss"]);
@@ -309,7 +314,7 @@ impl EntraVerifier {
                 .filter(|s| !s.trim().is_empty()),
             store,
             retry_after: Duration::from_secs(config.retry_seconds),
-            directories: TtlCache::new(DIRECTORY_CACHE_TTL),
+            directories: TtlCache::new(DIRECTORY_CACHE_TTL, freshness, &[Topic::Tenants]),
         }
     }
 
@@ -330,12 +335,14 @@ impl EntraVerifier {
             Some(tenant_id) => tenant_id,
             None if lookups == Lookups::Refused => return Err(AuthError::LookupRefused),
             None => {
+                let ticket = self.directories.ticket();
                 let tenant_id = self
                     .store
                     .find_tenant_by_entra_id(&tid)
                     .await?
                     .map(|t| t.id);
-                self.directories.insert(tid.clone(), tenant_id.clone());
+                self.directories
+                    .insert(ticket, tid.clone(), tenant_id.clone());
                 tenant_id
             }
         };

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::{
     auth::Authenticator,
+    cache::Freshness,
     config::Config,
     metrics::Metrics,
     ratelimit::RateLimits,
@@ -35,4 +36,6 @@ pub struct AppState {
     pub limits: RateLimits,
     pub readiness: health::ReadinessCache,
     pub metrics: Arc<Metrics>,
+    /// Whether the caches' change feed is live, and what changed.
+    pub freshness: Arc<Freshness>,
 }

@@ -23,7 +23,7 @@ pub use redis::RedisLimits;
 
 use crate::{
     auth::Principal,
-    cache::TtlCache,
+    cache::{Freshness, Topic, TtlCache},
     config::RateLimitConfig,
     metrics::{LimitLabels, Metrics},
     store::{Store, StoreResult},
@@ -111,6 +111,7 @@ impl RateLimits {
         config: &RateLimitConfig,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        freshness: Arc<Freshness>,
     ) -> Result<Self, BackendError> {
         let redis = match &config.redis_url {
             Some(url) => Some(RedisLimits::new(
@@ -134,7 +135,11 @@ impl RateLimits {
             memory,
             redis,
             redis_down: AtomicBool::new(false),
-            overrides: TenantQuotas::new(store, Duration::from_secs(config.override_cache_seconds)),
+            overrides: TenantQuotas::new(
+                store,
+                Duration::from_secs(config.override_cache_seconds),
+                freshness,
+            ),
             metrics,
         })
     }
@@ -260,18 +265,18 @@ impl RateLimits {
     }
 }
 
-/// Per-tenant quota overrides from the database, cached briefly so a mint costs no extra query.
-/// Bounded by the number of tenants whose principals authenticated.
+/// Per-tenant quota overrides from the database, cached (exact while the change feed is live) so
+/// a mint costs no extra query. Bounded by the number of tenants whose principals authenticated.
 struct TenantQuotas {
     store: Arc<dyn Store>,
     cache: TtlCache<String, Option<Quota>>,
 }
 
 impl TenantQuotas {
-    fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+    fn new(store: Arc<dyn Store>, ttl: Duration, freshness: Arc<Freshness>) -> Self {
         Self {
             store,
-            cache: TtlCache::new(ttl),
+            cache: TtlCache::new(ttl, freshness, &[Topic::RateLimits]),
         }
     }
 
@@ -279,12 +284,13 @@ impl TenantQuotas {
         if let Some(quota) = self.cache.get(tenant_id) {
             return Ok(quota);
         }
+        let ticket = self.cache.ticket();
         let quota = self
             .store
             .tenant_rate_limit(tenant_id)
             .await?
             .map(|(per_minute, burst)| Quota { per_minute, burst });
-        self.cache.insert(tenant_id.to_owned(), quota);
+        self.cache.insert(ticket, tenant_id.to_owned(), quota);
         Ok(quota)
     }
 }

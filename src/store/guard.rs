@@ -20,7 +20,7 @@ use super::{
     NewApiKey, PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store,
     StoreError, StoreResult, TenantRow,
 };
-use crate::metrics::Metrics;
+use crate::{cache::Freshness, metrics::Metrics};
 
 /// How often the probe pings an unreachable database, and how long one ping may take.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -341,5 +341,31 @@ impl Store for GuardedStore {
     async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool> {
         self.guarded("insert_signing_key", self.inner.insert_signing_key(key))
             .await
+    }
+
+    async fn watch_changes(&self, freshness: &Freshness) -> StoreResult<()> {
+        // Not `guarded`: it runs for as long as the feed lives, and losing the feed's connection
+        // says nothing about the pool's.
+        if self.is_down() {
+            return Err(StoreError::Unavailable);
+        }
+        self.inner.watch_changes(freshness).await
+    }
+
+    async fn prune_mints(&self, expired_before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        self.guarded("prune_mints", self.inner.prune_mints(expired_before, limit))
+            .await
+    }
+
+    async fn prune_idempotency(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        self.guarded(
+            "prune_idempotency",
+            self.inner.prune_idempotency(created_before, limit),
+        )
+        .await
     }
 }

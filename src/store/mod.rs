@@ -4,6 +4,7 @@
 mod guard;
 mod postgres;
 mod recorder;
+mod retention;
 mod sqlite;
 
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use uuid::Uuid;
 pub use guard::GuardedStore;
 pub use postgres::PostgresStore;
 pub use recorder::{MintRecorder, RecorderStatus};
+pub use retention::{prune_round, spawn_retention};
 pub use sqlite::SqliteStore;
 
-use crate::config::DatabaseBackend;
+use crate::{cache::Freshness, config::DatabaseBackend};
 
 /// What can go wrong below the store; the layers above map it, the store never speaks HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum StoreError {
     /// of waiting for a pool timeout.
     #[error("the database is unreachable (failing fast until it answers again)")]
     Unavailable,
+    /// The change feed (PostgreSQL notifications) went quiet or lost its connection.
+    #[error("the change notification connection was lost: {0}")]
+    FeedLost(&'static str),
     /// One failure shared by every request of a failed batch.
     #[error("{0}")]
     Shared(Arc<StoreError>),
@@ -530,12 +535,62 @@ pub trait Store: Send + Sync + 'static {
     /// Connections of the pool, for metrics.
     fn pool_status(&self) -> PoolStatus;
 
+    /// Follows changes to the tables that in-process caches hold (API keys, tenants, sessions,
+    /// agents, end companies, rate-limit overrides), as triggers report them, into `freshness`:
+    /// calls [`Freshness::restored`] once following, then [`Freshness::changed`] per change,
+    /// until the feed is lost (the error says how). Does not return otherwise.
+    async fn watch_changes(&self, freshness: &Freshness) -> StoreResult<()>;
+
+    /// Deletes at most `limit` mint records that were issued and expired before
+    /// `expired_before`, oldest first; how many.
+    async fn prune_mints(&self, expired_before: DateTime<Utc>, limit: u32) -> StoreResult<u64>;
+
+    /// Deletes at most `limit` idempotency claims made before `created_before`; how many.
+    async fn prune_idempotency(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64>;
+
     /// Every signing key, by generation.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>>;
 
     /// Inserts a signing key; false when its generation (or kid) exists already, i.e. another
     /// replica or command got there first.
     async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool>;
+}
+
+/// Keeps `freshness` following the store's changes for as long as the process runs: when the
+/// feed is lost, caches stop answering at once ([`Freshness::lost`]) and the feed is re-opened
+/// after `retry` (a second by default), which drops everything cached before.
+pub fn spawn_change_watcher(
+    store: Arc<dyn Store>,
+    freshness: Arc<Freshness>,
+    retry: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // Logged once per outage, not once per retry.
+        let mut outage_logged = false;
+        loop {
+            let error = match store.watch_changes(&freshness).await {
+                Ok(()) => continue,
+                Err(error) => error,
+            };
+            let was_live = freshness.is_live();
+            freshness.lost();
+            if was_live {
+                outage_logged = false;
+            }
+            if !outage_logged {
+                tracing::warn!(
+                    %error,
+                    "cache invalidation feed lost: caches are bypassed until it is back"
+                );
+                outage_logged = true;
+            }
+            tokio::time::sleep(retry).await;
+        }
+    })
 }
 
 /// Creates the database named by `url` when it does not exist yet (first start on a fresh

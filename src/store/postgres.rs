@@ -5,7 +5,7 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
     PgPool,
 };
 
@@ -14,6 +14,7 @@ use super::{
     MintRecord, MintRow, NewApiKey, PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow,
     SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
+use crate::cache::{Freshness, Topic};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -580,5 +581,105 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn watch_changes(&self, freshness: &Freshness) -> StoreResult<()> {
+        // A connection of its own (not one of the pool's): when the feed is given up for
+        // silence, it is dropped mid-read and never handed to a request.
+        let options = (*self.pool.connect_options()).clone();
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        let mut listener = PgListener::connect_with(&own).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        freshness.restored();
+        tracing::info!("cache invalidation feed connected (LISTEN {CHANGES_CHANNEL})");
+        // A heartbeat through the pool proves the feed delivers: silence longer than
+        // FEED_SILENCE_LIMIT means it died without a word (a half-open TCP connection).
+        let pool = self.pool.clone();
+        let heartbeat = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FEED_HEARTBEAT).await;
+                let sent = sqlx::query("SELECT pg_notify($1, 'heartbeat')")
+                    .bind(CHANGES_CHANNEL)
+                    .execute(&pool)
+                    .await;
+                if let Err(error) = sent {
+                    tracing::debug!(%error, "cache feed heartbeat not sent");
+                }
+            }
+        }));
+        let outcome = loop {
+            match tokio::time::timeout(FEED_SILENCE_LIMIT, listener.try_recv()).await {
+                Err(_) => break StoreError::FeedLost("no heartbeat within the silence limit"),
+                Ok(Err(error)) => break StoreError::from(error),
+                Ok(Ok(None)) => break StoreError::FeedLost("the connection closed"),
+                Ok(Ok(Some(notification))) => {
+                    let payload = notification.payload();
+                    let table = payload.split(':').next().unwrap_or_default();
+                    if let Some(topic) = Topic::of_table(table) {
+                        freshness.changed(topic);
+                    }
+                }
+            }
+        };
+        drop(heartbeat);
+        drop(listener);
+        own.close().await;
+        Err(outcome)
+    }
+
+    async fn prune_mints(&self, expired_before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        // Per tenant along (tenant_id, issued_at): no index on expires_at is needed (every mint
+        // would pay for one), and a token expires after it is issued.
+        let result = sqlx::query(
+            "DELETE FROM session_token_mints WHERE jti IN (
+                 SELECT m.jti FROM tenants t
+                 CROSS JOIN LATERAL (
+                     SELECT jti FROM session_token_mints
+                     WHERE tenant_id = t.id AND issued_at < $1 AND expires_at < $1
+                     ORDER BY issued_at LIMIT $2
+                 ) m
+                 LIMIT $2)",
+        )
+        .bind(expired_before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn prune_idempotency(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "DELETE FROM mint_idempotency WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM mint_idempotency WHERE created_at < $1 LIMIT $2))",
+        )
+        .bind(created_before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+}
+
+/// The channel the change triggers notify (migration 7).
+const CHANGES_CHANNEL: &str = "neo_sessions_changes";
+/// How often each replica sends itself a heartbeat through the feed.
+const FEED_HEARTBEAT: Duration = Duration::from_secs(1);
+/// No notification (not even a heartbeat) for this long: the feed is taken for dead.
+const FEED_SILENCE_LIMIT: Duration = Duration::from_secs(3);
+
+/// Aborts the task when dropped, however the owner ends (returns, or is cancelled).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

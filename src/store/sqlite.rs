@@ -16,6 +16,7 @@ use super::{
     MintRecord, MintRow, NewApiKey, PoolStatus, Revocation, SeedOutcome, SeedPlan, SessionRow,
     SigningKeyRow, Store, StoreError, StoreResult, TenantRow,
 };
+use crate::cache::{Freshness, Topic};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -600,4 +601,74 @@ impl Store for SqliteStore {
         .await?;
         Ok(result.rows_affected() == 1)
     }
+
+    async fn watch_changes(&self, freshness: &Freshness) -> StoreResult<()> {
+        let (mut last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM cache_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        freshness.restored();
+        let mut pruned_at = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(CHANGE_POLL_INTERVAL).await;
+            let changes: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT seq, topic FROM cache_changes WHERE seq > ? ORDER BY seq LIMIT 10000",
+            )
+            .bind(last)
+            .fetch_all(&self.pool)
+            .await?;
+            for (seq, topic) in changes {
+                if let Some(topic) = Topic::of_table(&topic) {
+                    freshness.changed(topic);
+                }
+                last = seq;
+            }
+            if pruned_at.elapsed() >= CHANGE_LOG_KEEP / 60 {
+                pruned_at = std::time::Instant::now();
+                let keep_from =
+                    Utc::now() - chrono::Duration::from_std(CHANGE_LOG_KEEP).unwrap_or_default();
+                sqlx::query("DELETE FROM cache_changes WHERE seq <= ? AND changed_at < ?")
+                    .bind(last)
+                    .bind(ts(keep_from))
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+    }
+
+    async fn prune_mints(&self, expired_before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        // Along (tenant_id, issued_at), as on PostgreSQL: no index on expires_at.
+        let result = sqlx::query(
+            "DELETE FROM session_token_mints WHERE rowid IN (
+                 SELECT rowid FROM session_token_mints
+                 WHERE tenant_id IN (SELECT id FROM tenants) AND issued_at < ?1 AND expires_at < ?1
+                 LIMIT ?2)",
+        )
+        .bind(ts(expired_before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn prune_idempotency(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "DELETE FROM mint_idempotency WHERE rowid IN (
+                 SELECT rowid FROM mint_idempotency WHERE created_at < ? LIMIT ?)",
+        )
+        .bind(ts(created_before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
 }
+
+/// How often the change log is read: the longest a change made elsewhere (the CLI, the sqlite3
+/// shell) waits to reach this process's caches.
+const CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long change-log rows are kept (for another process reading the same file).
+const CHANGE_LOG_KEEP: Duration = Duration::from_secs(3600);

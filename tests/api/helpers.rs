@@ -77,6 +77,8 @@ pub struct TestDatabase {
     pub url: String,
     pub pool: AnyPool,
     _dir: Option<TempDir>,
+    /// Whether dropping this handle drops the database (false for [`TestDatabase::attach`]).
+    owned: bool,
 }
 
 impl TestDatabase {
@@ -123,6 +125,7 @@ impl TestDatabase {
             url,
             pool,
             _dir: dir,
+            owned: true,
         }
     }
 
@@ -143,9 +146,28 @@ impl TestDatabase {
             url,
             pool,
             _dir: None,
+            owned: true,
         };
         db.migrate_and_seed().await;
         db
+    }
+
+    /// Another handle on a database a test already has (e.g. for a second app on it): dropping
+    /// it leaves the database alone.
+    pub async fn attach(backend: Backend, name: &str, url: String) -> Self {
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        Self {
+            backend,
+            name: name.to_owned(),
+            url,
+            pool,
+            _dir: None,
+            owned: false,
+        }
     }
 
     /// A fresh database, migrated and seeded with `config/seed.example.json`.
@@ -185,7 +207,7 @@ pub fn parse_timestamp(text: &str) -> chrono::DateTime<chrono::Utc> {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if self.backend != Backend::Postgres {
+        if self.backend != Backend::Postgres || !self.owned {
             return;
         }
         let name = self.name.clone();

@@ -1,0 +1,73 @@
+//! Retention: mint records are an audit trail, kept `NEO_AUDIT_RETENTION_DAYS` after their token
+//! expired and then deleted by a background task, in batches small enough that a mint never waits
+//! long behind one; settled idempotency claims go once their window has passed.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+
+use super::{Store, StoreResult};
+
+/// Rows deleted per statement.
+pub const PRUNE_BATCH: u32 = 1000;
+/// The pause between two batches, so that pruning a backlog takes a small share of the database.
+const BATCH_PAUSE: Duration = Duration::from_millis(50);
+/// How often a pruning round runs (the first right after start).
+const ROUND_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Runs a pruning round now and every ten minutes. `retention_days` 0 keeps mint records
+/// forever; `idempotency_window` is how long an idempotency claim answers retries.
+pub fn spawn_retention(
+    store: Arc<dyn Store>,
+    retention_days: u32,
+    idempotency_window: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            prune_round(store.as_ref(), retention_days, idempotency_window).await;
+            tokio::time::sleep(ROUND_INTERVAL).await;
+        }
+    })
+}
+
+/// One round: every mint record past retention, then every expired idempotency claim, batch
+/// by batch. Errors end the round (the next one tries again) and are logged.
+pub async fn prune_round(store: &dyn Store, retention_days: u32, idempotency_window: Duration) {
+    if retention_days > 0 {
+        let cutoff = Utc::now() - chrono::Duration::days(i64::from(retention_days));
+        match in_batches(|| store.prune_mints(cutoff, PRUNE_BATCH)).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(
+                deleted,
+                retention_days,
+                "deleted mint records past retention"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "pruning mint records failed; retrying next round")
+            }
+        }
+    }
+    let window = chrono::Duration::from_std(idempotency_window).unwrap_or(chrono::Duration::MAX);
+    let Some(cutoff) = Utc::now().checked_sub_signed(window) else {
+        return;
+    };
+    if let Err(error) = in_batches(|| store.prune_idempotency(cutoff, PRUNE_BATCH)).await {
+        tracing::warn!(%error, "pruning idempotency claims failed; retrying next round");
+    }
+}
+
+async fn in_batches<F, Fut>(mut batch: F) -> StoreResult<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<u64>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = batch().await?;
+        total += deleted;
+        if deleted < u64::from(PRUNE_BATCH) {
+            return Ok(total);
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
+}
