@@ -5,6 +5,7 @@
 #
 #   bash bench/load.sh                     # defaults below
 #   DURATION=20s CONNECTIONS=64 SOAK_MINTS=1000000 bash bench/load.sh
+#   PRUNE_ROWS=1000000 bash bench/load.sh  # also: mint p99 at 50% while retention deletes that many rows
 #
 # Everything (oha, the service, PostgreSQL) shares this machine, as it would on one 2-core host.
 set -euo pipefail
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 SOAK_MINTS=${SOAK_MINTS:-1000000}
+PRUNE_ROWS=${PRUNE_ROWS:-0}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 DB_URL=${DB_URL:-postgres://postgres@127.0.0.1:5432/neo_bench}
 PORT=${PORT:-18180}
@@ -42,6 +44,8 @@ export NEO_ENTRA_AUDIENCE=$AUDIENCE NEO_ENTRA_REQUIRED_SCOPE=$SCOPE
 export NEO_ENTRA_JWKS_URL=http://127.0.0.1:$JWKS_PORT/jwks.json
 # The benchmark measures minting, not the limiter's refusals.
 export NEO_RATE_LIMIT_PER_MINUTE=1000000000 NEO_RATE_LIMIT_BURST=1000000
+# Retention runs only where the prune run below asks for it.
+export NEO_AUDIT_RETENTION_DAYS=0
 ./target/release/neo-sessions seed config/seed.example.json >/dev/null
 ./target/release/neo-sessions serve > "$work/server.log" 2>&1 &
 server=$!
@@ -94,6 +98,32 @@ for pct in 50 80; do
   mint "mint_key_at_${pct}pct" "$KEY" '{"session_id":"s-acme-1","end_user":"pat"}' \
     -z "$DURATION" -c "$CONNECTIONS" -q "$rate" --latency-correction
 done
+
+if [ "$PRUNE_ROWS" -gt 0 ]; then
+  # Records of tokens that expired 200 days ago, then a second replica with the default 90-day
+  # retention: its start-up round deletes them (batches of 1000) while the first one serves the
+  # 50% rate. Both replicas on this machine, as everything else.
+  echo "retention: inserting $PRUNE_ROWS expired records" >&2
+  psql -q "$DB_URL" -c "INSERT INTO session_token_mints
+      (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at, expires_at)
+    SELECT gen_random_uuid(), 's-acme-1', 'acme', 'api_key', 'k-acme', 'pat',
+           now() - interval '200 days' + i * interval '1 ms',
+           now() - interval '200 days' + i * interval '1 ms' + interval '15 minutes'
+    FROM generate_series(1, $PRUNE_ROWS) i" -c "VACUUM ANALYZE session_token_mints"
+  old_rows() { psql -tA "$DB_URL" -c "SELECT count(*) FROM session_token_mints WHERE expires_at < now() - interval '90 days'"; }
+  NEO_LISTEN=127.0.0.1:$((PORT + 2)) NEO_AUDIT_RETENTION_DAYS=90 \
+    ./target/release/neo-sessions serve > "$work/pruner.log" 2>&1 &
+  pids+=($!)
+  prune_started=$(date +%s.%N)
+  rate=$(python3 -c "print(max(1, int($saturation * 50 / 100)))")
+  mint prune_at_50pct "$KEY" '{"session_id":"s-acme-1","end_user":"pat"}' \
+    -z "$DURATION" -c "$CONNECTIONS" -q "$rate" --latency-correction
+  left_after_run=$(old_rows)
+  for _ in $(seq 1 600); do [ "$(old_rows)" -eq 0 ] && break; sleep 1; done
+  prune_seconds=$(python3 -c "import time; print(round(time.time() - $prune_started, 1))")
+  left=$(old_rows)
+  echo "{\"rows\": $PRUNE_ROWS, \"left_after_run\": $left_after_run, \"left\": $left, \"seconds_to_finish\": $prune_seconds}" > "$work/prune.json"
+fi
 
 if [ "$SOAK_MINTS" -gt 0 ]; then
   echo "soak: $SOAK_MINTS mints" >&2

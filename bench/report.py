@@ -16,6 +16,7 @@ RUNS = [
     ("mint_agents", "mint, API key + allowed_agent_ids"),
     ("mint_key_at_50pct", "mint, API key, fixed rate 50%"),
     ("mint_key_at_80pct", "mint, API key, fixed rate 80%"),
+    ("prune_at_50pct", "mint, API key, 50%, during a prune"),
     ("soak", "soak: mint, API key"),
 ]
 
@@ -71,6 +72,10 @@ report = {
     "rss_mib": {"idle": round(int(rss_idle) / 1024, 1), "after": round(int(rss_after) / 1024, 1)},
     "mints_recorded": int(recorded),
 }
+prune_path = os.path.join(work, "prune.json")
+if os.path.exists(prune_path):
+    with open(prune_path) as f:
+        report["prune"] = json.load(f)
 with open(out, "w") as f:
     json.dump(report, f, indent=2)
     f.write("\n")
@@ -89,4 +94,8 @@ for name, label in RUNS:
 print(f"\nmint ÷ liveness: {ratios['mint_over_liveness']}   Entra mint ÷ key mint: {ratios['entra_over_key_mint']}")
 print(f"RSS: {report['rss_mib']['idle']} MiB idle, {report['rss_mib']['after']} MiB after the runs; "
       f"{report['mints_recorded']} mints recorded")
+if "prune" in report:
+    p = report["prune"]
+    print(f"retention: {p['rows']} expired records; {p['left_after_run']} left after the 50% run, "
+          f"{p['left']} at the end, {p['seconds_to_finish']} s from the pruner's start")
 print(f"written: {out}")

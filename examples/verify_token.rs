@@ -7,6 +7,9 @@
 //! NEO_VERIFY_JWKS_URL=http://127.0.0.1:8080/.well-known/jwks.json \
 //! NEO_VERIFY_AUDIENCE=https://api.neoagent.io/chat \
 //! cargo run --example verify_token
+//! # also refuse revoked tokens: an API key that may read the revocation feed, polled every 5 s
+//! # (NEO_VERIFY_REVOCATIONS_URL when the feed is not at <issuer>/public-api/sessions/revocations)
+//! NEO_VERIFY_API_KEY=neo_sk_test_... NEO_VERIFY_REVOCATIONS_URL=http://127.0.0.1:8080/public-api/sessions/revocations ...
 //! curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8090/chat/sessions/s-acme-1/messages
 //! ```
 
@@ -34,7 +37,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("NEO_VERIFY_JWKS_URL") {
         config.jwks_url = url;
     }
+    if let Ok(api_key) = std::env::var("NEO_VERIFY_API_KEY") {
+        config = config.with_revocation_feed(&api_key, std::time::Duration::from_secs(5));
+        if let (Some(feed), Ok(url)) = (
+            config.revocations.as_mut(),
+            std::env::var("NEO_VERIFY_REVOCATIONS_URL"),
+        ) {
+            feed.url = url;
+        }
+    }
     let verifier = Arc::new(Verifier::new(config)?);
+    verifier.spawn_revocation_polling();
     let app = Router::new()
         .route("/chat/sessions/{id}/messages", get(messages))
         .with_state(verifier);

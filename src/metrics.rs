@@ -80,6 +80,7 @@ pub struct Metrics {
     pub jwks_fetches: Family<ResultLabel, Counter>,
     pub jwks_age_seconds: Gauge,
     pub signing_key_age_seconds: Gauge,
+    pub cache_feed_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -175,6 +176,12 @@ impl Metrics {
             "Seconds since the active signing key started signing (-1: none)",
             signing_key_age_seconds.clone(),
         );
+        let cache_feed_up = Gauge::default();
+        registry.register(
+            "cache_invalidation_feed_up",
+            "1 while the change notifications that keep the caches exact are received; 0 while caches are bypassed",
+            cache_feed_up.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -197,6 +204,7 @@ impl Metrics {
             jwks_fetches,
             jwks_age_seconds,
             signing_key_age_seconds,
+            cache_feed_up,
         }
     }
 

@@ -17,13 +17,24 @@
 //! cached as long as its `max-age` says and refetched for an unknown `kid` at most once per
 //! cool-down); its `alg` is that key's own algorithm (never `none`, never one the header
 //! chooses); the signature; `iss` and `aud` exactly; `exp` and `nbf` with a small leeway; and the
-//! `session_id` claim equals the session of the request path.
+//! `session_id` claim equals the session of the request path; and, with a revocation feed
+//! configured, that the token's `jti` has not been revoked.
+//!
+//! Revocations: [`VerifierConfig::with_revocation_feed`] names an API key allowed to read
+//! `GET /public-api/sessions/revocations` (a tenant's key sees its tenant's tokens, the platform
+//! key every tenant's). [`Verifier::spawn_revocation_polling`] then polls it every `interval` and
+//! keeps the revoked jtis in memory until their tokens expire, so a revoked token is refused at
+//! most one interval (plus a request) after its revocation. While the feed cannot be reached the
+//! deny-list held is kept and still applied; [`Verifier::revocations_age`] says how old it is.
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{Arc, RwLock, Weak},
     time::{Duration, Instant},
 };
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
 
 use jsonwebtoken::{
     decode, decode_header,
@@ -52,6 +63,28 @@ pub struct VerifierConfig {
     /// At most one refetch per this long for tokens with an unknown `kid`.
     pub unknown_kid_cooldown: Duration,
     pub http_timeout: Duration,
+    /// The revocation feed to poll, if any.
+    pub revocations: Option<RevocationFeedConfig>,
+}
+
+#[derive(Clone)]
+pub struct RevocationFeedConfig {
+    /// `<issuer>/public-api/sessions/revocations` by default.
+    pub url: String,
+    /// An API key that may read the feed (`neo_sk_...`).
+    pub api_key: String,
+    /// How often [`Verifier::spawn_revocation_polling`] polls.
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for RevocationFeedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationFeedConfig")
+            .field("url", &self.url)
+            .field("api_key", &"***")
+            .field("interval", &self.interval)
+            .finish()
+    }
 }
 
 impl VerifierConfig {
@@ -64,7 +97,22 @@ impl VerifierConfig {
             leeway: Duration::from_secs(30),
             unknown_kid_cooldown: Duration::from_secs(30),
             http_timeout: Duration::from_secs(5),
+            revocations: None,
         }
+    }
+
+    /// Also refuses revoked tokens, learnt from `<issuer>/public-api/sessions/revocations` with
+    /// `api_key`, polled every `interval` (see [`Verifier::spawn_revocation_polling`]).
+    pub fn with_revocation_feed(mut self, api_key: &str, interval: Duration) -> Self {
+        self.revocations = Some(RevocationFeedConfig {
+            url: format!(
+                "{}/public-api/sessions/revocations",
+                self.issuer.trim_end_matches('/')
+            ),
+            api_key: api_key.to_owned(),
+            interval,
+        });
+        self
     }
 }
 
@@ -93,10 +141,46 @@ pub enum VerifyError {
     BadClaims,
     #[error("for another session")]
     WrongSession,
+    #[error("revoked")]
+    Revoked,
     /// The JWKS could not be fetched and no current copy is held.
     #[error("the JWKS is unavailable: {0}")]
     Jwks(String),
+    /// The revocation feed could not be read (only from [`Verifier::refresh_revocations`]).
+    #[error("the revocation feed is unavailable: {0}")]
+    RevocationFeed(String),
 }
+
+/// The revoked jtis held, each until its token expires, and where the feed was left.
+#[derive(Default)]
+struct DenyList {
+    revoked: HashMap<uuid::Uuid, DateTime<Utc>>,
+    since: Option<DateTime<Utc>>,
+    after: Option<String>,
+    refreshed_at: Option<Instant>,
+}
+
+#[derive(Deserialize)]
+struct FeedEnvelope {
+    data: FeedPage,
+}
+
+#[derive(Deserialize)]
+struct FeedPage {
+    revocations: Vec<FeedEntry>,
+    next_since: DateTime<Utc>,
+    next_after: Option<String>,
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct FeedEntry {
+    jti: uuid::Uuid,
+    expires_at: DateTime<Utc>,
+}
+
+/// Pages read in one refresh at most (1000 revocations each).
+const MAX_FEED_PAGES: usize = 100;
 
 struct Cache {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
@@ -110,6 +194,9 @@ pub struct Verifier {
     cache: RwLock<Cache>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
+    deny: RwLock<DenyList>,
+    /// One feed refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Verifier {
@@ -129,7 +216,98 @@ impl Verifier {
                 last_fetch: None,
             }),
             fetching: tokio::sync::Mutex::new(()),
+            deny: RwLock::new(DenyList::default()),
+            refreshing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Polls the revocation feed every configured interval for as long as the verifier lives
+    /// (the task holds it weakly); `None` without a feed configured. Failures are logged and
+    /// retried at the next interval.
+    pub fn spawn_revocation_polling(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let interval = self.config.revocations.as_ref()?.interval;
+        let verifier: Weak<Self> = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            loop {
+                let Some(live) = verifier.upgrade() else {
+                    return;
+                };
+                if let Err(error) = live.refresh_revocations().await {
+                    tracing::warn!(%error, "revocation feed not read; keeping the deny-list held");
+                }
+                drop(live);
+                tokio::time::sleep(interval).await;
+            }
+        }))
+    }
+
+    /// Reads the feed from where the last refresh left it, to its end, and drops entries whose
+    /// tokens have expired. Returns how many revocations are held.
+    pub async fn refresh_revocations(&self) -> Result<usize, VerifyError> {
+        let Some(feed) = &self.config.revocations else {
+            return Ok(0);
+        };
+        let feed_error = |e: &dyn std::fmt::Display| VerifyError::RevocationFeed(e.to_string());
+        let _one_at_a_time = self.refreshing.lock().await;
+        for _ in 0..MAX_FEED_PAGES {
+            let (since, after) = {
+                let deny = self.deny.read().unwrap_or_else(|p| p.into_inner());
+                (deny.since, deny.after.clone())
+            };
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(since) = since {
+                query.push((
+                    "since",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                ));
+            }
+            if let Some(after) = after {
+                query.push(("after", after));
+            }
+            let response = self
+                .client
+                .get(&feed.url)
+                .bearer_auth(&feed.api_key)
+                .query(&query)
+                .send()
+                .await
+                .map_err(|e| feed_error(&e))?;
+            if !response.status().is_success() {
+                return Err(feed_error(&format!("answered {}", response.status())));
+            }
+            let page: FeedEnvelope = response.json().await.map_err(|e| feed_error(&e))?;
+            let page = page.data;
+            let mut deny = self.deny.write().unwrap_or_else(|p| p.into_inner());
+            let now = Utc::now();
+            for entry in page.revocations {
+                if entry.expires_at > now {
+                    deny.revoked.insert(entry.jti, entry.expires_at);
+                }
+            }
+            deny.since = Some(page.next_since);
+            deny.after = page.next_after;
+            if !page.has_more {
+                break;
+            }
+        }
+        let mut deny = self.deny.write().unwrap_or_else(|p| p.into_inner());
+        let leeway = chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
+        let now = Utc::now();
+        deny.revoked
+            .retain(|_, expires_at| *expires_at + leeway > now);
+        deny.refreshed_at = Some(Instant::now());
+        Ok(deny.revoked.len())
+    }
+
+    /// How long ago the revocation feed was last read to its end (`None`: never).
+    pub fn revocations_age(&self) -> Option<Duration> {
+        let deny = self.deny.read().unwrap_or_else(|p| p.into_inner());
+        deny.refreshed_at.map(|at| at.elapsed())
+    }
+
+    fn is_revoked(&self, jti: &uuid::Uuid) -> bool {
+        let deny = self.deny.read().unwrap_or_else(|p| p.into_inner());
+        deny.revoked.contains_key(jti)
     }
 
     /// The token's claims, if it is a valid session token of ours for `session_id`.
@@ -169,6 +347,9 @@ impl Verifier {
             .claims;
         if claims.session_id != session_id {
             return Err(VerifyError::WrongSession);
+        }
+        if self.is_revoked(&claims.jti) {
+            return Err(VerifyError::Revoked);
         }
         Ok(claims)
     }

@@ -20,7 +20,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
     operation_id = "metrics_get",
     tag = "Meta",
     summary = "Prometheus metrics (OpenMetrics text)",
-    description = "Requests, mints, authentication failures, rate-limit decisions, database pool and latency, the mint recorder, Entra JWKS fetches and the signing key's age. Label values are bounded. 404 when `NEO_METRICS_LISTEN` serves them elsewhere.",
+    description = "Requests, mints, authentication failures, rate-limit decisions, database pool and latency, the mint recorder, Entra JWKS fetches, the signing key's age and the cache invalidation feed. Label values are bounded. 404 when `NEO_METRICS_LISTEN` serves them elsewhere.",
     responses(
         (status = 200, description = "The metrics.", content_type = "application/openmetrics-text"),
         (status = 404, description = "Served on `NEO_METRICS_LISTEN` instead."),
@@ -62,6 +62,9 @@ pub fn exposition(state: &AppState) -> Response {
         .and_then(|entra| entra.key_set_age())
         .map_or(-1, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
     metrics.jwks_age_seconds.set(entra_age);
+    metrics
+        .cache_feed_up
+        .set(i64::from(state.freshness.is_live()));
     (
         [(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS))],
         metrics.encode(),

@@ -570,7 +570,41 @@ async fn the_jwks_fetch_follows_no_redirect_and_caps_a_streamed_body(backend: Ba
     assert_eq!(real.hits(), 0, "the redirect was followed");
 }
 
+/// A dashboard user (Entra) manages its tenant's tokens, but introspection is for service
+/// accounts: 403, in the envelope, whatever the token asked about.
+async fn an_entra_user_may_not_introspect(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
+    let user = sign(current(), &user_claims(json!({})));
+    let (data, _) = app.mint_ok(ACME_KEY, BODY()).await;
+    let token = data["token"].as_str().expect("token");
+
+    let response = app
+        .client
+        .post(app.url("/public-api/sessions/introspect"))
+        .bearer_auth(&user)
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .expect("request");
+    assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+
+    // The same user lists its tenant's tokens: the refusal is about introspection alone.
+    let listed = app
+        .client
+        .get(app.url("/public-api/sessions"))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(listed.status(), StatusCode::OK);
+}
+
 backend_tests!(
+    an_entra_user_may_not_introspect,
     the_jwks_fetch_follows_no_redirect_and_caps_a_streamed_body,
     a_valid_user_token_mints_and_the_record_names_the_user,
     time_claims_are_required_and_checked,

@@ -72,6 +72,19 @@ async fn key_lookups(app: &TestApp) -> f64 {
         .sum()
 }
 
+async fn feed_gauge(app: &TestApp) -> f64 {
+    let text = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find(|line| line.starts_with("neo_sessions_cache_invalidation_feed_up "))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .expect("the feed gauge")
+}
+
 /// Plain SQL, as an operator in `psql` or another service would write it.
 async fn set_revoked(db: &TestDatabase, key_id: &str, revoked: bool) {
     let value = if revoked {
@@ -195,6 +208,7 @@ async fn two_replicas_on_one_postgres_follow_each_other() {
     })
     .await;
     assert!(lost.is_ok(), "b did not notice its feed was killed");
+    assert_eq!(feed_gauge(&b).await, 0.0, "the metric does not say the feed is down");
     // Feed down: every request looks its key up (nothing cached is trusted) ...
     assert_eq!(
         mint_status(&b, GLOBEX_KEY, "s-globex-1").await,
@@ -227,6 +241,7 @@ async fn two_replicas_on_one_postgres_follow_each_other() {
     })
     .await;
     assert!(back.is_ok(), "b's feed did not come back");
+    assert_eq!(feed_gauge(&b).await, 1.0);
     assert_eq!(
         mint_status(&b, GLOBEX_KEY, "s-globex-1").await,
         StatusCode::OK

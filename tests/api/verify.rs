@@ -213,7 +213,87 @@ async fn the_example_service_verifies_a_token_minted_by_a_running_server(backend
     let _ = child.wait();
 }
 
+async fn jti_of(app: &TestApp, token: &str) -> String {
+    app.verify(token).await.jti.to_string()
+}
+
+/// With the revocation feed, a revoked token is refused (and only that one), by an explicit
+/// refresh and by the polling task within its interval; tokens of another tenant's key are not
+/// in the feed a tenant key reads, and a feed the key may not read is an error, not a silence.
+async fn the_verify_module_refuses_revoked_tokens_from_the_feed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut config = verifier_for(&app).with_revocation_feed(ACME_KEY, Duration::from_millis(100));
+    if let Some(feed) = config.revocations.as_mut() {
+        feed.url = app.url("/public-api/sessions/revocations");
+    }
+    let verifier = std::sync::Arc::new(Verifier::new(config).expect("verifier"));
+
+    let (first, second, third) = (minted(&app).await, minted(&app).await, minted(&app).await);
+    assert_eq!(verifier.refresh_revocations().await.expect("feed"), 0);
+    verifier.verify(&first, "s-acme-1").await.expect("valid");
+
+    let jti = jti_of(&app, &first).await;
+    let response = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/public-api/sessions/{jti}"),
+            Some(ACME_KEY),
+        )
+        .await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(verifier.refresh_revocations().await.expect("feed"), 1);
+    assert!(matches!(
+        verifier.verify(&first, "s-acme-1").await,
+        Err(VerifyError::Revoked)
+    ));
+    verifier
+        .verify(&second, "s-acme-1")
+        .await
+        .expect("still valid");
+
+    // The polling task picks a revocation up by itself.
+    let polling = verifier
+        .spawn_revocation_polling()
+        .expect("a feed is configured");
+    let jti = jti_of(&app, &second).await;
+    app.request(
+        reqwest::Method::DELETE,
+        &format!("/public-api/sessions/{jti}"),
+        Some(ACME_KEY),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    while verifier.verify(&second, "s-acme-1").await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the polled feed never refused the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    verifier
+        .verify(&third, "s-acme-1")
+        .await
+        .expect("never revoked");
+    assert!(verifier.revocations_age().expect("refreshed") < Duration::from_secs(2));
+    polling.abort();
+
+    // A key that may not read the feed: the refresh says so.
+    let mut config = verifier_for(&app).with_revocation_feed(
+        "neo_sk_test_000000000000000000000000",
+        Duration::from_secs(1),
+    );
+    if let Some(feed) = config.revocations.as_mut() {
+        feed.url = app.url("/public-api/sessions/revocations");
+    }
+    let refused = Verifier::new(config).expect("verifier");
+    assert!(matches!(
+        refused.refresh_revocations().await,
+        Err(VerifyError::RevocationFeed(_))
+    ));
+}
+
 backend_tests!(
+    the_verify_module_refuses_revoked_tokens_from_the_feed,
     the_verify_module_accepts_good_tokens_and_refuses_each_bad_one,
     the_example_service_verifies_a_token_minted_by_a_running_server,
 );
