@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Load benchmark: builds the release binary, starts it against the local PostgreSQL with the
-# example fixture, drives it with oha over keep-alive connections, and prints one table; the
-# same figures go to bench/results/<UTC time>.json.
+# example fixture, drives it over keep-alive connections, and prints one table; the same figures
+# go to bench/results/<UTC time>.json. First the realistic workload (examples/loadgen.rs: 100,000
+# sessions across the example tenants, Zipf popularity s = 1.1, a fifth of the requests with
+# allowed_agent_ids, API keys and Entra tokens mixed) and its reference, a route with exactly one
+# database round trip; then the single-session runs (oha).
 #
 #   bash bench/load.sh                     # defaults below
 #   DURATION=20s CONNECTIONS=64 SOAK_MINTS=1000000 bash bench/load.sh
@@ -14,18 +17,20 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 SOAK_MINTS=${SOAK_MINTS:-1000000}
+SESSIONS=${SESSIONS:-100000}
 PRUNE_ROWS=${PRUNE_ROWS:-0}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 DB_URL=${DB_URL:-postgres://postgres@127.0.0.1:5432/neo_bench}
 PORT=${PORT:-18180}
 JWKS_PORT=${JWKS_PORT:-18181}
 KEY=neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd
+GLOBEX_KEY=neo_sk_test_Gx7Lb2Qm9Tz4Wc8Nv3Kd6Rp1
 AUDIENCE=api://neo-sessions-bench
 SCOPE=Sessions.Mint
 
 command -v oha >/dev/null || cargo install oha --locked
 command -v psql >/dev/null || { echo "psql is needed to reset the benchmark database" >&2; exit 1; }
-cargo build --release --locked --bin neo-sessions --example entra_fixture
+cargo build --release --locked --bin neo-sessions --example entra_fixture --example loadgen
 
 work=$(mktemp -d)
 pids=()
@@ -47,6 +52,10 @@ export NEO_RATE_LIMIT_PER_MINUTE=1000000000 NEO_RATE_LIMIT_BURST=1000000
 # Retention runs only where the prune run below asks for it.
 export NEO_AUDIT_RETENTION_DAYS=0
 ./target/release/neo-sessions seed config/seed.example.json >/dev/null
+# The realistic workload's sessions: b-0 (most popular) to b-<SESSIONS-1>, 3 in 5 Acme's.
+psql -q "$DB_URL" -c "INSERT INTO chat_sessions (id, tenant_id)
+  SELECT 'b-' || i, CASE WHEN i % 5 < 3 THEN 'acme' ELSE 'globex' END
+  FROM generate_series(0, $SESSIONS - 1) i" -c "ANALYZE chat_sessions"
 ./target/release/neo-sessions serve > "$work/server.log" 2>&1 &
 server=$!
 pids+=("$server")
@@ -64,17 +73,20 @@ base="http://127.0.0.1:$PORT"
 mint_url="$base/public-api/sessions"
 entra_token=$(cat "$work/entra-token")
 
-# run NAME OHA-ARGS...: one oha run; saves its JSON and the server's CPU ticks spent.
-run() {
+# measure NAME COMMAND...: runs a load generator; saves its JSON and the CPU ticks the service
+# and PostgreSQL spent meanwhile.
+measure() {
   local name=$1; shift
   local before after pg_before pg_after
   before=$(cpu_ticks); pg_before=$(pg_ticks)
-  oha --no-tui --output-format json "$@" > "$work/$name.json"
+  "$@" > "$work/$name.json"
   after=$(cpu_ticks); pg_after=$(pg_ticks)
   echo $((after - before)) > "$work/$name.ticks"
   echo $((pg_after - pg_before)) > "$work/$name.pgticks"
   echo "  $name done" >&2
 }
+run() { local name=$1; shift; measure "$name" oha --no-tui --output-format json "$@"; }
+loadgen() { local name=$1; shift; measure "$name" ./target/release/examples/loadgen "$@"; }
 mint() { # mint NAME AUTH BODY OHA-ARGS...
   local name=$1 auth=$2 body=$3; shift 3
   run "$name" -m POST -H "Authorization: Bearer $auth" -H 'Content-Type: application/json' -d "$body" "$@" "$mint_url"
@@ -85,7 +97,35 @@ rss_idle=$(rss_kib)
 # Warm-up: caches, connections, the JWKS.
 mint warmup "$KEY" '{"session_id":"s-acme-1"}' -n 2000 -c 8 >/dev/null
 
-echo "closed-loop runs, $DURATION each, $CONNECTIONS connections" >&2
+secs=${DURATION%s}
+# The plan: sessions in popularity order, each tenant's credentials and agents.
+python3 - "$SESSIONS" "$KEY" "$entra_token" "$GLOBEX_KEY" > "$work/plan.json" <<'PY'
+import json, sys
+n, acme_key, entra, globex_key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+print(json.dumps({
+    "sessions": [[f"b-{i}", "acme" if i % 5 < 3 else "globex"] for i in range(n)],
+    "credentials": {"acme": [acme_key, entra], "globex": [globex_key]},
+    "agents": {"acme": [101, 102], "globex": [201]},
+    "zipf_s": 1.1, "agents_share": 0.2,
+}))
+PY
+# The reference: an authenticated read of one mint record, one indexed SELECT. (The issue's
+# DB-ping route, /public-api/health, answers from a one-second readiness cache: no round trip.)
+jti=$(curl -sf -X POST "$mint_url" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+  -d '{"session_id":"s-acme-1"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["jti"])')
+echo "realistic workload: $SESSIONS sessions, $DURATION each, $CONNECTIONS connections" >&2
+./target/release/examples/loadgen --plan "$work/plan.json" --url "$mint_url" --duration 3 \
+  --connections "$CONNECTIONS" > /dev/null
+loadgen one_trip --get "$base/public-api/sessions/$jti" --bearer "$KEY" \
+  --duration "$secs" --connections "$CONNECTIONS"
+loadgen mint_realistic --plan "$work/plan.json" --url "$mint_url" --duration "$secs" --connections "$CONNECTIONS"
+realistic=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary']['requestsPerSec'])" "$work/mint_realistic.json")
+rate=$(python3 -c "print(max(1, int($realistic * 50 / 100)))")
+echo "fixed rate 50% of realistic saturation: $rate req/s" >&2
+loadgen mint_realistic_at_50pct --plan "$work/plan.json" --url "$mint_url" --duration "$secs" \
+  --connections "$CONNECTIONS" --rate "$rate"
+
+echo "single-session runs, $DURATION each, $CONNECTIONS connections" >&2
 run liveness -z "$DURATION" -c "$CONNECTIONS" "$base/public-api/health/live"
 mint mint_key "$KEY" '{"session_id":"s-acme-1","end_user":"pat"}' -z "$DURATION" -c "$CONNECTIONS"
 mint mint_entra "$entra_token" '{"session_id":"s-acme-1","end_user":"pat"}' -z "$DURATION" -c "$CONNECTIONS"
@@ -126,8 +166,11 @@ if [ "$PRUNE_ROWS" -gt 0 ]; then
 fi
 
 if [ "$SOAK_MINTS" -gt 0 ]; then
-  echo "soak: $SOAK_MINTS mints" >&2
-  mint soak "$KEY" '{"session_id":"s-acme-1"}' -n "$SOAK_MINTS" -c "$CONNECTIONS"
+  # Every session of the plan once (the session cache full), then the soak on the realistic mix.
+  echo "soak: every session once, then $SOAK_MINTS realistic mints" >&2
+  ./target/release/examples/loadgen --plan "$work/plan.json" --url "$mint_url" --sweep \
+    --connections "$CONNECTIONS" > /dev/null
+  loadgen soak --plan "$work/plan.json" --url "$mint_url" --requests "$SOAK_MINTS" --connections "$CONNECTIONS"
 fi
 rss_after=$(rss_kib)
 recorded=$(psql -tA "$DB_URL" -c "SELECT count(*) FROM session_token_mints")

@@ -26,7 +26,7 @@ use crate::{
     },
     metrics::Metrics,
     ratelimit::RateLimits,
-    store::{MintRecorder, Store},
+    store::{MintRecorder, SessionDirectory, Store},
     tokens::TokenIssuer,
 };
 
@@ -63,7 +63,10 @@ pub fn state(
         session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), config.token.leeway_seconds),
         entra,
     };
+    let directory =
+        SessionDirectory::new(Arc::clone(&store), config.cache.session_entries, &freshness);
     Arc::new(AppState {
+        directory,
         recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH, Arc::clone(&metrics)),
         config,
         store,

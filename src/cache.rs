@@ -58,12 +58,31 @@ impl Topic {
     }
 }
 
-/// The state of the change feed that every cache of one app consults: whether it is live, and
-/// one epoch per topic.
-#[derive(Debug)]
+/// A cache that drops single entries when their rows change (rather than all of a topic's).
+pub trait Follower: Send + Sync {
+    /// The row `id` of `tenant_id` in `topic` changed (inserted, updated or deleted). Both empty:
+    /// the whole table changed (`TRUNCATE`).
+    fn row_changed(&self, topic: Topic, tenant_id: &str, id: &str);
+    /// Everything may have changed: drop every entry.
+    fn reset(&self);
+}
+
+/// The state of the change feed that every cache of one app consults: whether it is live, one
+/// epoch per topic, and the followers told of each row.
 pub struct Freshness {
     live: AtomicBool,
+    /// Moves on every loss and every restoration of the feed.
+    resets: AtomicU64,
     epochs: [AtomicU64; Topic::ALL.len()],
+    followers: Mutex<Vec<Arc<dyn Follower>>>,
+}
+
+impl std::fmt::Debug for Freshness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Freshness")
+            .field("live", &self.is_live())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Freshness {
@@ -71,8 +90,32 @@ impl Freshness {
     pub fn down() -> Arc<Self> {
         Arc::new(Self {
             live: AtomicBool::new(false),
+            resets: AtomicU64::new(0),
             epochs: Default::default(),
+            followers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Tells `follower` of every row change from now on, and of every loss of the feed.
+    pub fn follow(&self, follower: Arc<dyn Follower>) {
+        self.followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(follower);
+    }
+
+    fn each_follower(&self, tell: impl Fn(&dyn Follower)) {
+        let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        for follower in followers.iter() {
+            tell(follower.as_ref());
+        }
+    }
+
+    /// A row changed, as a trigger reported it: the topic's epoch moves (caches of whole topics)
+    /// and followers drop that row's entries.
+    pub fn row_changed(&self, topic: Topic, tenant_id: &str, id: &str) {
+        self.changed(topic);
+        self.each_follower(|f| f.row_changed(topic, tenant_id, id));
     }
 
     pub fn is_live(&self) -> bool {
@@ -88,16 +131,19 @@ impl Freshness {
     pub fn lost(&self) {
         self.live.store(false, Ordering::Release);
         self.bump_all();
+        self.each_follower(|f| f.reset());
     }
 
     /// The feed is (re)connected: what was cached before is dropped (changes made while it was
     /// down were not seen), and caching resumes.
     pub fn restored(&self) {
         self.bump_all();
+        self.each_follower(|f| f.reset());
         self.live.store(true, Ordering::Release);
     }
 
     fn bump_all(&self) {
+        self.resets.fetch_add(1, Ordering::AcqRel);
         for epoch in &self.epochs {
             epoch.fetch_add(1, Ordering::AcqRel);
         }
@@ -190,6 +236,104 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     }
 }
 
+/// A cache bounded by entries (S3-FIFO eviction, by `quick_cache`) whose entries are dropped one
+/// by one as their rows change ([`Follower`]); nothing is served while the feed is down.
+pub struct KeyedCache<K, V> {
+    entries: Option<quick_cache::sync::Cache<K, V>>,
+    freshness: Arc<Freshness>,
+    /// Moves with every invalidation: an insert whose read began before one is dropped.
+    changes: AtomicU64,
+    /// The feed's resets last seen: a newer one empties the cache before it is used again.
+    resets_seen: AtomicU64,
+}
+
+/// Taken before reading what [`KeyedCache::insert`] will hold.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyedTicket(u64);
+
+impl<K: Eq + Hash + Clone, V: Clone> KeyedCache<K, V> {
+    /// Holds about `capacity` entries; 0 caches nothing.
+    pub fn new(capacity: usize, freshness: Arc<Freshness>) -> Self {
+        Self {
+            entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
+            resets_seen: AtomicU64::new(freshness.resets.load(Ordering::Acquire)),
+            freshness,
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// Empties the cache once after each loss or restoration of the feed (followers are told
+    /// too; this keeps a cache that is no follower exact as well).
+    fn catch_up(&self) {
+        let resets = self.freshness.resets.load(Ordering::Acquire);
+        if self.resets_seen.swap(resets, Ordering::AcqRel) != resets {
+            self.clear();
+        }
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        Q: Hash + quick_cache::Equivalent<K> + ?Sized,
+    {
+        if !self.freshness.is_live() {
+            return None;
+        }
+        self.catch_up();
+        self.entries.as_ref()?.get(key)
+    }
+
+    pub fn ticket(&self) -> KeyedTicket {
+        self.catch_up();
+        KeyedTicket(self.changes.load(Ordering::Acquire))
+    }
+
+    /// Caches `value`, read after `ticket` was taken, unless an invalidation came in between or
+    /// the feed is down.
+    pub fn insert(&self, ticket: KeyedTicket, key: K, value: V) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        if !self.freshness.is_live() {
+            return;
+        }
+        self.catch_up();
+        if self.changes.load(Ordering::Acquire) != ticket.0 {
+            return;
+        }
+        let probe = key.clone();
+        entries.insert(key, value);
+        // An invalidation that raced the insert may have missed the new entry: drop it again.
+        if self.changes.load(Ordering::Acquire) != ticket.0 {
+            entries.remove(&probe);
+        }
+    }
+
+    pub fn invalidate<Q>(&self, key: &Q)
+    where
+        Q: Hash + quick_cache::Equivalent<K> + ?Sized,
+    {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        if let Some(entries) = &self.entries {
+            entries.remove(key);
+        }
+    }
+
+    pub fn clear(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        if let Some(entries) = &self.entries {
+            entries.clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.as_ref().map_or(0, |e| e.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +405,50 @@ mod tests {
             None,
             "entries from before the loss stay dropped"
         );
+    }
+
+    #[test]
+    fn a_keyed_cache_drops_one_entry_per_change_and_everything_on_a_loss() {
+        let freshness = live();
+        let cache: KeyedCache<String, u32> = KeyedCache::new(100, Arc::clone(&freshness));
+        cache.insert(cache.ticket(), "a".to_owned(), 1);
+        cache.insert(cache.ticket(), "b".to_owned(), 2);
+        assert_eq!(cache.get("a"), Some(1));
+        cache.invalidate("a");
+        assert_eq!(cache.get("a"), None);
+        assert_eq!(cache.get("b"), Some(2), "other entries stay");
+
+        // A value read before an invalidation is not cached.
+        let ticket = cache.ticket();
+        cache.invalidate("c");
+        cache.insert(ticket, "c".to_owned(), 3);
+        assert_eq!(cache.get("c"), None);
+
+        freshness.lost();
+        assert_eq!(
+            cache.get("b"),
+            None,
+            "nothing is served while the feed is down"
+        );
+        cache.insert(cache.ticket(), "d".to_owned(), 4);
+        freshness.restored();
+        assert_eq!(cache.get("d"), None, "nothing was cached while it was down");
+        assert_eq!(
+            cache.get("b"),
+            None,
+            "what was cached before the loss is gone"
+        );
+    }
+
+    #[test]
+    fn a_keyed_cache_is_bounded_by_entries() {
+        let cache: KeyedCache<u32, u32> = KeyedCache::new(100, live());
+        for i in 0..10_000 {
+            cache.insert(cache.ticket(), i, i);
+        }
+        assert!(cache.len() <= 200, "{} entries held", cache.len());
+        let off: KeyedCache<u32, u32> = KeyedCache::new(0, live());
+        off.insert(off.ticket(), 1, 1);
+        assert_eq!(off.get(&1), None);
     }
 }

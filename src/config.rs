@@ -101,6 +101,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "rate_limit.override_cache_seconds",
     ),
     ("NEO_AUDIT_RETENTION_DAYS", "audit.retention_days"),
+    ("NEO_SESSION_CACHE_ENTRIES", "cache.session_entries"),
     ("NEO_TRUSTED_PROXIES", "server.trusted_proxies"),
     ("NEO_METRICS_LISTEN", "server.metrics_listen"),
     ("NEO_LOG_FORMAT", "log.format"),
@@ -123,6 +124,7 @@ pub struct Config {
     pub entra: EntraConfig,
     pub rate_limit: RateLimitConfig,
     pub audit: AuditConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
 }
 
@@ -322,6 +324,22 @@ impl Default for ApiKeyConfig {
             env: "test".to_owned(),
             last_used_resolution_seconds: 60,
             cache_seconds: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Sessions held in memory for the mint rules (and as many agent and end-company answers),
+    /// kept exact by change notifications. 0 reads every mint's session from the database.
+    pub session_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            session_entries: 100_000,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     metrics::Metrics,
     ratelimit::RateLimits,
-    store::{MintRecorder, Store},
+    store::{MintRecorder, SessionDirectory, Store},
     tokens::TokenIssuer,
 };
 
@@ -38,4 +38,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether the caches' change feed is live, and what changed.
     pub freshness: Arc<Freshness>,
+    /// Sessions, agents and end companies for the mint rules, cached.
+    pub directory: Arc<SessionDirectory>,
 }

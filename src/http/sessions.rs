@@ -294,12 +294,13 @@ async fn mint(
     request: MintSessionTokenRequest,
     timings: &mut Timings,
 ) -> Result<(MintSessionTokenResponse, Vec<String>, SessionClaims), ApiError> {
-    let store = &state.store;
+    // The session, its agents and end companies: from the directory's cache when held.
+    let store = &state.directory;
 
     // Rules 2 and 3: the target tenant (refused before any lookup), then its session.
     let target = Target::of(principal, request.client_id.as_deref())?;
     let session = timings
-        .time("db", store.find_session(&request.session_id))
+        .time("db", store.session(&request.session_id))
         .await?;
     let session = target.session(session)?;
 
@@ -386,7 +387,7 @@ async fn mint(
     let data = MintSessionTokenResponse {
         token: minted.token,
         jti: minted.jti,
-        session_id: session.id,
+        session_id: session.id.clone(),
         expires_at: minted.expires_at,
         expires_in: ttl_seconds,
     };
@@ -414,7 +415,7 @@ impl<'a> Target<'a> {
 
     /// The session, if it is one this target may mint for. Every refusal reveals nothing of
     /// other tenants' sessions.
-    fn session(&self, session: Option<SessionRow>) -> Result<SessionRow, ApiError> {
+    fn session(&self, session: Option<Arc<SessionRow>>) -> Result<Arc<SessionRow>, ApiError> {
         match *self {
             Self::SupportSessionOf(client_id) => session
                 .filter(|s| s.tenant_id == client_id && s.is_neo_support())

@@ -1,6 +1,7 @@
 //! The store answers the questions the mint rules ask and records what was minted.
 //! All SQL lives behind [`Store`]; handlers never see a query.
 
+mod directory;
 mod guard;
 mod postgres;
 mod recorder;
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use directory::SessionDirectory;
 pub use guard::GuardedStore;
 pub use postgres::PostgresStore;
 pub use recorder::{MintRecorder, RecorderStatus};

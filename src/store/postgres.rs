@@ -617,10 +617,14 @@ impl Store for PostgresStore {
                 Ok(Err(error)) => break StoreError::from(error),
                 Ok(Ok(None)) => break StoreError::FeedLost("the connection closed"),
                 Ok(Ok(Some(notification))) => {
-                    let payload = notification.payload();
-                    let table = payload.split(':').next().unwrap_or_default();
+                    // `table:tenant_id:id` (migration 7); ids never hold a colon, but the last
+                    // field takes the rest whatever it holds.
+                    let mut fields = notification.payload().splitn(3, ':');
+                    let table = fields.next().unwrap_or_default();
+                    let tenant_id = fields.next().unwrap_or_default();
+                    let id = fields.next().unwrap_or_default();
                     if let Some(topic) = Topic::of_table(table) {
-                        freshness.changed(topic);
+                        freshness.row_changed(topic, tenant_id, id);
                     }
                 }
             }

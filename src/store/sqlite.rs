@@ -610,15 +610,20 @@ impl Store for SqliteStore {
         let mut pruned_at = std::time::Instant::now();
         loop {
             tokio::time::sleep(CHANGE_POLL_INTERVAL).await;
-            let changes: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT seq, topic FROM cache_changes WHERE seq > ? ORDER BY seq LIMIT 10000",
+            let changes: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT seq, topic, tenant_id, row_id FROM cache_changes
+                 WHERE seq > ? ORDER BY seq LIMIT 10000",
             )
             .bind(last)
             .fetch_all(&self.pool)
             .await?;
-            for (seq, topic) in changes {
+            for (seq, topic, tenant_id, id) in changes {
                 if let Some(topic) = Topic::of_table(&topic) {
-                    freshness.changed(topic);
+                    freshness.row_changed(
+                        topic,
+                        tenant_id.as_deref().unwrap_or_default(),
+                        id.as_deref().unwrap_or_default(),
+                    );
                 }
                 last = seq;
             }
