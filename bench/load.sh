@@ -66,8 +66,9 @@ done
 curl -sf "http://127.0.0.1:$PORT/public-api/health" >/dev/null || { cat "$work/server.log"; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
-# All PostgreSQL processes (the server shares the cores; its cost per mint matters as much).
-pg_ticks() { for p in $(pgrep -x postgres); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done | awk '{s += $1} END {print s + 0}'; }
+# All PostgreSQL processes (the server shares the cores; its cost per mint matters as much). A
+# backend that exits between pgrep and awk is skipped (awk would fail the pipeline).
+pg_ticks() { for p in $(pgrep -x postgres); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true; done | awk '{s += $1} END {print s + 0}'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server/status"; }
 base="http://127.0.0.1:$PORT"
 mint_url="$base/public-api/sessions"

@@ -177,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    neo_sessions::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(10))

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub jwks_age_seconds: Gauge,
     pub signing_key_age_seconds: Gauge,
     pub cache_feed_up: Gauge,
+    pub session_cache_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -182,6 +183,12 @@ impl Metrics {
             "1 while the change notifications that keep the caches exact are received; 0 while caches are bypassed",
             cache_feed_up.clone(),
         );
+        let session_cache_entries = Gauge::default();
+        registry.register(
+            "session_cache_entries",
+            "Sessions held by the session cache (at most NEO_SESSION_CACHE_ENTRIES)",
+            session_cache_entries.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -205,6 +212,7 @@ impl Metrics {
             jwks_age_seconds,
             signing_key_age_seconds,
             cache_feed_up,
+            session_cache_entries,
         }
     }
 

@@ -65,6 +65,9 @@ pub fn exposition(state: &AppState) -> Response {
     metrics
         .cache_feed_up
         .set(i64::from(state.freshness.is_live()));
+    metrics
+        .session_cache_entries
+        .set(i64::try_from(state.directory.sessions_held()).unwrap_or(i64::MAX));
     (
         [(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS))],
         metrics.encode(),
