@@ -208,7 +208,11 @@ async fn two_replicas_on_one_postgres_follow_each_other() {
     })
     .await;
     assert!(lost.is_ok(), "b did not notice its feed was killed");
-    assert_eq!(feed_gauge(&b).await, 0.0, "the metric does not say the feed is down");
+    assert_eq!(
+        feed_gauge(&b).await,
+        0.0,
+        "the metric does not say the feed is down"
+    );
     // Feed down: every request looks its key up (nothing cached is trusted) ...
     assert_eq!(
         mint_status(&b, GLOBEX_KEY, "s-globex-1").await,
