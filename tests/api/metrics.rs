@@ -141,12 +141,14 @@ async fn counters_move_with_bounded_labels(backend: Backend) {
         value(&all, "neo_sessions_mint_recorder_batch_rows_count", &[]) >= 1.0,
         "{text}"
     );
+    // The first mint reads the session; the session cache may answer the others
+    // (session_cache.rs proves it does).
     assert!(
         value(
             &all,
             "neo_sessions_store_operation_duration_seconds_count",
             &[("operation", "find_session")]
-        ) >= 2.0
+        ) >= 1.0
     );
     assert_eq!(
         value(
