@@ -9,6 +9,7 @@
 #   bash bench/load.sh                     # defaults below
 #   DURATION=20s CONNECTIONS=64 SOAK_MINTS=1000000 bash bench/load.sh
 #   PRUNE_ROWS=1000000 bash bench/load.sh  # also: mint p99 at 50% while retention deletes that many rows
+#   KEEP=1 bash bench/load.sh              # keep the raw outputs and the server log (path printed)
 #
 # Everything (oha, the service, PostgreSQL) shares this machine, as it would on one 2-core host.
 set -euo pipefail
@@ -34,7 +35,10 @@ cargo build --release --locked --bin neo-sessions --example entra_fixture --exam
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ "${KEEP:-0}" = 1 ]; then echo "raw outputs kept in $work" >&2; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
 
 # A fresh database, the fixture, and a local Entra (a JWKS served from a file).

@@ -45,8 +45,15 @@ def load(name):
     cpu_us = ticks * 1_000_000 / clk_tck / ok if ok else None
     pg_us = pg_ticks * 1_000_000 / clk_tck / ok if ok else None
     ms = lambda v: None if v is None else round(v * 1000, 3)
+    # loadgen's runs also give the tail of each credential kind, and the worst second's p99.
+    by_credential = {
+        kind: ms(p.get("p99")) for kind, p in data.get("latencyPercentilesByCredential", {}).items()
+    }
+    by_second = [s.get("p99") for s in data.get("latencyPercentilesBySecond", []) if s.get("p99")]
     return {
         "requests_per_sec": round(summary["requestsPerSec"], 1),
+        "p99_ms_by_credential": by_credential or None,
+        "p99_ms_of_each_second": [ms(v) for v in by_second] or None,
         "ok": ok,
         "errors": errors,
         "p50_ms": ms(pct.get("p50")),
@@ -95,6 +102,11 @@ for name, label in RUNS:
     print(f"| {label:<38} | {r['requests_per_sec']:>9} | {fmt(r['p50_ms']):>7} | {fmt(r['p99_ms']):>7} | "
           f"{fmt(r['p99_9_ms']):>8} | {r['errors']:>6} | {fmt(r['server_cpu_us_per_request']):>10} | "
           f"{fmt(r['postgres_cpu_us_per_request']):>9} |")
+for name, label in RUNS:
+    r = results.get(name) or {}
+    if r.get("p99_ms_by_credential"):
+        kinds = ", ".join(f"{k} {v}" for k, v in r["p99_ms_by_credential"].items())
+        print(f"{label}: p99 ms by credential: {kinds}; p99 ms of each second: {r['p99_ms_of_each_second']}")
 print(f"\nrealistic mint ÷ one-round-trip route: {ratios['realistic_mint_over_one_trip']}   "
       f"mint ÷ liveness: {ratios['mint_over_liveness']}   Entra mint ÷ key mint: {ratios['entra_over_key_mint']}")
 print(f"RSS: {report['rss_mib']['idle']} MiB idle, {report['rss_mib']['after']} MiB after the runs; "

@@ -160,11 +160,32 @@ fn args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// One answered request: when it was due (from the start), how long it took, and whether its
+/// credential was an API key (else an Entra token; `--get` counts as a key).
+struct Sample {
+    due: Duration,
+    latency: Duration,
+    api_key: bool,
+}
+
 #[derive(Default)]
 struct Tally {
-    latencies: Vec<Duration>,
+    samples: Vec<Sample>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
+}
+
+/// p50, p99 and p99.9 of `latencies` (sorted here), in seconds.
+fn percentiles(latencies: &mut [Duration]) -> serde_json::Value {
+    latencies.sort_unstable();
+    let n = latencies.len();
+    let at = |p: f64| {
+        (n > 0).then(|| {
+            let index = ((p / 100.0) * n as f64).ceil() as usize;
+            latencies[index.clamp(1, n) - 1].as_secs_f64()
+        })
+    };
+    json!({"p50": at(50.0), "p99": at(99.0), "p99.9": at(99.9)})
 }
 
 #[tokio::main]
@@ -222,9 +243,11 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
                 tokio::time::sleep_until(due.into()).await;
+                let mut api_key = true;
                 let request = match &workload {
                     Some(workload) => {
                         let (credential, body) = workload.request(&mut rng, n, args.sweep);
+                        api_key = credential.starts_with("neo_sk_");
                         client
                             .post(&args.url)
                             .bearer_auth(credential)
@@ -241,7 +264,11 @@ async fn main() -> anyhow::Result<()> {
                         let status = response.status().as_u16();
                         let _ = response.bytes().await;
                         *local.statuses.entry(status).or_default() += 1;
-                        local.latencies.push(due.elapsed());
+                        local.samples.push(Sample {
+                            due: due - started,
+                            latency: due.elapsed(),
+                            api_key,
+                        });
                     }
                     Err(error) => {
                         let kind = if error.is_timeout() {
@@ -254,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
-            tally.latencies.extend(local.latencies);
+            tally.samples.extend(local.samples);
             for (status, count) in local.statuses {
                 *tally.statuses.entry(status).or_default() += count;
             }
@@ -267,15 +294,26 @@ async fn main() -> anyhow::Result<()> {
         worker.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
-    tally.latencies.sort_unstable();
-    let percentile = |p: f64| {
-        let n = tally.latencies.len();
-        (n > 0).then(|| {
-            let index = ((p / 100.0) * n as f64).ceil() as usize;
-            tally.latencies[index.clamp(1, n) - 1].as_secs_f64()
-        })
+    let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+    let latencies = |keep: &dyn Fn(&Sample) -> bool| -> Vec<Duration> {
+        tally.samples.iter().filter(|s| keep(s)).map(|s| s.latency).collect()
     };
+    // Where the tail comes from: each credential kind alone, and each second of the run alone
+    // (a tail spread evenly is the service's; one in a few seconds is a stall).
+    let by_credential = json!({
+        "api_key": percentiles(&mut latencies(&|s| s.api_key)),
+        "entra": percentiles(&mut latencies(&|s| !s.api_key)),
+    });
+    let seconds = tally.samples.iter().map(|s| s.due.as_secs()).max().map_or(0, |m| m + 1);
+    let by_second: Vec<_> = (0..seconds)
+        .map(|second| {
+            let mut in_second = latencies(&|s| s.due.as_secs() == second);
+            let count = in_second.len();
+            let mut p = percentiles(&mut in_second);
+            p["count"] = json!(count);
+            p
+        })
+        .collect();
     let total: u64 = tally.statuses.values().sum();
     let ok: u64 = tally
         .statuses
@@ -289,9 +327,9 @@ async fn main() -> anyhow::Result<()> {
             "successRate": if total > 0 { ok as f64 / total as f64 } else { 0.0 },
             "total": elapsed,
         },
-        "latencyPercentiles": {
-            "p50": percentile(50.0), "p99": percentile(99.0), "p99.9": percentile(99.9),
-        },
+        "latencyPercentiles": percentiles(&mut latencies(&|_| true)),
+        "latencyPercentilesByCredential": by_credential,
+        "latencyPercentilesBySecond": by_second,
         "statusCodeDistribution": tally.statuses.iter()
             .map(|(status, count)| (status.to_string(), json!(count)))
             .collect::<serde_json::Map<_, _>>(),
