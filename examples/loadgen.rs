@@ -296,7 +296,12 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     let latencies = |keep: &dyn Fn(&Sample) -> bool| -> Vec<Duration> {
-        tally.samples.iter().filter(|s| keep(s)).map(|s| s.latency).collect()
+        tally
+            .samples
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| s.latency)
+            .collect()
     };
     // Where the tail comes from: each credential kind alone, and each second of the run alone
     // (a tail spread evenly is the service's; one in a few seconds is a stall).
@@ -304,7 +309,12 @@ async fn main() -> anyhow::Result<()> {
         "api_key": percentiles(&mut latencies(&|s| s.api_key)),
         "entra": percentiles(&mut latencies(&|s| !s.api_key)),
     });
-    let seconds = tally.samples.iter().map(|s| s.due.as_secs()).max().map_or(0, |m| m + 1);
+    let seconds = tally
+        .samples
+        .iter()
+        .map(|s| s.due.as_secs())
+        .max()
+        .map_or(0, |m| m + 1);
     let by_second: Vec<_> = (0..seconds)
         .map(|second| {
             let mut in_second = latencies(&|s| s.due.as_secs() == second);
