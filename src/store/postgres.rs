@@ -18,6 +18,9 @@ use crate::cache::{Freshness, Topic};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// A pooled connection idle for this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 pub struct PostgresStore {
     pool: PgPool,
 }
@@ -42,6 +45,19 @@ impl PostgresStore {
         PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings every connection it hands out by default: a round trip in front of every
+            // query. A connection that answered less than a second ago is handed out as it is;
+            // one idle for longer (the server may have gone since) is still pinged, and a broken
+            // one is replaced. sqlx pings each connection on release as well, whatever this says.
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
     }
 }
 
