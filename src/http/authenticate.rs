@@ -13,7 +13,7 @@ use axum::{
 use super::{
     error::{ApiError, Limit},
     rate_limit,
-    request_context::{drain_body, PrincipalKind},
+    request_context::{drain_body, log_principal},
     AppState,
 };
 use crate::{
@@ -59,15 +59,9 @@ pub async fn require_principal(
         .await
     {
         Ok(principal) => {
-            let kind = principal.kind();
-            let span = tracing::Span::current();
-            span.record("principal_kind", principal.kind());
-            span.record("principal_id", principal.id());
-            span.record("tenant", principal.tenant_id());
+            log_principal(&principal);
             request.extensions_mut().insert(principal);
-            let mut response = next.run(request).await;
-            response.extensions_mut().insert(PrincipalKind(kind));
-            return response;
+            return next.run(request).await;
         }
         Err(error) => error,
     };

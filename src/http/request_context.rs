@@ -1,6 +1,7 @@
 //! The outermost layer: request id, tracing span, error envelope, one log line per request.
 
 use std::{
+    cell::RefCell,
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -22,11 +23,16 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tracing::{field::Empty, Instrument};
+use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{envelope::RequestContext, error::ErrorReport, AppState};
+use super::{
+    envelope::RequestContext,
+    error::{ErrorReport, Limit},
+    AppState,
+};
 use crate::{
+    auth::Principal,
     metrics::{MintLabels, RequestLabels, RouteLabel},
     ratelimit::client_ip,
 };
@@ -56,7 +62,8 @@ pub async fn request_context(
     let adopted = offered.as_deref().and_then(|v| Uuid::try_parse(v).ok());
     let request_id = adopted.unwrap_or_else(Uuid::new_v4);
     let started = Instant::now();
-    let minting = request.method() == axum::http::Method::POST;
+    let method = request.method().clone();
+    let minting = method == axum::http::Method::POST;
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -72,28 +79,30 @@ pub async fn request_context(
         peer,
         request.headers(),
     );
+    // A caller's request id that we did not adopt, as logged: bounded, printable.
+    let client_request_id: Option<String> = match (adopted, offered.as_deref()) {
+        (None, Some(offered)) => Some(
+            offered
+                .chars()
+                .take(MAX_CLIENT_REQUEST_ID)
+                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                .collect(),
+        ),
+        _ => None,
+    };
+    // The span of every line logged while the request runs. What the handlers learn later (the
+    // caller, the jti, the error code) is kept in the request's `RequestLog` and written once,
+    // into the `request completed` line's own span, never recorded into this one: the JSON
+    // formatter re-parses and re-serialises a span's fields at every `record`, which cost a
+    // tenth of a mint's CPU.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %request.method(),
+        method = %method,
         route = %route,
         client_ip = %client_ip,
-        client_request_id = Empty,
-        principal_kind = Empty,
-        principal_id = Empty,
-        tenant = Empty,
-        jti = Empty,
-        code = Empty,
-        limit = Empty,
+        client_request_id = client_request_id.as_deref(),
     );
-    if let (None, Some(offered)) = (adopted, offered.as_deref()) {
-        let printable: String = offered
-            .chars()
-            .take(MAX_CLIENT_REQUEST_ID)
-            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-            .collect();
-        span.record("client_request_id", printable.as_str());
-    }
     request.extensions_mut().insert(client_ip);
     request.extensions_mut().insert(RequestContext {
         request_id,
@@ -102,9 +111,14 @@ pub async fn request_context(
     let (parts, body) = request.into_parts();
     let (body, body_read) = ReadToEnd::track(body);
 
-    let mut response = next
-        .run(Request::from_parts(parts, body))
-        .instrument(span.clone())
+    let (mut response, log) = REQUEST_LOG
+        .scope(RefCell::new(RequestLog::default()), async {
+            let response = next
+                .run(Request::from_parts(parts, body))
+                .instrument(span.clone())
+                .await;
+            (response, REQUEST_LOG.with(|log| log.take()))
+        })
         .await;
 
     // hyper closes a connection whose request body was left unread (it cannot find the next
@@ -116,12 +130,13 @@ pub async fn request_context(
     }
 
     let status = response.status();
-    let principal_kind = response.extensions().get::<PrincipalKind>().map(|k| k.0);
     let mut code = None;
+    let mut limit = None;
     if status.is_client_error() || status.is_server_error() {
-        let (rendered, rendered_code) = render_error(response, request_id, &span);
-        response = rendered;
-        code = Some(rendered_code);
+        let rendered = render_error(response, request_id, &span);
+        response = rendered.response;
+        code = Some(rendered.code);
+        limit = rendered.limit;
     }
     if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
@@ -148,21 +163,70 @@ pub async fn request_context(
         metrics
             .mints
             .get_or_create(&MintLabels {
-                principal_kind: principal_kind.unwrap_or("none"),
+                principal_kind: log.principal_kind.unwrap_or("none"),
                 outcome: code.unwrap_or("ok"),
             })
             .inc();
     }
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    let probe = PROBE_ROUTES.contains(&route.as_str());
-    span.in_scope(|| {
-        if probe {
-            tracing::debug!(status = status.as_u16(), latency_ms, "request completed");
-        } else {
-            tracing::info!(status = status.as_u16(), latency_ms, "request completed");
-        }
-    });
+    // The line's span: the request's fields and what was learnt, formatted once.
+    macro_rules! completed {
+        ($level:expr) => {{
+            let line = tracing::span!(
+                parent: &span,
+                $level,
+                "request",
+                request_id = %request_id,
+                method = %method,
+                route = %route,
+                client_ip = %client_ip,
+                client_request_id = client_request_id.as_deref(),
+                principal_kind = log.principal_kind,
+                principal_id = log.principal_id.as_deref(),
+                tenant = log.tenant.as_deref(),
+                jti = log.jti.map(tracing::field::display),
+                code,
+                limit,
+            );
+            line.in_scope(|| {
+                tracing::event!($level, status = status.as_u16(), latency_ms, "request completed")
+            });
+        }};
+    }
+    if PROBE_ROUTES.contains(&route.as_str()) {
+        completed!(tracing::Level::DEBUG);
+    } else {
+        completed!(tracing::Level::INFO);
+    }
     response
+}
+
+tokio::task_local! {
+    static REQUEST_LOG: RefCell<RequestLog>;
+}
+
+/// What the handlers of a request learn that its `request completed` line reports.
+#[derive(Default)]
+struct RequestLog {
+    principal_kind: Option<&'static str>,
+    principal_id: Option<String>,
+    tenant: Option<String>,
+    jti: Option<Uuid>,
+}
+
+/// Notes the authenticated caller for the request's log line and metrics.
+pub fn log_principal(principal: &Principal) {
+    let _ = REQUEST_LOG.try_with(|log| {
+        let mut log = log.borrow_mut();
+        log.principal_kind = Some(principal.kind());
+        log.principal_id = Some(principal.id());
+        log.tenant = Some(principal.tenant_id().to_owned());
+    });
+}
+
+/// Notes the minted (or re-signed) token's id for the request's log line.
+pub fn log_jti(jti: Uuid) {
+    let _ = REQUEST_LOG.try_with(|log| log.borrow_mut().jti = Some(jti));
 }
 
 /// Route templates as metric labels (anything else is `unmatched`).
@@ -182,30 +246,31 @@ const KNOWN_ROUTES: [&str; 12] = [
 ];
 const MINT_ROUTE: &str = "/public-api/sessions";
 
-/// The kind of the authenticated caller, left in the response by the bearer layer for the
-/// request's metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct PrincipalKind(pub &'static str);
-
-fn render_error(
+/// An error response in the envelope, with what its log line reports.
+struct Rendered {
     response: Response,
-    request_id: Uuid,
-    span: &tracing::Span,
-) -> (Response, &'static str) {
+    code: &'static str,
+    /// On a 429: which limit.
+    limit: Option<&'static str>,
+}
+
+fn render_error(response: Response, request_id: Uuid, span: &tracing::Span) -> Rendered {
     let (mut parts, _) = response.into_parts();
     let report = parts
         .extensions
         .remove::<ErrorReport>()
         .unwrap_or_else(|| ErrorReport::for_status(parts.status));
-    span.record("code", report.code);
-    if let Some(limit) = report
+    let limit = report
         .details
         .as_ref()
         .and_then(|details| details.get("limit"))
         .and_then(|limit| limit.as_str())
-    {
-        span.record("limit", limit);
-    }
+        .and_then(|limit| {
+            [Limit::PerPrincipal, Limit::FailedAuthPerIp]
+                .into_iter()
+                .map(Limit::as_str)
+                .find(|known| *known == limit)
+        });
     if let Some(cause) = &report.cause {
         span.in_scope(|| {
             if parts.status.is_server_error() {
@@ -218,13 +283,23 @@ fn render_error(
     let code = report.code;
     let body = match serde_json::to_vec(&report.into_body(request_id)) {
         Ok(body) => body,
-        Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR.into_response(), code),
+        Err(_) => {
+            return Rendered {
+                response: StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                code,
+                limit,
+            }
+        }
     };
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts
         .headers
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    (Response::from_parts(parts, Body::from(body)), code)
+    Rendered {
+        response: Response::from_parts(parts, Body::from(body)),
+        code,
+        limit,
+    }
 }
 
 /// For `CatchPanicLayer`: a 500 whose cause (the panic message) is logged, never sent.

@@ -18,6 +18,7 @@ use super::{
     envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
     error::ApiError,
     extract::{ApiJson, MintingPrincipal},
+    request_context::log_jti,
     AppState,
 };
 use crate::{
@@ -183,7 +184,7 @@ pub async fn mint_session_token(
                 }
                 let minted = sign(&state, Signing::Again(claims), &mut timings).await?;
                 let expires_in = u32::try_from(minted.claims.exp - now.timestamp()).unwrap_or(0);
-                tracing::Span::current().record("jti", tracing::field::display(minted.jti));
+                log_jti(minted.jti);
                 let data = MintSessionTokenResponse {
                     token: minted.token,
                     jti: minted.jti,
@@ -368,7 +369,7 @@ async fn mint(
         ttl_seconds,
     };
     let minted = sign(state, Signing::New(grant), timings).await?;
-    tracing::Span::current().record("jti", tracing::field::display(minted.jti));
+    log_jti(minted.jti);
 
     let record = MintRecord {
         jti: minted.jti,
