@@ -24,6 +24,7 @@ use neo_sessions::{
     store::{self, Store},
     tokens::{KeyRing, SigningKey, TokenGrant, TokenIssuer},
 };
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 
 const FIXTURE: &str = include_str!("../config/seed.example.json");
@@ -132,19 +133,34 @@ fn entra_validation(c: &mut Criterion) {
         &URL_SAFE_NO_PAD.encode(&public.e),
     )
     .expect("decoding key");
+    // Every validation verified afresh (the verified-token cache off), then a token repeated.
     let config = EntraConfig {
         audience: Some("api://neo-sessions".into()),
         required_scope: Some("Sessions.Mint".into()),
+        token_cache_entries: 0,
         ..EntraConfig::default()
+    };
+    let cached_config = EntraConfig {
+        token_cache_entries: 100,
+        ..config.clone()
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let store = runtime.block_on(store::connect(&url, 1)).expect("store");
+    let key = Arc::new(decoding);
     let verifier = EntraVerifier::new(
-        Arc::new(StaticKey(Arc::new(decoding))),
+        Arc::new(StaticKey(Arc::clone(&key))),
         &config,
+        Arc::clone(&store),
+        live_feed(),
+        Counter::default(),
+    );
+    let caching_verifier = EntraVerifier::new(
+        Arc::new(StaticKey(key)),
+        &cached_config,
         store,
         live_feed(),
+        Counter::default(),
     );
 
     let now = chrono::Utc::now().timestamp();
@@ -166,6 +182,13 @@ fn entra_validation(c: &mut Criterion) {
         b.iter(|| {
             runtime
                 .block_on(verifier.validate(&token, &parsed_header, Lookups::Allowed))
+                .expect("valid")
+        })
+    });
+    c.bench_function("entra_validate_repeated_token", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(caching_verifier.validate(&token, &parsed_header, Lookups::Allowed))
                 .expect("valid")
         })
     });

@@ -50,6 +50,7 @@ pub fn state(
             &config.entra,
             Arc::clone(&store),
             Arc::clone(&freshness),
+            metrics.entra_token_cache_hits.clone(),
         )
     });
     let authenticator = Authenticator {

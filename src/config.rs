@@ -72,6 +72,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("NEO_ENTRA_AUDIENCE", "entra.audience"),
     ("NEO_ENTRA_REQUIRED_SCOPE", "entra.required_scope"),
     ("NEO_ENTRA_LEEWAY_SECONDS", "entra.leeway_seconds"),
+    ("NEO_ENTRA_TOKEN_CACHE_ENTRIES", "entra.token_cache_entries"),
     ("NEO_ENTRA_REFRESH_SECONDS", "entra.refresh_seconds"),
     ("NEO_ENTRA_KEY_MAX_AGE_SECONDS", "entra.key_max_age_seconds"),
     (
@@ -539,6 +540,10 @@ pub struct EntraConfig {
     /// this many seconds on demand.
     pub retry_seconds: u64,
     pub http_timeout_seconds: u64,
+    /// Tokens whose signature and claims were verified, remembered (by SHA-256 of the whole
+    /// token) until they expire, so a caller repeating its token is not RSA-verified each time;
+    /// 0 verifies every request.
+    pub token_cache_entries: usize,
 }
 
 impl Default for EntraConfig {
@@ -553,6 +558,7 @@ impl Default for EntraConfig {
             kid_cooldown_seconds: 300,
             retry_seconds: 5,
             http_timeout_seconds: 5,
+            token_cache_entries: 10_000,
         }
     }
 }

@@ -82,6 +82,7 @@ pub struct Metrics {
     pub signing_key_age_seconds: Gauge,
     pub cache_feed_up: Gauge,
     pub session_cache_entries: Gauge,
+    pub entra_token_cache_hits: Counter,
 }
 
 impl Default for Metrics {
@@ -189,6 +190,12 @@ impl Metrics {
             "Sessions held by the session cache (at most NEO_SESSION_CACHE_ENTRIES)",
             session_cache_entries.clone(),
         );
+        let entra_token_cache_hits = Counter::default();
+        registry.register(
+            "entra_token_cache_hits",
+            "Entra tokens accepted without a new RSA verification: the same token, verified before, unexpired, its key still current",
+            entra_token_cache_hits.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -213,6 +220,7 @@ impl Metrics {
             signing_key_age_seconds,
             cache_feed_up,
             session_cache_entries,
+            entra_token_cache_hits,
         }
     }
 

@@ -10,7 +10,9 @@ use std::{
 
 use async_trait::async_trait;
 use jsonwebtoken::{decode, jwk::JwkSet, Algorithm, DecodingKey, Header, Validation};
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::{invalid, AuthError, Lookups, Principal};
 use crate::{
@@ -267,6 +269,7 @@ impl EntraKeySource for JwksCache {
 #[derive(Debug, Deserialize)]
 struct EntraClaims {
     iss: String,
+    exp: i64,
     tid: String,
     oid: Option<String>,
     scp: Option<String>,
@@ -281,6 +284,19 @@ pub struct EntraVerifier {
     retry_after: Duration,
     /// `tid` → tenant id (or none), briefly: only `tid`s of validly signed tokens get here.
     directories: TtlCache<String, Option<String>>,
+    /// SHA-256 of a whole token → what validating it gave, for tokens that passed every check.
+    /// A hit is used only while the token has not expired and the key that verified it is
+    /// still the one the current key set holds for its `kid`.
+    verified: Option<quick_cache::sync::Cache<[u8; 32], Verified>>,
+    verified_hits: Counter,
+}
+
+/// A token that passed every check of [`EntraVerifier::validate`].
+#[derive(Clone)]
+struct Verified {
+    identity: EntraIdentity,
+    exp: i64,
+    key: Arc<DecodingKey>,
 }
 
 /// How long a directory → tenant mapping read from the database is reused.
@@ -294,11 +310,13 @@ pub struct EntraIdentity {
 }
 
 impl EntraVerifier {
+    /// `verified_hits` counts the validations answered by the verified-token cache.
     pub fn new(
         keys: Arc<dyn EntraKeySource>,
         config: &EntraConfig,
         store: Arc<dyn Store>,
         freshness: Arc<Freshness>,
+        verified_hits: Counter,
     ) -> Self {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&config.audiences());
@@ -315,6 +333,9 @@ impl EntraVerifier {
             store,
             retry_after: Duration::from_secs(config.retry_seconds),
             directories: TtlCache::new(DIRECTORY_CACHE_TTL, freshness, &[Topic::Tenants]),
+            verified: (config.token_cache_entries > 0)
+                .then(|| quick_cache::sync::Cache::new(config.token_cache_entries)),
+            verified_hits,
         }
     }
 
@@ -370,6 +391,29 @@ impl EntraVerifier {
         let Some(kid) = header.kid.as_deref() else {
             return Err(invalid("Entra token without kid"));
         };
+        // The same token verified before: the same answer while it is unexpired and its key is
+        // still current. Keyed by the whole token (header, claims and signature), so a token
+        // differing in any byte is verified afresh.
+        let digest = self
+            .verified
+            .as_ref()
+            .map(|_| <[u8; 32]>::from(Sha256::digest(token.as_bytes())));
+        if let (Some(verified), Some(digest)) = (&self.verified, &digest) {
+            if let Some(hit) = verified.get(digest) {
+                let now = jsonwebtoken::get_current_timestamp();
+                let unexpired = u64::try_from(hit.exp)
+                    .is_ok_and(|exp| exp.saturating_add(self.validation.leeway) >= now);
+                let key_current = self
+                    .keys
+                    .cached_key(kid)
+                    .is_some_and(|key| Arc::ptr_eq(&key, &hit.key));
+                if unexpired && key_current {
+                    self.verified_hits.inc();
+                    return Ok(hit.identity);
+                }
+                verified.remove(digest);
+            }
+        }
         // `jku`, `x5u`, `jwk` and `x5c` headers are never followed: keys come from our JWKS only.
         let lookup = match lookups {
             Lookups::Allowed => self.keys.key(kid).await,
@@ -387,7 +431,7 @@ impl EntraVerifier {
                 })
             }
         };
-        let claims = decode::<EntraClaims>(token, &key, &self.validation)
+        let claims = decode::<EntraClaims>(token, key.as_ref(), &self.validation)
             .map_err(|_| invalid("Entra token failed verification"))?
             .claims;
         let tid = canonical_guid(&claims.tid).ok_or(invalid("Entra token with a malformed tid"))?;
@@ -411,7 +455,16 @@ impl EntraVerifier {
                 return Err(AuthError::InsufficientScope);
             }
         }
-        Ok(EntraIdentity { tid, oid })
+        let identity = EntraIdentity { tid, oid };
+        if let (Some(verified), Some(digest)) = (&self.verified, digest) {
+            let remembered = Verified {
+                identity: identity.clone(),
+                exp: claims.exp,
+                key,
+            };
+            verified.insert(digest, remembered);
+        }
+        Ok(identity)
     }
 }
 

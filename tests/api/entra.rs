@@ -603,7 +603,118 @@ async fn an_entra_user_may_not_introspect(backend: Backend) {
     assert_eq!(listed.status(), StatusCode::OK);
 }
 
+/// `neo_sessions_entra_token_cache_hits_total` as scraped.
+async fn token_cache_hits(app: &TestApp) -> u64 {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("neo_sessions_entra_token_cache_hits_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no token cache counter in:\n{text}"))
+}
+
+/// A token repeated is verified once (the counter proves the second mint skipped the RSA
+/// check), and a remembered token stops working the moment its key leaves the JWKS.
+async fn a_repeated_token_is_verified_once_and_refused_once_its_key_is_withdrawn(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
+    let token = sign(current(), &user_claims(json!({})));
+    app.mint_ok(&token, BODY()).await;
+    assert_eq!(token_cache_hits(&app).await, 0);
+    app.mint_ok(&token, BODY()).await;
+    app.mint_ok(&token, BODY()).await;
+    assert_eq!(
+        token_cache_hits(&app).await,
+        2,
+        "verified once, then remembered"
+    );
+
+    // Entra withdraws the key; a token under the new kid makes the service refetch.
+    fake.publish(&[rolled()]);
+    app.mint_ok(&sign(rolled(), &user_claims(json!({}))), BODY())
+        .await;
+    let hits = token_cache_hits(&app).await;
+    assert_invalid(&app, &token).await;
+    assert_eq!(
+        token_cache_hits(&app).await,
+        hits,
+        "no hit for a withdrawn key"
+    );
+}
+
+/// A remembered token is refused once it expires (no leeway here), like any other.
+async fn a_remembered_token_still_expires(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = TestApp::builder(backend)
+        .config(|c| {
+            entra_config(&fake)(c);
+            c.entra.leeway_seconds = 0;
+        })
+        .spawn()
+        .await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = sign(current(), &user_claims(json!({"exp": exp})));
+    app.mint_ok(&token, BODY()).await;
+    app.mint_ok(&token, BODY()).await;
+    assert_eq!(token_cache_hits(&app).await, 1);
+    while chrono::Utc::now().timestamp() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_invalid(&app, &token).await;
+}
+
+/// Only the very token verified is remembered: the same signature under other claims, or the
+/// same claims under a damaged signature, is verified afresh and refused. With the cache off
+/// (`token_cache_entries = 0`) every request is verified.
+async fn a_token_differing_from_a_remembered_one_is_verified_afresh(backend: Backend) {
+    let fake = FakeEntra::start(&[current()]).await;
+    let app = TestApp::builder(backend)
+        .config(entra_config(&fake))
+        .spawn()
+        .await;
+    let token = sign(current(), &user_claims(json!({})));
+    app.mint_ok(&token, BODY()).await;
+    let parts: Vec<&str> = token.split('.').collect();
+    let other_claims = user_claims(json!({"oid": "00000000-0000-4000-8000-000000000001"}));
+    let swapped = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other_claims).unwrap()),
+        parts[2]
+    );
+    assert_invalid(&app, &swapped).await;
+    let mut signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    signature[0] ^= 1;
+    let damaged = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        URL_SAFE_NO_PAD.encode(signature)
+    );
+    assert_invalid(&app, &damaged).await;
+    assert_eq!(token_cache_hits(&app).await, 0);
+    assert_eq!(app.mint_count().await, 1);
+
+    let uncached = TestApp::builder(backend)
+        .config(|c| {
+            entra_config(&fake)(c);
+            c.entra.token_cache_entries = 0;
+        })
+        .spawn()
+        .await;
+    uncached.mint_ok(&token, BODY()).await;
+    uncached.mint_ok(&token, BODY()).await;
+    assert_eq!(token_cache_hits(&uncached).await, 0);
+}
+
 backend_tests!(
+    a_repeated_token_is_verified_once_and_refused_once_its_key_is_withdrawn,
+    a_remembered_token_still_expires,
+    a_token_differing_from_a_remembered_one_is_verified_afresh,
     an_entra_user_may_not_introspect,
     the_jwks_fetch_follows_no_redirect_and_caps_a_streamed_body,
     a_valid_user_token_mints_and_the_record_names_the_user,
