@@ -10,6 +10,7 @@
 #   DURATION=20s CONNECTIONS=64 SOAK_MINTS=1000000 bash bench/load.sh
 #   PRUNE_ROWS=1000000 bash bench/load.sh  # also: mint p99 at 50% while retention deletes that many rows
 #   KEEP=1 bash bench/load.sh              # keep the raw outputs and the server log (path printed)
+#   SERVER_BIN=/tmp/neo-sessions-before bash bench/load.sh   # bench another build (A/B)
 #
 # Everything (oha, the service, PostgreSQL) shares this machine, as it would on one 2-core host.
 set -euo pipefail
@@ -20,6 +21,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 SOAK_MINTS=${SOAK_MINTS:-1000000}
 SESSIONS=${SESSIONS:-100000}
 PRUNE_ROWS=${PRUNE_ROWS:-0}
+SERVER_BIN=${SERVER_BIN:-./target/release/neo-sessions}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 DB_URL=${DB_URL:-postgres://postgres@127.0.0.1:5432/neo_bench}
 PORT=${PORT:-18180}
@@ -55,12 +57,12 @@ export NEO_ENTRA_JWKS_URL=http://127.0.0.1:$JWKS_PORT/jwks.json
 export NEO_RATE_LIMIT_PER_MINUTE=1000000000 NEO_RATE_LIMIT_BURST=1000000
 # Retention runs only where the prune run below asks for it.
 export NEO_AUDIT_RETENTION_DAYS=0
-./target/release/neo-sessions seed config/seed.example.json >/dev/null
+"$SERVER_BIN" seed config/seed.example.json >/dev/null
 # The realistic workload's sessions: b-0 (most popular) to b-<SESSIONS-1>, 3 in 5 Acme's.
 psql -q "$DB_URL" -c "INSERT INTO chat_sessions (id, tenant_id)
   SELECT 'b-' || i, CASE WHEN i % 5 < 3 THEN 'acme' ELSE 'globex' END
   FROM generate_series(0, $SESSIONS - 1) i" -c "ANALYZE chat_sessions"
-./target/release/neo-sessions serve > "$work/server.log" 2>&1 &
+"$SERVER_BIN" serve > "$work/server.log" 2>&1 &
 server=$!
 pids+=("$server")
 for _ in $(seq 1 100); do
@@ -157,7 +159,7 @@ if [ "$PRUNE_ROWS" -gt 0 ]; then
     FROM generate_series(1, $PRUNE_ROWS) i" -c "VACUUM ANALYZE session_token_mints"
   old_rows() { psql -tA "$DB_URL" -c "SELECT count(*) FROM session_token_mints WHERE expires_at < now() - interval '90 days'"; }
   NEO_LISTEN=127.0.0.1:$((PORT + 2)) NEO_AUDIT_RETENTION_DAYS=90 \
-    ./target/release/neo-sessions serve > "$work/pruner.log" 2>&1 &
+    "$SERVER_BIN" serve > "$work/pruner.log" 2>&1 &
   pids+=($!)
   prune_started=$(date +%s.%N)
   rate=$(python3 -c "print(max(1, int($saturation * 50 / 100)))")
