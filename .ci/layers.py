@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails when a lower layer of the crate imports a higher one (docs/design.md, "Layers").
+"""Fails when a lower layer of the crate imports a higher one (docs/design.md, "Layers"), or when
+a source file is missing from the code map of docs/design.md.
 
 Every `crate::...` path in src/ (in `use` trees and inline) is resolved to the module it names, and
 that module's rank must be below the importing file's rank, or be the same module. `#[cfg(test)]`
@@ -110,9 +111,49 @@ def imports(text: str):
     return found
 
 
-def main() -> int:
-    src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "src")
+CODE_MAP_ROOTS = ["src"]
+FILE_NAME = re.compile(r"[A-Za-z0-9_.-]+\.(?:rs|html)\b")
+
+
+def mapped_files(design: str) -> set:
+    """Every file the code map names, as a repository path: a line that starts with a path names
+    that file, or opens a folder whose entry (that line and the indented ones under it) names
+    files inside it."""
+    block = design.split("## Code map", 1)[1].split("```", 2)[1]
+    files, folder = set(), None
+    for line in block.splitlines():
+        if line and not line[0].isspace():
+            head, _, rest = line.partition(" ")
+            if head.endswith("/"):
+                folder = head
+            else:
+                files.add(head)
+                folder = None
+                continue
+        else:
+            rest = line
+        if folder:
+            files.update(folder + name for name in FILE_NAME.findall(rest))
+    return files
+
+
+def code_map_problems(root: Path) -> list:
+    design = root / "docs" / "design.md"
+    mapped = mapped_files(design.read_text())
     problems = []
+    for top in CODE_MAP_ROOTS:
+        for path in sorted((root / top).rglob("*")):
+            if path.suffix in (".rs", ".html") and path.is_file():
+                relative = path.relative_to(root).as_posix()
+                if relative not in mapped:
+                    problems.append(f"{relative}: not in the code map of docs/design.md")
+    return problems
+
+
+def main() -> int:
+    root = Path(__file__).resolve().parent.parent
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "src"
+    problems = [] if len(sys.argv) > 1 else code_map_problems(root)
     for path in sorted(src.rglob("*.rs")):
         importer = module_of_file(src, path)
         if importer not in RANK:
@@ -129,9 +170,9 @@ def main() -> int:
     for problem in problems:
         print(problem)
     if problems:
-        print(f"layer check failed: {len(problems)} upward import(s); see docs/design.md")
+        print(f"layer check failed: {len(problems)} problem(s); see docs/design.md")
         return 1
-    print("layer check: no upward imports")
+    print("layer check: no upward imports, every source file in the code map")
     return 0
 
 
