@@ -26,9 +26,9 @@ LAYERS = [
     ["ratelimit"],
     ["seed", "telemetry"],
     ["http"],
-    ["app"],
     ["server"],  # the connection loop
-    ["lib"],  # build_state, run, serve
+    ["app"],  # App::build, App::run_until_stopped, the router
+    ["lib"],  # the module list
     ["cli"],
     ["main"],
 ]

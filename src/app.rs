@@ -1,12 +1,16 @@
-//! Assembles the application: the state every request reads, and the router with its layer
-//! stack, which reads top to bottom in the order a request meets it.
+//! Builds and runs the service: [`App::build`] turns a configuration into a bound listener and
+//! the state every request reads, [`App::run_until_stopped`] serves it; the router's layer stack
+//! reads top to bottom in the order a request meets it.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
 
 use axum::{
     body::Bytes, extract::DefaultBodyLimit, http::StatusCode, middleware::from_fn_with_state,
     Extension, Router,
 };
+use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, timeout::TimeoutLayer,
@@ -17,25 +21,226 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub use crate::http::AppState;
 use crate::{
     auth::{
-        entra::EntraKeySource, ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
+        entra::{EntraKeySource, JwksCache},
+        ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
     },
     cache::Freshness,
-    config::Config,
+    config::{self, Config},
     http::{
         authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions, tokens,
     },
     metrics::Metrics,
     ratelimit::RateLimits,
-    store::{MintRecorder, SessionDirectory, Store},
+    server, signing,
+    store::{self, MintRecorder, SessionDirectory, Store},
     tokens::TokenIssuer,
 };
 
 /// Mint records written in one commit at most.
 const MAX_MINT_BATCH: usize = 256;
 
-/// The state of one running app. `entra_keys` is the Entra key source, present when Entra
+/// The service, built: its listener bound and its state ready (store connected and migrated,
+/// signing keys loaded, caches following the database, background tasks started).
+/// [`App::run_until_stopped`] serves it. Tests build as many as they like in one process, each
+/// on `127.0.0.1:0`.
+pub struct App {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    address: SocketAddr,
+}
+
+impl App {
+    /// Binds `server.listen` first (a taken port fails before the database is touched), then
+    /// builds the state.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let address = listener.local_addr()?;
+        let state = build_state(config).await?;
+        Ok(Self {
+            state,
+            listener,
+            address,
+        })
+    }
+
+    /// The address it listens on (the port chosen, for `:0`).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// What requests read: the store, the issuer, the caches, the configuration.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, with the connection limits of `server.*`; in-flight
+    /// requests finish. With `server.metrics_listen`, `/metrics` is served there as well.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            state, listener, ..
+        } = self;
+        let limits = server::ConnectionLimits::from_config(&state.config.server);
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        if let Some(address) = state.config.server.metrics_listen {
+            let metrics_listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (server.metrics_listen)"))?;
+            tracing::info!(%address, "metrics listening");
+            let router = metrics_router(Arc::clone(&state));
+            let mut stopped = metrics_stopped;
+            tokio::spawn(async move {
+                let served = axum::serve(metrics_listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            });
+        }
+        let app = router(state);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_metrics.send(true);
+        };
+        server::serve_connections(listener, app, limits, shutdown)
+            .await
+            .context("server error")
+    }
+}
+
+/// How soon a lost cache-invalidation feed is re-opened.
+const CHANGE_FEED_RETRY: Duration = Duration::from_secs(1);
+
+/// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
+/// the signing key, and builds the state the router serves.
+async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
+    let metrics = Arc::new(Metrics::new());
+    let store = open_store_for_serving(&config, Arc::clone(&metrics)).await?;
+    let issuer = signing::start(&config, Arc::clone(&store))
+        .await
+        .context("cannot load the signing keys")?;
+    let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
+        let cache = JwksCache::new(&config.entra, Arc::clone(&metrics))
+            .context("cannot build the Entra JWKS client")?;
+        // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.
+        cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds));
+        Some(cache)
+    } else {
+        None
+    };
+    // Caches answer once the change feed is live: no lookup is ever served from a cache that
+    // could miss a change.
+    let freshness = Freshness::down();
+    store::spawn_change_watcher(
+        Arc::clone(&store),
+        Arc::clone(&freshness),
+        CHANGE_FEED_RETRY,
+    );
+    wait_for_change_feed(&freshness, Duration::from_secs(1)).await;
+    store::spawn_retention(
+        Arc::clone(&store),
+        config.audit.retention_days,
+        Duration::from_secs(u64::from(config.token.max_ttl)),
+    );
+    let limits = RateLimits::new(
+        &config.rate_limit,
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        Arc::clone(&freshness),
+    )
+    .context("invalid rate_limit.redis_url")?;
+    limits.wait_for_redis(Duration::from_secs(1)).await;
+    Ok(state(
+        config, store, issuer, entra_keys, limits, metrics, freshness,
+    ))
+}
+
+/// Gives the change feed up to `within` to connect, so that the first requests already use the
+/// caches; start-up goes on either way (until it connects, every lookup reads the database).
+async fn wait_for_change_feed(freshness: &Freshness, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !freshness.is_live() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "the cache invalidation feed is not connected yet; caches are bypassed until it is"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The store requests use, behind the guard that fails fast while the database is gone. A
+/// PostgreSQL that cannot be reached at start does not stop the service: it serves (liveness
+/// 200, readiness and database work 503) and keeps trying in the background, so the start
+/// order of an orchestrator does not matter.
+async fn open_store_for_serving(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn store::Store>> {
+    let error = match connect_store(config).await {
+        Ok(store) => return Ok(Arc::new(store::GuardedStore::new(store, metrics))),
+        Err(error) => error,
+    };
+    let url = config.database_url();
+    let unreachable = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<store::StoreError>()
+            .is_some_and(|e| e.is_unavailable())
+    });
+    if config::DatabaseBackend::of_url(&url) != Some(config::DatabaseBackend::Postgres)
+        || !unreachable
+    {
+        return Err(error);
+    }
+    tracing::warn!(
+        error = format!("{error:#}"),
+        "PostgreSQL is not reachable at start; serving with readiness 503 and retrying in the background"
+    );
+    let store = store::connect_when_reachable(
+        &url,
+        config.database.max_connections,
+        config.server.migrate_on_start,
+        metrics,
+    )
+    .context("invalid database URL")?;
+    Ok(Arc::new(store))
+}
+
+/// Connects to the configured database. With `server.migrate_on_start` (the default) it first
+/// creates the database if it is missing, then applies pending migrations.
+pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
+    let url = config.database_url();
+    let url = url.as_str();
+    if config.server.migrate_on_start {
+        store::create_database_if_missing(url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the database server or create the database {}",
+                    config::redact_url(url)
+                )
+            })?;
+    }
+    let store = store::connect(url, config.database.max_connections)
+        .await
+        .with_context(|| format!("cannot connect to the database {}", config::redact_url(url)))?;
+    if config.server.migrate_on_start {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    Ok(store)
+}
+
+/// The state of one app. `entra_keys` is the Entra key source, present when Entra
 /// login is configured. Starts the mint recorder, so it runs inside a Tokio runtime.
-pub fn state(
+fn state(
     config: Config,
     store: Arc<dyn Store>,
     issuer: Arc<TokenIssuer>,

@@ -6,10 +6,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 use crate::{
+    app::{connect_store, App},
     auth::api_key,
     config::{Config, SigningAlgorithm},
     seed::Fixture,
@@ -193,7 +194,7 @@ pub enum ApiKeyCommand {
 
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { demo } => serve(config, demo).await,
+        Command::Serve { demo } => serve_command(config, demo).await,
         Command::Migrate { status, output } => migrate(&config, status, output).await,
         Command::Seed { file } => seed(&config, file).await,
         Command::ApiKey(command) => api_key_command(&config, command).await,
@@ -214,7 +215,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
+async fn serve_command(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     if demo && config.api_key.env != DEMO_KEY_ENV {
         bail!("--demo seeds keys that are published in the README; it runs only with NEO_API_KEY_ENV=test");
     }
@@ -230,11 +231,9 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let address = listener.local_addr()?;
-    let state = crate::build_state(config).await?;
+    let app = App::build(config).await?;
+    let address = app.address();
+    let state = app.state();
     if demo {
         let prepared = Fixture::from_json(DEMO_FIXTURE)?.prepare(DEMO_KEY_ENV)?;
         state
@@ -252,7 +251,7 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     if demo {
         println!("{}", demo_banner(&address.to_string()));
     }
-    crate::serve(state, listener, shutdown_signal()).await?;
+    app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
 }
@@ -305,7 +304,7 @@ async fn seed(config: &Config, file: PathBuf) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
     let prepared = Fixture::from_json(&text)?.prepare(&config.api_key.env)?;
-    let store = crate::connect_store(config).await?;
+    let store = connect_store(config).await?;
     let outcome = store
         .apply_seed(&prepared.plan)
         .await
@@ -328,7 +327,7 @@ async fn seed(config: &Config, file: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Result<ExitCode> {
-    let store = crate::connect_store(config).await?;
+    let store = connect_store(config).await?;
     match command {
         ApiKeyCommand::Create {
             tenant,
@@ -421,7 +420,7 @@ async fn rate_limit_command(
     config: &Config,
     command: RateLimitCommand,
 ) -> anyhow::Result<ExitCode> {
-    let store = crate::connect_store(config).await?;
+    let store = connect_store(config).await?;
     let (tenant, limit) = match command {
         RateLimitCommand::Set {
             tenant,
@@ -466,7 +465,7 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 
 async fn migrate(config: &Config, status: bool, output: OutputFormat) -> anyhow::Result<ExitCode> {
     if !status {
-        let store = crate::connect_store(config).await?;
+        let store = connect_store(config).await?;
         store.migrate().await.context("cannot apply migrations")?;
         println!("migrations applied");
         return Ok(ExitCode::SUCCESS);
@@ -495,7 +494,7 @@ async fn signing_key_command(
     config: &Config,
     command: SigningKeyCommand,
 ) -> anyhow::Result<ExitCode> {
-    let store = crate::connect_store(config).await?;
+    let store = connect_store(config).await?;
     let algorithm = |arg: Option<AlgorithmArg>| arg.map_or(config.signing.algorithm, Into::into);
     match command {
         SigningKeyCommand::Rotate { algorithm: arg } => {
@@ -637,4 +636,21 @@ async fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
     };
     eprintln!("neo-sessions healthcheck: not ready: {outcome}");
     Ok(ExitCode::FAILURE)
+}
+
+/// An error and its causes on one line, each said once: a cause whose text the line already
+/// holds (libraries often repeat their source in their own message) is left out.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
     match neo_sessions::cli::run(cli, config).await {
         Ok(code) => code,
         Err(error) => {
-            let error = neo_sessions::describe_error(&error);
+            let error = neo_sessions::cli::describe_error(&error);
             // serve logs its fatal error for the log collector; other commands just say it.
             if log_target == LogTarget::Stdout {
                 tracing::error!(error, "command failed");

@@ -59,7 +59,7 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains connections for at most
 /// `limits.shutdown_grace`.
-pub async fn serve(
+pub async fn serve_connections(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,

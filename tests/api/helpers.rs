@@ -2,16 +2,16 @@
 //! random port, on its own fresh database seeded with `config/seed.example.json`, and typed
 //! helpers to talk to it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use jsonwebtoken::{jwk::JwkSet, DecodingKey, Validation};
-use neo_sessions::{config::Config, seed::Fixture, tokens::SessionClaims};
+use neo_sessions::{app::App, config::Config, seed::Fixture, tokens::SessionClaims};
 use reqwest::{Method, Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::{any::AnyPoolOptions, postgres::PgPoolOptions, AnyPool};
 use tempfile::TempDir;
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::sync::oneshot;
 
 /// Keys of `config/seed.example.json`.
 pub const ACME_KEY: &str = "neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd";
@@ -327,13 +327,11 @@ impl<'a> TestAppBuilder<'a> {
             tweak(&mut config);
         }
 
-        let state = neo_sessions::build_state(config.clone())
-            .await
-            .expect("build app state");
-        let listener = TcpListener::bind(config.server.listen).await.expect("bind");
-        let address = format!("http://{}", listener.local_addr().expect("local addr"));
+        let app = App::build(config.clone()).await.expect("build the app");
+        let address = format!("http://{}", app.address());
+        let state = Arc::clone(app.state());
         let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(neo_sessions::serve(state.clone(), listener, async {
+        let server = tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
         }));
 

@@ -205,7 +205,7 @@ async fn a_wrong_key_encryption_key_stops_start_up_and_changes_nothing(backend: 
 
     let mut config = app.config.clone();
     config.signing.key_encryption_key = Some(SecretString::from(OTHER_KEK));
-    let error = match neo_sessions::build_state(config).await {
+    let error = match neo_sessions::app::App::build(config).await {
         Ok(_) => panic!("started with the wrong key-encryption key"),
         Err(error) => format!("{error:#}"),
     };
