@@ -9,7 +9,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{
+use crate::support::{
     assert_error, parse_timestamp, www_authenticate, Backend, TestApp, ACME_KEY, ACME_REVOKED_KEY,
     JSON,
 };

@@ -1,21 +1,17 @@
 //! The real `neo-sessions` binary: `seed`, `api-key create|list|revoke` and `migrate`, each run
 //! as a child process against its own fresh database, once per backend (PostgreSQL and SQLite).
 
-use std::{
-    fmt,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
-
 use neo_sessions::auth::api_key;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{AnyPool, Row};
-use tempfile::TempDir;
 
-use crate::helpers::{assert_error, Backend, TestApp, TestDatabase, ACME_KEY, FIXTURE};
+use crate::support::{
+    assert_error,
+    cli::{Cli, Run},
+    Backend, TestApp, TestDatabase, ACME_KEY, FIXTURE,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_neo-sessions");
 const TABLES: [&str; 5] = [
     "tenants",
     "end_companies",
@@ -23,120 +19,6 @@ const TABLES: [&str; 5] = [
     "chat_sessions",
     "api_keys",
 ];
-
-/// How the binary is run: a database of its own, an empty data directory and an empty working
-/// directory (so no `config/default.toml` is picked up), JSON logs.
-struct Cli {
-    database_url: String,
-    data_dir: TempDir,
-    work_dir: TempDir,
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Run {
-    fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    fn assert_success(&self) -> &Self {
-        assert!(self.success(), "expected success:\n{self}");
-        self
-    }
-
-    fn assert_failure(&self) -> &Self {
-        assert!(
-            self.code.is_some_and(|c| c != 0),
-            "expected a non-zero exit:\n{self}"
-        );
-        assert!(
-            !self.stderr.trim().is_empty(),
-            "a failure must say why on stderr:\n{self}"
-        );
-        self
-    }
-
-    /// The lines of stdout that hold an API key.
-    fn key_lines(&self) -> Vec<&str> {
-        self.stdout
-            .lines()
-            .filter(|line| line.contains("neo_sk_"))
-            .collect()
-    }
-}
-
-impl Cli {
-    fn new(db: &TestDatabase) -> Self {
-        Self {
-            database_url: db.url.clone(),
-            data_dir: tempfile::tempdir().expect("data dir"),
-            work_dir: tempfile::tempdir().expect("work dir"),
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Run {
-        self.run_with(args, &[]).await
-    }
-
-    async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut command = Command::new(BIN);
-        // Nothing of the developer's environment may leak into the child's configuration.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("NEO_") || name == "DATABASE_URL" {
-                command.env_remove(&*name);
-            }
-        }
-        command
-            .args(args)
-            .current_dir(self.work_dir.path())
-            .env("NEO_DATABASE_URL", &self.database_url)
-            .env("NEO_DATA_DIR", self.data_dir.path())
-            .env("NEO_LOG_FORMAT", "json")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null());
-        let output = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .expect("join")
-            .expect("run neo-sessions");
-        Run {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// Writes a fixture into the working directory and returns its path.
-    fn write_fixture(&self, name: &str, fixture: &Value) -> PathBuf {
-        let path = self.work_dir.path().join(name);
-        std::fs::write(&path, fixture.to_string()).expect("write fixture");
-        path
-    }
-
-    async fn seed_example(&self) -> Run {
-        let run = self.run(&["seed", &example_fixture_path()]).await;
-        run.assert_success();
-        run
-    }
-}
-
-fn example_fixture_path() -> String {
-    format!("{}/config/seed.example.json", env!("CARGO_MANIFEST_DIR"))
-}
 
 fn example_fixture() -> Value {
     serde_json::from_str(FIXTURE).expect("example fixture is JSON")

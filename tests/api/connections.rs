@@ -10,7 +10,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{Backend, TestApp, ACME_KEY};
+use crate::support::{Backend, TestApp, ACME_KEY};
 
 const UNKNOWN_KEY: &str = "neo_sk_test_AAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 /// Long enough for anything the server is asked to do here; a test that waits this long failed.

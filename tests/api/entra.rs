@@ -21,7 +21,7 @@ use neo_sessions::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, www_authenticate, Backend, TestApp, ACME_KEY};
+use crate::support::{assert_error, www_authenticate, Backend, TestApp, ACME_KEY};
 
 /// Acme's directory in `config/seed.example.json`.
 pub const TID: &str = "0b9c2a4e-1f6d-4c8e-9a57-3f1e2d4c5b6a";

@@ -2,150 +2,16 @@
 //! of the test's own, killed and restarted), an embedded database on a full disk, a probe
 //! flood, and audit rows that must outlive what they record.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-use crate::helpers::{assert_error, header, Backend, TestApp, TestDatabase, ACME_KEY};
+use crate::support::{
+    assert_error, header, postgres::OwnPostgres, Backend, TestApp, TestDatabase, ACME_KEY,
+};
 
 const BODY: fn() -> Value = || json!({"session_id": "s-acme-1"});
-
-/// A PostgreSQL cluster of the test's own, on a free port, that the test may kill and restart.
-/// PostgreSQL refuses to run as root, so it runs as the `postgres` user.
-struct OwnPostgres {
-    dir: TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-fn postgres_bin(name: &str) -> PathBuf {
-    let base = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<u32> = std::fs::read_dir(base)
-        .expect("PostgreSQL server binaries in /usr/lib/postgresql (the machine's packages)")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    versions.sort_unstable();
-    let version = versions.last().expect("a PostgreSQL version");
-    base.join(version.to_string()).join("bin").join(name)
-}
-
-fn postgres_ids() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let output = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .expect("id");
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("the postgres user exists")
-    };
-    (id("-u"), id("-g"))
-}
-
-impl OwnPostgres {
-    async fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
-        let data = dir.path().join("data");
-        let status = Command::new(postgres_bin("initdb"))
-            .args([
-                "-D",
-                &data.to_string_lossy(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-            ])
-            .arg("--no-sync")
-            .uid(uid)
-            .gid(gid)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("initdb runs");
-        assert!(status.success(), "initdb failed");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut own = Self {
-            dir,
-            port,
-            child: None,
-        };
-        own.restart().await;
-        own
-    }
-
-    async fn restart(&mut self) {
-        use std::os::unix::process::CommandExt;
-        let (uid, gid) = postgres_ids();
-        let data = self.dir.path().join("data");
-        let child = Command::new(postgres_bin("postgres"))
-            .args(["-D", &data.to_string_lossy()])
-            .args(["-p", &self.port.to_string()])
-            .args(["-k", &self.dir.path().to_string_lossy()])
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .uid(uid)
-            .gid(gid)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("postgres starts");
-        self.child = Some(child);
-        for _ in 0..400 {
-            if sqlx::PgPool::connect(&self.url("postgres")).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the test's PostgreSQL did not start on port {}", self.port);
-    }
-
-    /// An immediate shutdown (SIGQUIT): every connection is cut, as in a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-QUIT", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    /// A new database `name` on this server, migrated and seeded with the example fixture.
-    async fn seeded_database(&self, name: &str) -> TestDatabase {
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(
-                &sqlx::PgPool::connect(&self.url("postgres"))
-                    .await
-                    .expect("admin"),
-            )
-            .await
-            .expect("create database");
-        TestDatabase::seeded_at(Backend::Postgres, name, self.url(name)).await
-    }
-
-    fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Mints while the database is killed and restarted: during the outage every mint is a 503
 /// `database_unavailable` with `Retry-After` (never a 500 or a timeout), readiness says the

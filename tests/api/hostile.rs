@@ -14,7 +14,7 @@ use reqwest::{header::HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{
+use crate::support::{
     assert_error, header, request_id, www_authenticate, Backend, TestApp, ACME_KEY,
     ACME_REVOKED_KEY, JSON, MINT_PATH,
 };

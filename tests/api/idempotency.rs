@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, Backend, TestApp, ACME_KEY, GLOBEX_KEY};
+use crate::support::{assert_error, Backend, TestApp, ACME_KEY, GLOBEX_KEY};
 
 const KEY: &str = "relay-retry-7f3a";
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, ACME_KEY, GLOBEX_KEY};
+use crate::support::{Backend, TestApp, TestDatabase, ACME_KEY, GLOBEX_KEY};
 
 const KEK: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -259,7 +259,7 @@ async fn two_replicas_on_one_postgres_follow_each_other() {
 }
 
 async fn allow_connections(db: &TestDatabase, allow: bool) {
-    let admin = sqlx::PgPool::connect(&crate::helpers::admin_url())
+    let admin = sqlx::PgPool::connect(&crate::support::admin_url())
         .await
         .expect("admin connection");
     sqlx::query(&format!(
@@ -273,7 +273,7 @@ async fn allow_connections(db: &TestDatabase, allow: bool) {
 }
 
 async fn kill_listeners(db: &TestDatabase) {
-    let admin = sqlx::PgPool::connect(&crate::helpers::admin_url())
+    let admin = sqlx::PgPool::connect(&crate::support::admin_url())
         .await
         .expect("admin connection");
     let killed: Vec<(bool,)> = sqlx::query_as(

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::{
     entra::{self, FakeEntra},
-    helpers::{Backend, TestDatabase, ACME_KEY, ACME_REVOKED_KEY},
+    support::{Backend, TestDatabase, ACME_KEY, ACME_REVOKED_KEY},
 };
 
 async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly(backend: Backend) {
@@ -58,7 +58,7 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         }
     };
 
-    crate::helpers::init_test_process();
+    crate::support::init_test_process();
     let client = reqwest::Client::new();
     let url = format!("http://{address}/public-api/sessions");
     let request_id = uuid::Uuid::new_v4().to_string();

@@ -8,19 +8,19 @@ macro_rules! backend_tests {
             mod $name {
                 #[tokio::test]
                 async fn postgres() {
-                    super::$name(crate::helpers::Backend::Postgres).await
+                    super::$name(crate::support::Backend::Postgres).await
                 }
 
                 #[tokio::test]
                 async fn sqlite() {
-                    super::$name(crate::helpers::Backend::Sqlite).await
+                    super::$name(crate::support::Backend::Sqlite).await
                 }
             }
         )+
     };
 }
 
-mod helpers;
+mod support;
 
 mod auth;
 mod cli;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{header, Backend, TestApp, ACME_KEY};
+use crate::support::{header, Backend, TestApp, ACME_KEY};
 
 const UNKNOWN_KEY: &str = "neo_sk_test_UnknownUnknownUnknown00";
 

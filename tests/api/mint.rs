@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{
+use crate::support::{
     assert_error, parse_timestamp, Backend, TestApp, ACME_KEY, GLOBEX_KEY, JSON, NEO_KEY,
 };
 

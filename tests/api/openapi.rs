@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, TestApp};
+use crate::support::{Backend, TestApp};
 
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
 
@@ -169,7 +169,7 @@ async fn health_reports_the_database(backend: Backend) {
     }
     sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", app.db.name))
         .execute(
-            &sqlx::PgPool::connect(&crate::helpers::admin_url())
+            &sqlx::PgPool::connect(&crate::support::admin_url())
                 .await
                 .unwrap(),
         )
@@ -179,7 +179,7 @@ async fn health_reports_the_database(backend: Backend) {
     // again and finds the database gone.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let response = app.get("/public-api/health").await;
-    let body = crate::helpers::assert_error(
+    let body = crate::support::assert_error(
         response,
         StatusCode::SERVICE_UNAVAILABLE,
         "service_unavailable",
@@ -197,9 +197,9 @@ async fn the_docs_page_is_served_from_the_binary(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let response = app.get("/docs").await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(crate::helpers::header(&response, "content-type")
+    assert!(crate::support::header(&response, "content-type")
         .is_some_and(|t| t.starts_with("text/html")));
-    assert!(crate::helpers::header(&response, "content-security-policy")
+    assert!(crate::support::header(&response, "content-security-policy")
         .is_some_and(|csp| csp.contains("connect-src 'self'")));
     let page = response.text().await.expect("page");
     assert!(page.contains("/public-api/openapi.json"));

@@ -1,18 +1,15 @@
 //! Rate limits from the outside: per principal (with per-tenant overrides), per client IP for
 //! failed authentications, shared through a real Redis, and falling back to memory without it.
 
-use std::{
-    net::TcpListener as StdListener,
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::TcpListener as StdListener, sync::Arc, time::Duration};
 
 use neo_sessions::config::Config;
 use reqwest::{Response, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{assert_error, header, Backend, TestApp, ACME_KEY, GLOBEX_KEY};
+use crate::support::{
+    assert_error, header, redis::OwnRedis, Backend, TestApp, ACME_KEY, GLOBEX_KEY,
+};
 
 fn redis_url() -> String {
     std::env::var("NEO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -238,71 +235,6 @@ async fn two_replicas_sharing_redis_enforce_one_budget(backend: Backend) {
         .mint(GLOBEX_KEY, json!({"session_id": "s-globex-1"}))
         .await;
     assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
-}
-
-/// A `redis-server` of the test's own, on a free port, that the test may stop and start.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    async fn start() -> Self {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (see README: the machine's Redis packages)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, ACME_KEY};
+use crate::support::{Backend, TestApp, TestDatabase, ACME_KEY};
 
 fn at(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()

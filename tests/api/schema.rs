@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::helpers::{Backend, TestDatabase};
+use crate::support::{Backend, TestDatabase};
 
 async fn versions(db: &TestDatabase) -> Vec<i64> {
     sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")

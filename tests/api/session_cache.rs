@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{Backend, TestApp, TestDatabase, ACME_KEY};
+use crate::support::{Backend, TestApp, TestDatabase, ACME_KEY};
 
 const KEK: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 /// The delay the README states, with room for a loaded CI machine.
@@ -187,7 +187,7 @@ async fn two_replicas_follow_plain_sql_and_a_replica_without_its_feed_reads_the_
 
     let body = json!({"session_id": "s-acme-1"});
     assert_eq!(mint(&b, body.clone()).await.0, StatusCode::OK);
-    let admin = sqlx::PgPool::connect(&crate::helpers::admin_url())
+    let admin = sqlx::PgPool::connect(&crate::support::admin_url())
         .await
         .expect("admin");
     let name = &a.db.name;

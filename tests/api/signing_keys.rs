@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, header, Backend, TestApp, TestDatabase, ACME_KEY};
+use crate::support::{assert_error, header, Backend, TestApp, TestDatabase, ACME_KEY};
 
 const BODY: fn() -> Value = || json!({"session_id": "s-acme-1", "ttl_seconds": 4});
 const KEK: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, Backend, TestApp, ACME_KEY, GLOBEX_KEY, NEO_KEY};
+use crate::support::{assert_error, Backend, TestApp, ACME_KEY, GLOBEX_KEY, NEO_KEY};
 
 async fn minted(app: &TestApp, credential: &str, body: Value) -> (String, String) {
     let (data, _) = app.mint_ok(credential, body).await;

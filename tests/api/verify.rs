@@ -15,7 +15,7 @@ use neo_sessions::{
 };
 use serde_json::{json, Value};
 
-use crate::helpers::{Backend, TestApp, ACME_KEY};
+use crate::support::{Backend, TestApp, ACME_KEY};
 
 fn verifier_for(app: &TestApp) -> VerifierConfig {
     let mut config =

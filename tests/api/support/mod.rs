@@ -2,6 +2,10 @@
 //! random port, on its own fresh database seeded with `config/seed.example.json`, and typed
 //! helpers to talk to it.
 
+pub mod cli;
+pub mod postgres;
+pub mod redis;
+
 use std::sync::{Arc, OnceLock};
 
 use jsonwebtoken::{jwk::JwkSet, DecodingKey, Validation};
@@ -20,7 +24,7 @@ pub const GLOBEX_KEY: &str = "neo_sk_test_Gx7Lb2Qm9Tz4Wc8Nv3Kd6Rp1";
 /// The platform tenant's key.
 pub const NEO_KEY: &str = "neo_sk_test_Np5Vw8Xc2Bz7Mq4Lt9Rf3Hs6";
 
-pub const FIXTURE: &str = include_str!("../../config/seed.example.json");
+pub const FIXTURE: &str = include_str!("../../../config/seed.example.json");
 
 /// The mint route.
 pub const MINT_PATH: &str = "/public-api/sessions";
