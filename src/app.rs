@@ -120,7 +120,7 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
 /// The router and the layers every request passes, outermost first.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
-    let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
+    let timeout = Duration::from_secs(state.config.server.request_timeout_seconds.get());
     let (routes, document) = api_routes(&state).split_for_parts();
     let mut document = serde_json::to_value(&document).unwrap_or_default();
     openapi::document_responses(&mut document);

@@ -44,7 +44,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         let cache = JwksCache::new(&config.entra, Arc::clone(&metrics))
             .context("cannot build the Entra JWKS client")?;
         // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.
-        cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds));
+        cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds.get()));
         Some(cache)
     } else {
         None
@@ -137,7 +137,7 @@ async fn open_store_for_serving(
     );
     let store = store::connect_when_reachable(
         &url,
-        config.database.max_connections,
+        config.database.max_connections.get(),
         config.server.migrate_on_start,
         metrics,
     )
@@ -160,7 +160,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn store::Sto
                 )
             })?;
     }
-    let store = store::connect(url, config.database.max_connections)
+    let store = store::connect(url, config.database.max_connections.get())
         .await
         .with_context(|| format!("cannot connect to the database {}", config::redact_url(url)))?;
     if config.server.migrate_on_start {
