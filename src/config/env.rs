@@ -123,10 +123,14 @@ mod tests {
         let unknown = Config::unknown_variables(env(&[
             ("NEO_TOKEN_DEFUALT_TTL", "120"),
             ("NEO_TOKEN_DEFAULT_TTL", "120"),
+            ("NEO_LISTEN", "127.0.0.1:1"),
+            ("NEO_SERVER_LISTEN", "127.0.0.1:1"),
+            ("NEO_SERVER_LISTN", "127.0.0.1:1"),
             ("NEO_TEST_DATABASE_URL", "postgres://x"),
+            ("NEO_UPDATE_DOCS", "1"),
             ("HOME", "/root"),
         ]));
-        assert_eq!(unknown, ["NEO_TOKEN_DEFUALT_TTL"]);
+        assert_eq!(unknown, ["NEO_SERVER_LISTN", "NEO_TOKEN_DEFUALT_TTL"]);
     }
 
     /// Every leaf key of a serialized configuration, as `section.key`.
