@@ -1,7 +1,7 @@
 //! Typed configuration: the shipped defaults < a config file < `NEO_*` environment variables.
 //!
 //! `config/default.toml` is the one place a key and its default are written: it is built in as the
-//! bottom layer, its keys name the variables ([`env`]), and the table in `docs/operating.md` is
+//! bottom layer, its keys name the variables (`env.rs`), and the table in `docs/operating.md` is
 //! rendered from it (a test fails when they differ). A new setting is a struct field here and a
 //! line there. Secrets are [`Secret`]s, so `Debug` and `config show` never print them.
 
@@ -49,6 +49,7 @@ use self::{
 /// The file read when `--config` is not given and the file exists (relative to the working directory).
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
 
+/// The whole configuration: one field per section of `config/default.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
