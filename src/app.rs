@@ -130,7 +130,7 @@ async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         let cache = JwksCache::new(&config.entra, Arc::clone(&metrics))
             .context("cannot build the Entra JWKS client")?;
         // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.
-        cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds));
+        cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds.get()));
         Some(cache)
     } else {
         None
@@ -206,7 +206,7 @@ async fn open_store_for_serving(
     );
     let store = store::connect_when_reachable(
         &url,
-        config.database.max_connections,
+        config.database.max_connections.get(),
         config.server.migrate_on_start,
         metrics,
     )
@@ -229,7 +229,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn store::Sto
                 )
             })?;
     }
-    let store = store::connect(url, config.database.max_connections)
+    let store = store::connect(url, config.database.max_connections.get())
         .await
         .with_context(|| format!("cannot connect to the database {}", config::redact_url(url)))?;
     if config.server.migrate_on_start {
@@ -325,7 +325,7 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
 /// The router and the layers every request passes, outermost first.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
-    let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
+    let timeout = Duration::from_secs(state.config.server.request_timeout_seconds.get());
     let (routes, document) = api_routes(&state).split_for_parts();
     let mut document = serde_json::to_value(&document).unwrap_or_default();
     openapi::document_responses(&mut document);

@@ -222,8 +222,8 @@ async fn serve_command(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let open_files = crate::server::raise_open_files_limit();
     if let Some(limit) = open_files {
         // Each connection holds a descriptor; the database pool and logs need a few more.
-        let headroom = config.database.max_connections as u64 + 64;
-        if (config.server.max_connections as u64).saturating_add(headroom) > limit {
+        let headroom = u64::from(config.database.max_connections.get()) + 64;
+        if (config.server.max_connections.get() as u64).saturating_add(headroom) > limit {
             tracing::warn!(
                 open_files_limit = limit,
                 max_connections = config.server.max_connections,
@@ -619,8 +619,13 @@ async fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
             .map_err(|e| format!("cannot read the answer of {address}: {e}"))?;
         Ok::<_, String>(String::from_utf8_lossy(&response).into_owned())
     };
-    let patience =
-        std::time::Duration::from_secs(config.server.request_timeout_seconds.saturating_add(2));
+    let patience = std::time::Duration::from_secs(
+        config
+            .server
+            .request_timeout_seconds
+            .get()
+            .saturating_add(2),
+    );
     let outcome = match tokio::time::timeout(patience, check).await {
         Ok(Ok(response)) if response.starts_with("HTTP/1.1 200") => return Ok(ExitCode::SUCCESS),
         Ok(Ok(response)) => {

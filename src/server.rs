@@ -45,9 +45,9 @@ pub struct ConnectionLimits {
 impl ConnectionLimits {
     pub fn from_config(server: &ServerConfig) -> Self {
         Self {
-            header_timeout: Duration::from_secs(server.header_timeout_seconds),
-            idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
-            max_connections: server.max_connections,
+            header_timeout: Duration::from_secs(server.header_timeout_seconds.get()),
+            idle_timeout: Duration::from_secs(server.idle_timeout_seconds.get()),
+            max_connections: server.max_connections.get(),
             shutdown_grace: Duration::from_secs(server.shutdown_grace_seconds),
         }
     }

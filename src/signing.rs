@@ -204,7 +204,7 @@ fn spawn_reload(
     issuer: Arc<TokenIssuer>,
     mut loaded: HashMap<String, Arc<Vec<u8>>>,
 ) {
-    let interval = Duration::from_secs(config.signing.reload_seconds);
+    let interval = Duration::from_secs(config.signing.reload_seconds.get());
     let issuer = Arc::downgrade(&issuer);
     tokio::spawn(async move {
         let mut known: Vec<String> = Vec::new();

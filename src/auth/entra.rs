@@ -93,8 +93,8 @@ impl JwksCache {
     pub fn new(config: &EntraConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, reqwest::Error> {
         install_crypto_provider();
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.http_timeout_seconds))
-            .connect_timeout(Duration::from_secs(config.http_timeout_seconds))
+            .timeout(Duration::from_secs(config.http_timeout_seconds.get()))
+            .connect_timeout(Duration::from_secs(config.http_timeout_seconds.get()))
             // A redirect could lead anywhere (another host, plain HTTP): the configured URL is
             // the only source of keys.
             .redirect(reqwest::redirect::Policy::none())

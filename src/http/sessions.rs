@@ -488,7 +488,7 @@ impl MintSessionTokenRequest {
             }
         }
 
-        let (min, max) = (limits.min_ttl, limits.max_ttl);
+        let (min, max) = (limits.min_ttl.get(), limits.max_ttl);
         match body.remove("ttl_seconds") {
             None | Some(Value::Null) => {}
             Some(value) => match integral(&value).and_then(|ttl| u32::try_from(ttl).ok()) {

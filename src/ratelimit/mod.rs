@@ -125,12 +125,12 @@ impl RateLimits {
         MemoryLimits::spawn_sweeper(&memory, Duration::from_secs(30));
         Ok(Self {
             principal_quota: Quota {
-                per_minute: config.per_minute,
-                burst: config.burst,
+                per_minute: config.per_minute.get(),
+                burst: config.burst.get(),
             },
             auth_failure_quota: Quota {
-                per_minute: config.auth_failure_per_minute,
-                burst: config.auth_failure_burst,
+                per_minute: config.auth_failure_per_minute.get(),
+                burst: config.auth_failure_burst.get(),
             },
             memory,
             redis,

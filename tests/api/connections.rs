@@ -2,6 +2,7 @@
 //! leaves the connection usable (or says that it closes), stalled and idle connections are timed
 //! out, the connection cap answers 503 in the envelope, and shutdown has a deadline.
 
+use std::num::NonZero;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -159,7 +160,7 @@ async fn an_unread_body_is_announced_with_connection_close(backend: Backend) {
 async fn stalled_request_heads_are_cut_and_do_not_starve_mints(backend: Backend) {
     neo_sessions::server::raise_open_files_limit();
     let app = TestApp::builder(backend)
-        .config(|c| c.server.header_timeout_seconds = 2)
+        .config(|c| c.server.header_timeout_seconds = NonZero::new(2).unwrap())
         .spawn()
         .await;
     let host = app.address.trim_start_matches("http://").to_owned();
@@ -190,7 +191,7 @@ async fn stalled_request_heads_are_cut_and_do_not_starve_mints(backend: Backend)
 /// An idle keep-alive connection is closed after the idle timeout.
 async fn idle_keep_alive_connections_are_closed(backend: Backend) {
     let app = TestApp::builder(backend)
-        .config(|c| c.server.idle_timeout_seconds = 1)
+        .config(|c| c.server.idle_timeout_seconds = NonZero::new(1).unwrap())
         .spawn()
         .await;
     let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
@@ -210,7 +211,7 @@ async fn idle_keep_alive_connections_are_closed(backend: Backend) {
 /// envelope and closed; the open ones are unaffected.
 async fn connections_over_the_cap_get_503_in_the_envelope(backend: Backend) {
     let app = TestApp::builder(backend)
-        .config(|c| c.server.max_connections = 3)
+        .config(|c| c.server.max_connections = NonZero::new(3).unwrap())
         .spawn()
         .await;
     let host = app.address.trim_start_matches("http://").to_owned();
@@ -240,7 +241,7 @@ async fn connections_over_the_cap_get_503_in_the_envelope(backend: Backend) {
 async fn shutdown_has_a_deadline(backend: Backend) {
     let mut app = TestApp::builder(backend)
         .config(|c| {
-            c.server.header_timeout_seconds = 3600;
+            c.server.header_timeout_seconds = NonZero::new(3600).unwrap();
             c.server.shutdown_grace_seconds = 1;
         })
         .spawn()

@@ -2,6 +2,7 @@
 //! right labels, and no label value is unbounded (no key id, jti, tenant or address).
 
 use std::collections::BTreeSet;
+use std::num::NonZero;
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -60,8 +61,8 @@ async fn scrape(app: &TestApp) -> String {
 async fn counters_move_with_bounded_labels(backend: Backend) {
     let app = TestApp::builder(backend)
         .config(|c| {
-            c.rate_limit.per_minute = 1;
-            c.rate_limit.burst = 2;
+            c.rate_limit.per_minute = NonZero::new(1).unwrap();
+            c.rate_limit.burst = NonZero::new(2).unwrap();
         })
         .spawn()
         .await;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::num::NonZero;
 
 use crate::support::{
     assert_error, parse_timestamp, Backend, TestApp, ACME_KEY, GLOBEX_KEY, JSON, NEO_KEY,
@@ -153,7 +154,7 @@ async fn ttl_bounds_are_inclusive_and_enforced(backend: Backend) {
 async fn ttl_limits_follow_the_configuration(backend: Backend) {
     let app = TestApp::builder(backend)
         .config(|c| {
-            c.token.min_ttl = 30;
+            c.token.min_ttl = NonZero::new(30).unwrap();
             c.token.default_ttl = 45;
             c.token.max_ttl = 120;
         })

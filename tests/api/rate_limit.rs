@@ -1,6 +1,7 @@
 //! Rate limits from the outside: per principal (with per-tenant overrides), per client IP for
 //! failed authentications, shared through a real Redis, and falling back to memory without it.
 
+use std::num::NonZero;
 use std::{net::TcpListener as StdListener, sync::Arc, time::Duration};
 
 use neo_sessions::config::Config;
@@ -34,8 +35,8 @@ async fn principal_limit_gives_429_with_retry_after_and_the_budget_comes_back(ba
     // the requests below on a busy machine); a burst of 2.
     let app = TestApp::builder(backend)
         .config(|c| {
-            c.rate_limit.per_minute = 60;
-            c.rate_limit.burst = 2;
+            c.rate_limit.per_minute = NonZero::new(60).unwrap();
+            c.rate_limit.burst = NonZero::new(2).unwrap();
         })
         .spawn()
         .await;
@@ -85,8 +86,8 @@ async fn principal_limit_gives_429_with_retry_after_and_the_budget_comes_back(ba
 async fn a_tenant_override_replaces_the_default(backend: Backend) {
     let app = TestApp::builder(backend)
         .config(|c| {
-            c.rate_limit.per_minute = 1;
-            c.rate_limit.burst = 3;
+            c.rate_limit.per_minute = NonZero::new(1).unwrap();
+            c.rate_limit.burst = NonZero::new(3).unwrap();
         })
         .spawn()
         .await;
@@ -124,8 +125,8 @@ async fn a_tenant_override_replaces_the_default(backend: Backend) {
 }
 
 fn tight_failure_budget(c: &mut Config) {
-    c.rate_limit.auth_failure_per_minute = 1;
-    c.rate_limit.auth_failure_burst = 3;
+    c.rate_limit.auth_failure_per_minute = NonZero::new(1).unwrap();
+    c.rate_limit.auth_failure_burst = NonZero::new(3).unwrap();
 }
 
 async fn failed_authentications_are_limited_per_ip_before_any_lookup(backend: Backend) {
@@ -204,8 +205,8 @@ async fn a_spoofed_forwarded_for_gets_no_fresh_bucket(backend: Backend) {
 async fn two_replicas_sharing_redis_enforce_one_budget(backend: Backend) {
     let prefix = unique_prefix();
     let configure = |c: &mut Config| {
-        c.rate_limit.per_minute = 1;
-        c.rate_limit.burst = 5;
+        c.rate_limit.per_minute = NonZero::new(1).unwrap();
+        c.rate_limit.burst = NonZero::new(5).unwrap();
         tight_failure_budget(c);
         c.rate_limit.redis_url = Some(redis_url().into());
         c.rate_limit.redis_prefix = prefix.clone();
@@ -243,8 +244,8 @@ async fn without_redis_requests_are_still_answered_and_limited_in_memory() {
     let url = redis.url();
     let app = TestApp::builder(Backend::Postgres)
         .config(|c| {
-            c.rate_limit.per_minute = 1;
-            c.rate_limit.burst = 3;
+            c.rate_limit.per_minute = NonZero::new(1).unwrap();
+            c.rate_limit.burst = NonZero::new(3).unwrap();
             c.rate_limit.redis_url = Some(url.into());
             c.rate_limit.redis_prefix = unique_prefix();
         })
@@ -291,8 +292,8 @@ async fn a_flood_of_distinct_failing_keys_leaves_the_limiter_small() {
     let app = Arc::new(
         TestApp::builder(Backend::Postgres)
             .config(|c| {
-                c.rate_limit.auth_failure_per_minute = 30;
-                c.rate_limit.auth_failure_burst = 10;
+                c.rate_limit.auth_failure_per_minute = NonZero::new(30).unwrap();
+                c.rate_limit.auth_failure_burst = NonZero::new(10).unwrap();
             })
             .spawn()
             .await,
@@ -434,7 +435,7 @@ async fn redis_that_was_never_reachable_costs_mints_nothing() {
     for url in [unresolvable, tls] {
         let app = TestApp::builder(Backend::Postgres)
             .config(|c| {
-                c.server.request_timeout_seconds = 2;
+                c.server.request_timeout_seconds = NonZero::new(2).unwrap();
                 c.rate_limit.redis_url = Some(url.clone().into());
             })
             .spawn()
@@ -454,9 +455,9 @@ async fn redis_that_was_never_reachable_costs_mints_nothing() {
     redis.stop();
     let app = TestApp::builder(Backend::Postgres)
         .config(|c| {
-            c.server.request_timeout_seconds = 2;
-            c.rate_limit.per_minute = 1;
-            c.rate_limit.burst = 3;
+            c.server.request_timeout_seconds = NonZero::new(2).unwrap();
+            c.rate_limit.per_minute = NonZero::new(1).unwrap();
+            c.rate_limit.burst = NonZero::new(3).unwrap();
             c.rate_limit.redis_url = Some(url.into());
             c.rate_limit.redis_prefix = unique_prefix();
         })

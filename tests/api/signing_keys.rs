@@ -3,12 +3,12 @@
 //! still an end user, the retired key leaves the JWKS after its last token expired, a wrong
 //! key-encryption key stops start-up without touching a key, and the JWKS is cacheable.
 
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use neo_sessions::config::{Config, SigningAlgorithm};
 use reqwest::StatusCode;
-use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::support::{assert_error, header, Backend, TestApp, TestDatabase, ACME_KEY};
@@ -20,11 +20,11 @@ const OTHER_KEK: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 /// Shortened timings: published 4 s before signing, JWKS cached 1 s, reloaded every second,
 /// tokens live at most 4 s, 1 s leeway (so a retired key stays published 5 s).
 fn short_life_cycle(c: &mut Config) {
-    c.signing.key_encryption_key = Some(SecretString::from(KEK));
+    c.signing.key_encryption_key = Some(KEK.to_owned().into());
     c.signing.lead_seconds = 4;
     c.signing.jwks_max_age_seconds = 1;
-    c.signing.reload_seconds = 1;
-    c.token.min_ttl = 1;
+    c.signing.reload_seconds = NonZero::new(1).unwrap();
+    c.token.min_ttl = NonZero::new(1).unwrap();
     c.token.default_ttl = 4;
     c.token.max_ttl = 4;
     c.token.leeway_seconds = 1;
@@ -204,7 +204,7 @@ async fn a_wrong_key_encryption_key_stops_start_up_and_changes_nothing(backend: 
     assert_eq!(before.len(), 1);
 
     let mut config = app.config.clone();
-    config.signing.key_encryption_key = Some(SecretString::from(OTHER_KEK));
+    config.signing.key_encryption_key = Some(OTHER_KEK.to_owned().into());
     let error = match neo_sessions::app::App::build(config).await {
         Ok(_) => panic!("started with the wrong key-encryption key"),
         Err(error) => format!("{error:#}"),

@@ -6,12 +6,12 @@ pub mod cli;
 pub mod postgres;
 pub mod redis;
 
+use std::num::NonZero;
 use std::sync::{Arc, OnceLock};
 
 use jsonwebtoken::{jwk::JwkSet, DecodingKey, Validation};
 use neo_sessions::{app::App, config::Config, seed::Fixture, tokens::SessionClaims};
 use reqwest::{Method, Response, StatusCode};
-use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::{any::AnyPoolOptions, postgres::PgPoolOptions, AnyPool};
 use tempfile::TempDir;
@@ -316,17 +316,17 @@ impl<'a> TestAppBuilder<'a> {
         let data_dir = tempfile::tempdir().expect("tempdir");
 
         let mut config = Config::default();
-        config.database.url = Some(SecretString::from(db.url.clone()));
-        config.database.max_connections = 5;
+        config.database.url = Some(db.url.clone().into());
+        config.database.max_connections = NonZero::new(5).unwrap();
         config.data.dir = data_dir.path().join("data");
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
         // Every request sees the database as it is (the key cache has a test of its own).
         config.api_key.cache_seconds = 0;
         // Rate limits out of the way of tests that are not about them (those set their own).
-        config.rate_limit.per_minute = 1_000_000;
-        config.rate_limit.burst = 100_000;
-        config.rate_limit.auth_failure_per_minute = 1_000_000;
-        config.rate_limit.auth_failure_burst = 100_000;
+        config.rate_limit.per_minute = NonZero::new(1_000_000).unwrap();
+        config.rate_limit.burst = NonZero::new(100_000).unwrap();
+        config.rate_limit.auth_failure_per_minute = NonZero::new(1_000_000).unwrap();
+        config.rate_limit.auth_failure_burst = NonZero::new(100_000).unwrap();
         for tweak in self.tweaks {
             tweak(&mut config);
         }

@@ -1,0 +1,94 @@
+//! `[server]`: the listener, its connection limits and the proxies it trusts.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::{NonZeroU64, NonZeroUsize},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize, Serializer};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(deserialize_with = "socket_address")]
+    pub listen: SocketAddr,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    pub request_timeout_seconds: NonZeroU64,
+    pub body_limit_bytes: usize,
+    /// A connection's request head must arrive within this many seconds of its first byte (or
+    /// of the connection); slower clients are disconnected.
+    pub header_timeout_seconds: NonZeroU64,
+    /// An idle keep-alive connection is closed after this many seconds.
+    pub idle_timeout_seconds: NonZeroU64,
+    /// Open connections at most; more are answered 503 `too_many_connections` and closed.
+    pub max_connections: NonZeroUsize,
+    /// On SIGTERM, open connections get this long to finish before they are cut.
+    pub shutdown_grace_seconds: u64,
+    /// Serve `/metrics` on this address (e.g. an internal interface) instead of `listen`.
+    #[serde(default, deserialize_with = "optional_socket_address")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed: comma-separated IPs and CIDRs in
+    /// the file and the variable, parsed once, here.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The networks of trusted reverse proxies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Comma-separated IPs and CIDRs, e.g. `10.0.0.0/8, 192.0.2.7`.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl TryFrom<String> for TrustedProxies {
+    type Error = String;
+
+    fn try_from(list: String) -> Result<Self, String> {
+        Self::parse(&list)
+    }
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        list.join(", ").serialize(serializer)
+    }
+}
+
+/// `server.listen` and `server.metrics_listen`: an IP address and a port. A host name is not
+/// resolved; saying so beats "invalid socket address syntax".
+fn socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port, e.g. 127.0.0.1:8080 or [::1]:8080 (host names such as localhost are not resolved)"
+        ))
+    })
+}
+
+fn optional_socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_address(deserializer).map(Some)
+}

@@ -1,0 +1,127 @@
+//! The rules a parsed configuration must also meet: ranges between keys, formats. A single key's
+//! "at least 1" is its type (`NonZero*`), not a rule here.
+
+use std::net::IpAddr;
+
+use secrecy::ExposeSecret;
+
+use super::{is_valid_key_env, Config, DatabaseBackend};
+
+/// A value that parsed but is not allowed; `load` adds where it came from.
+pub struct Invalid {
+    pub key: &'static str,
+    pub message: &'static str,
+}
+
+fn invalid(key: &'static str, message: &'static str) -> Invalid {
+    Invalid { key, message }
+}
+
+pub fn validate(config: &Config) -> Result<(), Invalid> {
+    let t = &config.token;
+    if t.min_ttl.get() > t.max_ttl {
+        return Err(invalid("token.min_ttl", "must not exceed token.max_ttl"));
+    }
+    if !(t.min_ttl.get()..=t.max_ttl).contains(&t.default_ttl) {
+        return Err(invalid(
+            "token.default_ttl",
+            "must lie between token.min_ttl and token.max_ttl",
+        ));
+    }
+    if t.issuer.trim().is_empty() {
+        return Err(invalid("token.issuer", "must not be empty"));
+    }
+    if t.audience.trim().is_empty() {
+        return Err(invalid("token.audience", "must not be empty"));
+    }
+    if t.scope
+        .split_whitespace()
+        .any(|s| s.contains("mint") || s.contains("revoke"))
+    {
+        return Err(invalid(
+            "token.scope",
+            "an end-user scope may not grant minting or revoking",
+        ));
+    }
+    if !is_valid_key_env(&config.api_key.env) {
+        return Err(invalid(
+            "api_key.env",
+            "must be 1 to 16 lowercase letters or digits",
+        ));
+    }
+    let signing = &config.signing;
+    if signing.lead_seconds <= signing.jwks_max_age_seconds {
+        return Err(invalid(
+            "signing.lead_seconds",
+            "must be longer than signing.jwks_max_age_seconds (a verifier must see a key before it signs)",
+        ));
+    }
+    if signing.reload_seconds.get() >= signing.lead_seconds {
+        return Err(invalid(
+            "signing.reload_seconds",
+            "must be shorter than signing.lead_seconds",
+        ));
+    }
+    if let Some(key) = &signing.key_encryption_key {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
+        if decoded.map(|bytes| bytes.len()) != Ok(32) {
+            return Err(invalid(
+                "signing.key_encryption_key",
+                "must be the base64 of exactly 32 bytes (e.g. `openssl rand -base64 32`)",
+            ));
+        }
+    }
+    if config.server.body_limit_bytes < 1024 {
+        return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+    }
+    if let Some(url) = &config.rate_limit.redis_url {
+        let url = url.expose_secret();
+        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            return Err(invalid(
+                "rate_limit.redis_url",
+                "must be a redis:// or rediss:// URL",
+            ));
+        }
+    }
+    let entra = &config.entra;
+    if entra.enabled() {
+        if !is_https_or_loopback(&entra.jwks_url) {
+            return Err(invalid(
+                "entra.jwks_url",
+                "must be an https:// URL (http:// only to a loopback address, for tests)",
+            ));
+        }
+        if entra.key_max_age_seconds < entra.refresh_seconds.get() {
+            return Err(invalid(
+                "entra.key_max_age_seconds",
+                "must be at least entra.refresh_seconds",
+            ));
+        }
+    }
+    if let Some(url) = &config.database.url {
+        if DatabaseBackend::of_url(url.expose_secret()).is_none() {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres://, postgresql:// or sqlite: URL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Keys are fetched over TLS only; plain HTTP is for a local stand-in (tests, benchmarks).
+fn is_https_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
