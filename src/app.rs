@@ -25,6 +25,7 @@ use crate::{
         authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions, tokens,
     },
     metrics::Metrics,
+    mint::{Minter, TtlBounds},
     ratelimit::RateLimits,
     store::{MintRecorder, SessionDirectory, Store},
     tokens::TokenIssuer,
@@ -64,11 +65,15 @@ pub fn state(
         session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), config.token.leeway_seconds),
         entra,
     };
-    let directory =
-        SessionDirectory::new(Arc::clone(&store), config.cache.session_entries, &freshness);
+    let minter = Minter::new(
+        SessionDirectory::new(Arc::clone(&store), config.cache.session_entries, &freshness),
+        Arc::clone(&issuer),
+        MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH, Arc::clone(&metrics)),
+        Arc::clone(&store),
+        TtlBounds::from(&config.token),
+    );
     Arc::new(AppState {
-        directory,
-        recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH, Arc::clone(&metrics)),
+        minter,
         config,
         store,
         issuer,
