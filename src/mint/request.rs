@@ -8,11 +8,11 @@ use serde_json::{Map, Value};
 use crate::config::TokenConfig;
 
 /// Longest id (`session_id`, `client_id`, `end_company_id`, `end_user`), in characters.
-pub const MAX_ID_LEN: usize = 255;
+const MAX_ID_LEN: usize = 255;
 /// Longest `end_user_email`, in characters.
-pub const MAX_EMAIL_LEN: usize = 254;
+const MAX_EMAIL_LEN: usize = 254;
 /// Most `allowed_agent_ids` one request may list.
-pub const MAX_AGENT_IDS: usize = 256;
+const MAX_AGENT_IDS: usize = 256;
 
 /// The token lifetimes a mint honours, in seconds: `ttl_seconds` must lie in `min..=max`, and
 /// `default` is used when it is absent.
