@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use super::*;
 use crate::{
@@ -410,4 +411,33 @@ async fn an_idempotency_key_mints_once() {
         "{refusal:?}"
     );
     assert_eq!(f.recorded().await, 3);
+}
+
+/// A retry while the first request with its key is still minting waits, then is refused; it never
+/// mints a second token.
+#[tokio::test]
+async fn a_key_still_minting_is_in_use() {
+    let f = fixture().await;
+    let body = json!({"session_id": "s-acme-1"});
+    let hash = <[u8; 32]>::from(sha2::Sha256::digest(serde_json::to_vec(&body).unwrap()));
+    let now = chrono::Utc::now();
+    // The first request's claim, not settled yet.
+    let claimed = f
+        .store
+        .claim_idempotency("api_key:k-acme", "in-flight", &hash, now, now, now)
+        .await
+        .unwrap();
+    assert!(claimed.is_none());
+    let started = std::time::Instant::now();
+    let refusal = f
+        .minter
+        .mint(&acme(), body, Some("in-flight"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refusal, MintRefusal::IdempotencyKeyInUse),
+        "{refusal:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+    assert_eq!(f.recorded().await, 0);
 }
