@@ -24,6 +24,7 @@ LAYERS = [
     ["signing"],  # the signing keys' life cycle: store rows <-> the tokens' key ring
     ["auth"],
     ["ratelimit"],
+    ["mint"],  # the mint rules, the Idempotency-Key protocol and the recording of a mint
     ["seed", "telemetry"],
     ["http"],
     ["server"],  # the connection loop

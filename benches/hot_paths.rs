@@ -19,7 +19,7 @@ use neo_sessions::{
         ApiKeyVerifier, Lookups,
     },
     config::{EntraConfig, SigningAlgorithm, SigningConfig, TokenConfig},
-    http::sessions::MintSessionTokenRequest,
+    mint::{MintRequest, TtlBounds},
     seed::Fixture,
     store::{self, Store},
     tokens::{KeyRing, SigningKey, TokenGrant, TokenIssuer},
@@ -196,11 +196,10 @@ fn entra_validation(c: &mut Criterion) {
 
 fn body_parsing(c: &mut Criterion) {
     let body = br#"{"session_id":"s-acme-wl","end_user":"29:1a-teams-user","end_user_email":"pat@contoso.com","allowed_agent_ids":[101,102,101],"end_company_id":"contoso","ttl_seconds":900}"#;
-    let limits = TokenConfig::default();
     c.bench_function("parse_and_validate_body", |b| {
         b.iter(|| {
             let value: serde_json::Value = serde_json::from_slice(body).expect("json");
-            MintSessionTokenRequest::from_json(value, &limits).expect("valid")
+            MintRequest::from_json(value, TtlBounds::SHIPPED).expect("valid")
         })
     });
 }

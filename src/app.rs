@@ -30,6 +30,7 @@ use crate::{
         authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions, tokens,
     },
     metrics::Metrics,
+    mint::{Minter, TtlBounds},
     ratelimit::RateLimits,
     server, signing,
     store::{self, MintRecorder, SessionDirectory, Store},
@@ -269,11 +270,15 @@ fn state(
         session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), config.token.leeway_seconds),
         entra,
     };
-    let directory =
-        SessionDirectory::new(Arc::clone(&store), config.cache.session_entries, &freshness);
+    let minter = Minter::new(
+        SessionDirectory::new(Arc::clone(&store), config.cache.session_entries, &freshness),
+        Arc::clone(&issuer),
+        MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH, Arc::clone(&metrics)),
+        Arc::clone(&store),
+        TtlBounds::from(&config.token),
+    );
     Arc::new(AppState {
-        directory,
-        recorder: MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH, Arc::clone(&metrics)),
+        minter,
         config,
         store,
         issuer,

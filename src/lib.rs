@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod mint;
 pub mod ratelimit;
 pub mod seed;
 pub mod server;

@@ -48,7 +48,12 @@ impl Timings {
     }
 
     pub fn add(&mut self, phase: &'static str, since: Instant) {
-        *self.0.entry(phase).or_default() += since.elapsed().as_secs_f64() * 1000.0;
+        self.add_elapsed(phase, since.elapsed());
+    }
+
+    /// Adds `elapsed` to `phase`.
+    pub fn add_elapsed(&mut self, phase: &'static str, elapsed: std::time::Duration) {
+        *self.0.entry(phase).or_default() += elapsed.as_secs_f64() * 1000.0;
     }
 }
 

@@ -8,7 +8,10 @@ use axum::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::{auth::AuthError, ratelimit::whole_seconds, store::StoreError, tokens::KeyError};
+use crate::{
+    auth::AuthError, mint::MintRefusal, ratelimit::whole_seconds, store::StoreError,
+    tokens::KeyError,
+};
 
 const REALM: &str = "neo-sessions";
 
@@ -359,6 +362,39 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// The one place where a reason for refusing a mint becomes a status, a code and a message.
+impl From<MintRefusal> for ApiError {
+    fn from(refusal: MintRefusal) -> Self {
+        match refusal {
+            MintRefusal::InvalidRequest(fields) => Self::Validation(
+                fields
+                    .iter()
+                    .map(|(field, message)| (field.to_owned(), Value::from(message)))
+                    .collect(),
+            ),
+            MintRefusal::ClientIdNotAllowed => {
+                Self::Forbidden("client_id may be passed only by a platform service account.")
+            }
+            MintRefusal::NotSupportSession => Self::Forbidden(
+                "With client_id, session_id must be that tenant's Neo Support session.",
+            ),
+            MintRefusal::SessionNotFound => Self::SessionNotFound,
+            MintRefusal::SessionClosed => Self::SessionClosed,
+            MintRefusal::UnknownEndCompany => Self::InvalidEndCompany,
+            MintRefusal::UnknownAgents(ids) => Self::InvalidAgentIds(ids),
+            MintRefusal::IdempotencyKeyReused => Self::IdempotencyKeyReused,
+            MintRefusal::IdempotencyKeyInUse => Self::IdempotencyKeyInUse,
+            MintRefusal::Store(error) | MintRefusal::NotRecorded { source: error, .. } => {
+                Self::from(error)
+            }
+            MintRefusal::Signing(error) => Self::from(error),
+            refusal @ (MintRefusal::SigningTask(_) | MintRefusal::StoredClaims(_)) => {
+                Self::Internal(refusal.to_string())
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -473,6 +509,126 @@ mod tests {
                 let retry_after = response.headers().get(axum::http::header::RETRY_AFTER);
                 assert!(retry_after.is_some(), "{code} without Retry-After");
             }
+        }
+    }
+
+    /// Every reason `mint` can give, and what the client sees for it.
+    #[test]
+    fn mint_refusals_map_to_status_code_and_message() {
+        let mut fields = crate::mint::FieldErrors::default();
+        if let Err(errors) = crate::mint::MintRequest::from_json(
+            serde_json::json!({"ttl_seconds": 1}),
+            crate::mint::TtlBounds::SHIPPED,
+        ) {
+            fields = errors;
+        }
+        let cases: Vec<(MintRefusal, StatusCode, &str, &str, Option<Value>)> = vec![
+            (
+                MintRefusal::InvalidRequest(fields),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "The request body failed validation; see details.",
+                Some(json!({
+                    "session_id": "is required",
+                    "ttl_seconds": "must be an integer from 60 to 3600",
+                })),
+            ),
+            (
+                MintRefusal::ClientIdNotAllowed,
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "client_id may be passed only by a platform service account.",
+                None,
+            ),
+            (
+                MintRefusal::NotSupportSession,
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "With client_id, session_id must be that tenant's Neo Support session.",
+                None,
+            ),
+            (
+                MintRefusal::SessionNotFound,
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                "No such session for this tenant.",
+                None,
+            ),
+            (
+                MintRefusal::SessionClosed,
+                StatusCode::CONFLICT,
+                "session_closed",
+                "The session is closed; tokens can be minted only for active sessions.",
+                None,
+            ),
+            (
+                MintRefusal::UnknownEndCompany,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_end_company",
+                "end_company_id does not name an end company of the target tenant.",
+                Some(json!({ "end_company_id": "unknown end company" })),
+            ),
+            (
+                MintRefusal::UnknownAgents(vec![999, 201]),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_agent_ids",
+                "allowed_agent_ids names agents that are not the target tenant's.",
+                Some(json!({ "unknown_agent_ids": [999, 201] })),
+            ),
+            (
+                MintRefusal::IdempotencyKeyReused,
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request body; use a new key for a new request.",
+                None,
+            ),
+            (
+                MintRefusal::IdempotencyKeyInUse,
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "The first request with this Idempotency-Key is still being processed; retry shortly.",
+                None,
+            ),
+            (
+                MintRefusal::Store(StoreError::Unavailable),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "The database cannot serve this request right now; retry after the number of seconds in Retry-After.",
+                None,
+            ),
+            (
+                MintRefusal::NotRecorded {
+                    jti: uuid::Uuid::nil(),
+                    source: StoreError::UnsupportedUrl,
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "An internal error occurred.",
+                None,
+            ),
+            (
+                MintRefusal::Signing(KeyError::NoActiveKey),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "The database cannot serve this request right now; retry after the number of seconds in Retry-After.",
+                None,
+            ),
+            (
+                MintRefusal::StoredClaims(serde_json::from_str::<Value>("{").unwrap_err()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "An internal error occurred.",
+                None,
+            ),
+        ];
+        for (refusal, status, code, message, details) in cases {
+            let error = ApiError::from(refusal);
+            assert_eq!(error.status(), status, "{code}");
+            let report = error.report();
+            assert_eq!(
+                (report.code, report.message.as_str(), report.details),
+                (code, message, details)
+            );
         }
     }
 

@@ -134,6 +134,60 @@ mod tests {
         );
     }
 
+    async fn read(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        let request = axum::http::Request::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_vec()))
+            .expect("request");
+        ApiJson::<serde_json::Value>::from_request(request, &())
+            .await
+            .map(|ApiJson(value)| value)
+    }
+
+    /// Bodies that are not JSON: 400 `invalid_json`, whatever is wrong with them.
+    #[tokio::test]
+    async fn malformed_json_is_invalid_json() {
+        let bodies: Vec<(&str, &[u8])> = vec![
+            ("truncated", br#"{"session_id": "s-acme-1""#),
+            ("non-UTF-8 string", b"{\"session_id\": \"\xff\xfe\"}"),
+            ("non-UTF-8 bytes only", b"\xff\xfe\xfd"),
+            ("empty", b""),
+            ("whitespace only", b"  \n "),
+            ("trailing comma", br#"{"session_id": "s-acme-1",}"#),
+            (
+                "trailing garbage",
+                br#"{"session_id": "s-acme-1"} trailing"#,
+            ),
+            ("single quotes", br#"{'session_id': 's-acme-1'}"#),
+            ("NaN", br#"{"session_id": "s-acme-1", "ttl_seconds": NaN}"#),
+            ("lone surrogate", br#"{"session_id": "\ud800"}"#),
+        ];
+        for (what, body) in bodies {
+            let error = read(body).await.expect_err(what);
+            assert!(
+                matches!(error, ApiError::InvalidJson(_)),
+                "{what}: {error:?}"
+            );
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{what}");
+        }
+        assert!(read(br#"{"session_id": "s-acme-1"}"#).await.is_ok());
+    }
+
+    /// Two readers of one body must not see two different requests.
+    #[tokio::test]
+    async fn duplicate_keys_are_invalid_json() {
+        for body in [
+            r#"{"session_id": "s-acme-1", "session_id": "s-globex-1"}"#,
+            r#"{"session_id": "s-acme-1", "client_id": null, "client_id": "globex"}"#,
+            r#"{"session_id": "s-acme-1", "s\u0065ssion_id": "s-acme-wl"}"#,
+        ] {
+            match read(body.as_bytes()).await {
+                Err(ApiError::InvalidJson(why)) => assert!(why.contains("duplicate key"), "{why}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn json_content_types() {
         let ok = |s: &'static str| is_json_content_type(Some(&HeaderValue::from_static(s)));

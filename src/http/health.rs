@@ -50,7 +50,7 @@ pub async fn health(
     let database = timings
         .time("db", state.readiness.database(state.store.as_ref()))
         .await;
-    let recorder = state.recorder.status();
+    let recorder = state.minter.recorder().status();
     let signing = state
         .issuer
         .ring()

@@ -17,20 +17,16 @@ pub mod tokens;
 use std::sync::Arc;
 
 use crate::{
-    auth::Authenticator,
-    cache::Freshness,
-    config::Config,
-    metrics::Metrics,
-    ratelimit::RateLimits,
-    store::{MintRecorder, SessionDirectory, Store},
-    tokens::TokenIssuer,
+    auth::Authenticator, cache::Freshness, config::Config, metrics::Metrics, mint::Minter,
+    ratelimit::RateLimits, store::Store, tokens::TokenIssuer,
 };
 
 /// What handlers and middleware read, shared behind one `Arc` (`app.rs` builds it).
 pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    pub recorder: MintRecorder,
+    /// The mint rules, with the directory, recorder and idempotency claims they use.
+    pub minter: Minter,
     pub issuer: Arc<TokenIssuer>,
     pub authenticator: Authenticator,
     pub limits: RateLimits,
@@ -38,6 +34,4 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether the caches' change feed is live, and what changed.
     pub freshness: Arc<Freshness>,
-    /// Sessions, agents and end companies for the mint rules, cached.
-    pub directory: Arc<SessionDirectory>,
 }
