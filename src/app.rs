@@ -37,7 +37,7 @@ const MAX_MINT_BATCH: usize = 256;
 /// login is configured. Starts the mint recorder, so it runs inside a Tokio runtime.
 pub fn state(
     config: Config,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     issuer: Arc<TokenIssuer>,
     entra_keys: Option<Arc<dyn EntraKeySource>>,
     limits: RateLimits,

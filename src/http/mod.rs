@@ -29,7 +29,7 @@ use crate::{
 /// What handlers and middleware read, shared behind one `Arc` (`app.rs` builds it).
 pub struct AppState {
     pub config: Config,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     pub recorder: MintRecorder,
     pub issuer: Arc<TokenIssuer>,
     pub authenticator: Authenticator,

@@ -477,21 +477,17 @@ pub async fn revocations(
     };
     let after = match query.get("after") {
         None => None,
-        Some(text) => Some(
-            uuid::Uuid::try_parse(text)
-                .map(|jti| jti.to_string())
-                .map_err(|_| {
-                    let mut errors = serde_json::Map::new();
-                    errors.insert("after".into(), "must be a jti (a UUID)".into());
-                    ApiError::Validation(errors)
-                })?,
-        ),
+        Some(text) => Some(uuid::Uuid::try_parse(text).map_err(|_| {
+            let mut errors = serde_json::Map::new();
+            errors.insert("after".into(), "must be a jti (a UUID)".into());
+            ApiError::Validation(errors)
+        })?),
     };
     let tenant = (!principal.is_platform()).then(|| principal.tenant_id());
     let mut timings = Timings::default();
     let feed = state
         .store
-        .revocations_since(tenant, since, after.as_deref(), FEED_PAGE + 1);
+        .revocations_since(tenant, since, after, FEED_PAGE + 1);
     let rows = timings.time("db", feed).await?;
     let has_more = rows.len() > FEED_PAGE as usize;
     let revocations: Vec<RevokedToken> = rows
@@ -504,7 +500,10 @@ pub async fn revocations(
         })
         .collect();
     let next_since = revocations.last().map_or(since, |r| r.revoked_at);
-    let next_after = revocations.last().map(|r| r.jti.clone()).or(after);
+    let next_after = revocations
+        .last()
+        .map(|r| r.jti.clone())
+        .or(after.map(|jti| jti.to_string()));
     Ok(Success::new(
         RevocationFeed {
             revocations,
