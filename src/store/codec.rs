@@ -32,74 +32,43 @@ fn sqlite_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-impl Type<Postgres> for Ts {
-    fn type_info() -> PgTypeInfo {
-        <DateTime<Utc> as Type<Postgres>>::type_info()
-    }
+/// Binds each type on both backends: on PostgreSQL as `$pg` (the value `$to_pg`, where `None`
+/// binds NULL), on SQLite as the text `$to_sqlite`.
+macro_rules! bound_as {
+    ($($name:ty: $pg:ty, |$v:ident| postgres $to_pg:expr, sqlite $to_sqlite:expr;)+) => {$(
+        impl Type<Postgres> for $name {
+            fn type_info() -> PgTypeInfo {
+                <$pg as Type<Postgres>>::type_info()
+            }
+        }
+
+        impl Encode<'_, Postgres> for $name {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                let $v = self;
+                Encode::<Postgres>::encode($to_pg, buf)
+            }
+        }
+
+        impl Type<Sqlite> for $name {
+            fn type_info() -> SqliteTypeInfo {
+                <String as Type<Sqlite>>::type_info()
+            }
+        }
+
+        impl<'q> Encode<'q, Sqlite> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut Vec<SqliteArgumentValue<'q>>,
+            ) -> Result<IsNull, BoxDynError> {
+                let $v = self;
+                Encode::<Sqlite>::encode($to_sqlite, buf)
+            }
+        }
+    )+};
 }
 
-impl Encode<'_, Postgres> for Ts {
-    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        Encode::<Postgres>::encode_by_ref(&self.0, buf)
-    }
-}
-
-impl Type<Sqlite> for Ts {
-    fn type_info() -> SqliteTypeInfo {
-        <String as Type<Sqlite>>::type_info()
-    }
-}
-
-impl<'q> Encode<'q, Sqlite> for Ts {
-    fn encode_by_ref(&self, buf: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
-        Encode::<Sqlite>::encode(sqlite_text(self.0), buf)
-    }
-}
-
-impl Type<Postgres> for Now {
-    fn type_info() -> PgTypeInfo {
-        <DateTime<Utc> as Type<Postgres>>::type_info()
-    }
-}
-
-impl Encode<'_, Postgres> for Now {
-    fn encode_by_ref(&self, _: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        Ok(IsNull::Yes)
-    }
-}
-
-impl Type<Sqlite> for Now {
-    fn type_info() -> SqliteTypeInfo {
-        <String as Type<Sqlite>>::type_info()
-    }
-}
-
-impl<'q> Encode<'q, Sqlite> for Now {
-    fn encode_by_ref(&self, buf: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
-        Encode::<Sqlite>::encode(sqlite_text(Utc::now()), buf)
-    }
-}
-
-impl Type<Postgres> for Jti {
-    fn type_info() -> PgTypeInfo {
-        <Uuid as Type<Postgres>>::type_info()
-    }
-}
-
-impl Encode<'_, Postgres> for Jti {
-    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        Encode::<Postgres>::encode_by_ref(&self.0, buf)
-    }
-}
-
-impl Type<Sqlite> for Jti {
-    fn type_info() -> SqliteTypeInfo {
-        <String as Type<Sqlite>>::type_info()
-    }
-}
-
-impl<'q> Encode<'q, Sqlite> for Jti {
-    fn encode_by_ref(&self, buf: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
-        Encode::<Sqlite>::encode(self.0.to_string(), buf)
-    }
+bound_as! {
+    Ts: DateTime<Utc>, |t| postgres t.0, sqlite sqlite_text(t.0);
+    Now: DateTime<Utc>, |_now| postgres None::<DateTime<Utc>>, sqlite sqlite_text(Utc::now());
+    Jti: Uuid, |jti| postgres jti.0, sqlite jti.0.to_string();
 }

@@ -527,19 +527,6 @@ impl Store {
         per_dialect!(self, "prune_mints", prune_mints(expired_before, limit))
     }
 
-    /// Deletes at most `limit` idempotency claims made before `created_before`; how many.
-    pub async fn prune_idempotency(
-        &self,
-        created_before: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<u64> {
-        per_dialect!(
-            self,
-            "prune_idempotency",
-            prune_idempotency(created_before, limit)
-        )
-    }
-
     /// Follows changes to the tables that in-process caches hold (API keys, tenants, sessions,
     /// agents, end companies, rate-limit overrides), as triggers report them, into `freshness`:
     /// calls [`Freshness::restored`] once following, then [`Freshness::changed`] per change,

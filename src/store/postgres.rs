@@ -190,22 +190,6 @@ pub(super) async fn prune_mints(
     Ok(result.rows_affected())
 }
 
-pub(super) async fn prune_idempotency(
-    pool: &PgPool,
-    created_before: DateTime<Utc>,
-    limit: u32,
-) -> StoreResult<u64> {
-    let result = sqlx::query(
-        "DELETE FROM mint_idempotency WHERE ctid = ANY(ARRAY(
-             SELECT ctid FROM mint_idempotency WHERE created_at < $1 LIMIT $2))",
-    )
-    .bind(created_before)
-    .bind(i64::from(limit))
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
-}
-
 /// The channel the change triggers notify (migration 7).
 const CHANGES_CHANNEL: &str = "neo_sessions_changes";
 /// How often each replica sends itself a heartbeat through the feed.

@@ -229,9 +229,9 @@ impl Store {
         .await?)
     }
 
-    /// Claims `(principal, key)` for a mint with `request_hash`, first dropping a claim older
-    /// than `expired_before`, or one never settled (its mint died) older than
-    /// `abandoned_before`. `None`: claimed, mint now; else the claim that was there.
+    /// Claims `(principal, key)` for a mint with `request_hash`, replacing a claim older than
+    /// `expired_before`, or one never settled (its mint died) older than `abandoned_before`.
+    /// `None`: claimed, mint now; else the claim that was there. One statement when it claims.
     pub async fn claim_idempotency(
         &self,
         principal: &str,
@@ -242,30 +242,26 @@ impl Store {
         abandoned_before: DateTime<Utc>,
     ) -> StoreResult<Option<IdempotencyClaim>> {
         run!(self, "claim_idempotency", |pool| {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "DELETE FROM mint_idempotency WHERE principal = $1 AND idem_key = $2
-                   AND (created_at < $3 OR (claims IS NULL AND created_at < $4))",
-            )
-            .bind(principal)
-            .bind(key)
-            .bind(Ts(expired_before))
-            .bind(Ts(abandoned_before))
-            .execute(&mut *tx)
-            .await?;
-            let inserted = sqlx::query(
+            let claimed = sqlx::query(
                 "INSERT INTO mint_idempotency (principal, idem_key, request_hash, created_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (principal, idem_key) DO UPDATE
+                 SET request_hash = excluded.request_hash, claims = NULL,
+                     created_at = excluded.created_at
+                 WHERE mint_idempotency.created_at < $5
+                    OR (mint_idempotency.claims IS NULL AND mint_idempotency.created_at < $6)",
             )
             .bind(principal)
             .bind(key)
             .bind(&request_hash[..])
             .bind(Ts(now))
-            .execute(&mut *tx)
+            .bind(Ts(expired_before))
+            .bind(Ts(abandoned_before))
+            .execute(pool)
             .await?
             .rows_affected()
                 == 1;
-            let existing = if inserted {
+            if claimed {
                 None
             } else {
                 sqlx::query_as(
@@ -274,11 +270,9 @@ impl Store {
                 )
                 .bind(principal)
                 .bind(key)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(pool)
                 .await?
-            };
-            tx.commit().await?;
-            existing
+            }
         })
     }
 
@@ -454,6 +448,23 @@ impl Store {
         .await?
         .rows_affected()
             == 1)
+    }
+
+    /// Deletes at most `limit` idempotency claims made before `created_before`; how many.
+    pub async fn prune_idempotency(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        run!(self, "prune_idempotency", |pool| sqlx::query(
+            "DELETE FROM mint_idempotency WHERE (principal, idem_key) IN (
+                 SELECT principal, idem_key FROM mint_idempotency WHERE created_at < $1 LIMIT $2)",
+        )
+        .bind(Ts(created_before))
+        .bind(i64::from(limit))
+        .execute(pool)
+        .await?
+        .rows_affected())
     }
 
     /// Upserts the whole plan in one transaction.

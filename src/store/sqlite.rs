@@ -155,22 +155,6 @@ pub(super) async fn prune_mints(
     Ok(result.rows_affected())
 }
 
-pub(super) async fn prune_idempotency(
-    pool: &SqlitePool,
-    created_before: DateTime<Utc>,
-    limit: u32,
-) -> StoreResult<u64> {
-    let result = sqlx::query(
-        "DELETE FROM mint_idempotency WHERE rowid IN (
-             SELECT rowid FROM mint_idempotency WHERE created_at < ? LIMIT ?)",
-    )
-    .bind(Ts(created_before))
-    .bind(i64::from(limit))
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
-}
-
 /// How often the change log is read: the longest a change made elsewhere (the CLI, the sqlite3
 /// shell) waits to reach this process's caches.
 const CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(200);

@@ -169,7 +169,58 @@ async fn timestamps_compare_in_time_order(backend: Backend) {
     assert_eq!(seen, expected);
 }
 
+async fn an_idempotency_claim_is_kept_until_stale(backend: Backend) {
+    let (_db, store) = seeded_store(backend).await;
+    let now = Utc::now().trunc_subsecs(6);
+    let (before, after) = (now - Duration::seconds(1), now + Duration::seconds(1));
+    let claim = |key: &'static str, hash: u8, expired_before, abandoned_before| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .claim_idempotency(
+                    "api_key:k-acme",
+                    key,
+                    &[hash; 32],
+                    now,
+                    expired_before,
+                    abandoned_before,
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    assert!(claim("a", 1, before, before).await.is_none(), "claimed");
+    let minting = claim("a", 2, before, before).await.expect("held");
+    assert_eq!((minting.request_hash, minting.claims), (vec![1; 32], None));
+    // Never settled and older than the abandon limit: claimed anew.
+    assert!(claim("a", 3, before, after).await.is_none());
+    store
+        .settle_idempotency("api_key:k-acme", "a", Some("{}"))
+        .await
+        .unwrap();
+    // Settled: the abandon limit does not apply, the expiry does.
+    let settled = claim("a", 4, before, after).await.expect("held");
+    assert_eq!(
+        (settled.request_hash, settled.claims.as_deref()),
+        (vec![3; 32], Some("{}"))
+    );
+    assert!(claim("a", 5, after, after).await.is_none());
+
+    // A failed mint gives its key back.
+    store
+        .settle_idempotency("api_key:k-acme", "a", None)
+        .await
+        .unwrap();
+    assert!(claim("a", 6, before, before).await.is_none());
+    assert!(claim("b", 7, before, before).await.is_none());
+    assert_eq!(store.prune_idempotency(after, 1).await.unwrap(), 1);
+    assert_eq!(store.prune_idempotency(before, 10).await.unwrap(), 0);
+    assert_eq!(store.prune_idempotency(after, 10).await.unwrap(), 1);
+}
+
 backend_tests!(
+    an_idempotency_claim_is_kept_until_stale,
     a_token_revocation_is_one_statement_that_keeps_the_first,
     an_api_key_is_revoked_once,
     a_rate_limit_override_is_set_replaced_and_removed,
