@@ -93,10 +93,9 @@ fn visible(principal: &Principal, row: &MintRow) -> bool {
 async fn visible_record(
     state: &AppState,
     principal: &Principal,
-    jti: &str,
+    jti: uuid::Uuid,
     timings: &mut Timings,
 ) -> Result<MintRow, ApiError> {
-    let jti = uuid::Uuid::try_parse(jti).map_err(|_| ApiError::TokenNotFound)?;
     let row = timings.time("db", state.store.find_mint(jti)).await?;
     row.filter(|row| visible(principal, row))
         .ok_or(ApiError::TokenNotFound)
@@ -126,7 +125,8 @@ pub async fn get_session_token(
     Path(jti): Path<String>,
 ) -> Result<Json<Success<SessionTokenRecord>>, ApiError> {
     let mut timings = Timings::default();
-    let row = visible_record(&state, &principal, &jti, &mut timings).await?;
+    let jti = uuid::Uuid::try_parse(&jti).map_err(|_| ApiError::TokenNotFound)?;
+    let row = visible_record(&state, &principal, jti, &mut timings).await?;
     Ok(Success::new(
         SessionTokenRecord::of(row),
         SuccessMeta::new(ctx, timings, Vec::new()),
@@ -158,8 +158,8 @@ pub async fn revoke_session_token(
     Path(jti): Path<String>,
 ) -> Result<Json<Success<SessionTokenRecord>>, ApiError> {
     let mut timings = Timings::default();
-    let row = visible_record(&state, &principal, &jti, &mut timings).await?;
-    let jti = uuid::Uuid::try_parse(&row.jti).map_err(|_| ApiError::TokenNotFound)?;
+    let jti = uuid::Uuid::try_parse(&jti).map_err(|_| ApiError::TokenNotFound)?;
+    visible_record(&state, &principal, jti, &mut timings).await?;
     let row = timings
         .time("db", state.store.revoke_mint(jti, &principal.id()))
         .await?
