@@ -600,7 +600,7 @@ pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
 }
 
 /// A PostgreSQL store that connects on first use, behind a guard that refuses calls until the
-/// database is reachable and migrated (see [`Store::starting`]).
+/// database is reachable and migrated (see `Store::starting`).
 pub fn connect_when_reachable(
     url: &str,
     max_connections: u32,
