@@ -72,7 +72,7 @@ fn api_key_verification(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store: Arc<dyn Store> = runtime.block_on(async {
+    let store: Arc<Store> = runtime.block_on(async {
         let store = store::connect(&url, 2).await.expect("store");
         store.migrate().await.expect("migrate");
         let plan = Fixture::from_json(FIXTURE)

@@ -185,9 +185,9 @@ async fn wait_for_change_feed(freshness: &Freshness, within: Duration) {
 async fn open_store_for_serving(
     config: &Config,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<dyn store::Store>> {
+) -> anyhow::Result<Arc<store::Store>> {
     let error = match connect_store(config).await {
-        Ok(store) => return Ok(Arc::new(store::GuardedStore::new(store, metrics))),
+        Ok(store) => return Ok(Arc::new(store.guarded(metrics))),
         Err(error) => error,
     };
     let url = config.database_url();
@@ -217,7 +217,7 @@ async fn open_store_for_serving(
 
 /// Connects to the configured database. With `server.migrate_on_start` (the default) it first
 /// creates the database if it is missing, then applies pending migrations.
-pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
+pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<store::Store>> {
     let url = config.database_url();
     let url = url.as_str();
     if config.server.migrate_on_start {
@@ -243,7 +243,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn store::Sto
 /// login is configured. Starts the mint recorder, so it runs inside a Tokio runtime.
 fn state(
     config: Config,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     issuer: Arc<TokenIssuer>,
     entra_keys: Option<Arc<dyn EntraKeySource>>,
     limits: RateLimits,

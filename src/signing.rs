@@ -81,10 +81,7 @@ fn algorithm_of(row: &SigningKeyRow) -> Result<SigningAlgorithm, SigningError> {
 /// The issuer for `serve`: the static key file, or the database's keys (creating the first one,
 /// importing a key an earlier version generated in the data directory). A key that cannot be
 /// decrypted stops start-up; nothing is written then.
-pub async fn start(
-    config: &Config,
-    store: Arc<dyn Store>,
-) -> Result<Arc<TokenIssuer>, SigningError> {
+pub async fn start(config: &Config, store: Arc<Store>) -> Result<Arc<TokenIssuer>, SigningError> {
     if let Some(path) = &config.signing.key_file {
         let key = SigningKey::from_file(path, config.signing.algorithm)?;
         return Ok(Arc::new(TokenIssuer::new(
@@ -114,7 +111,7 @@ pub async fn start(
 /// generated in the data directory) when there is none.
 async fn load_or_create(
     config: &Config,
-    store: &dyn Store,
+    store: &Store,
     kek: &Kek,
     loaded: &mut HashMap<String, Arc<Vec<u8>>>,
 ) -> Result<KeyRing, SigningError> {
@@ -173,7 +170,7 @@ fn ring_of(
 }
 
 async fn insert(
-    store: &dyn Store,
+    store: &Store,
     kek: &Kek,
     key: &SigningKey,
     generation: i64,
@@ -199,7 +196,7 @@ async fn insert(
 /// the active key is that old. A reload that fails keeps the keys held.
 fn spawn_reload(
     config: Config,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     kek: Kek,
     issuer: Arc<TokenIssuer>,
     mut loaded: HashMap<String, Arc<Vec<u8>>>,
@@ -273,7 +270,7 @@ fn spawn_reload(
 /// rotation is pending.
 pub async fn rotate(
     config: &Config,
-    store: &dyn Store,
+    store: &Store,
     algorithm: SigningAlgorithm,
 ) -> Result<(String, DateTime<Utc>), SigningError> {
     let kek = Kek::load_or_generate(&config.signing, &config.data.dir)?;
@@ -284,7 +281,7 @@ pub async fn rotate(
 
 async fn add_next(
     config: &Config,
-    store: &dyn Store,
+    store: &Store,
     kek: &Kek,
     rows: &[SigningKeyRow],
     key: &SigningKey,
@@ -315,7 +312,7 @@ async fn add_next(
 
 async fn rotate_if_due(
     config: &Config,
-    store: &dyn Store,
+    store: &Store,
     kek: &Kek,
 ) -> Result<Option<String>, SigningError> {
     let rows = store.signing_keys().await?;
@@ -335,7 +332,7 @@ async fn rotate_if_due(
 /// first key signs at once, any later one after the lead time, like a rotation.
 pub async fn import(
     config: &Config,
-    store: &dyn Store,
+    store: &Store,
     path: &Path,
     algorithm: SigningAlgorithm,
 ) -> Result<(String, DateTime<Utc>), SigningError> {
@@ -346,7 +343,7 @@ pub async fn import(
 }
 
 /// The keys with their states and transition times (nothing is decrypted).
-pub async fn list(config: &Config, store: &dyn Store) -> Result<Vec<KeyListing>, SigningError> {
+pub async fn list(config: &Config, store: &Store) -> Result<Vec<KeyListing>, SigningError> {
     let rows = store.signing_keys().await?;
     let window = retire_window(config);
     let now = Utc::now();

@@ -72,7 +72,7 @@ pub fn generate_id() -> Result<String, RandomError> {
 }
 
 pub struct ApiKeyVerifier {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     env: String,
     last_used: LastUsed,
     /// Keys found by hash. Only keys that exist go in (made-up keys cannot grow it), so it is
@@ -82,7 +82,7 @@ pub struct ApiKeyVerifier {
 
 impl ApiKeyVerifier {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         env: String,
         last_used_resolution: Duration,
         cache_ttl: Duration,

@@ -279,7 +279,7 @@ pub struct EntraVerifier {
     keys: Arc<dyn EntraKeySource>,
     validation: Validation,
     required_scope: Option<String>,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     /// What a 503 tells Entra callers to wait: the on-demand fetch interval.
     retry_after: Duration,
     /// `tid` → tenant id (or none), briefly: only `tid`s of validly signed tokens get here.
@@ -314,7 +314,7 @@ impl EntraVerifier {
     pub fn new(
         keys: Arc<dyn EntraKeySource>,
         config: &EntraConfig,
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         freshness: Arc<Freshness>,
         verified_hits: Counter,
     ) -> Self {

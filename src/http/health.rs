@@ -97,7 +97,7 @@ impl ReadinessCache {
     }
 
     /// Whether the database answered a ping within the last second (pinging now if not).
-    pub async fn database(&self, store: &dyn Store) -> Result<(), ()> {
+    pub async fn database(&self, store: &Store) -> Result<(), ()> {
         let mut last = self.last.lock().await;
         if let Some((at, ok)) = *last {
             if at.elapsed() < READINESS_TTL {

@@ -24,7 +24,7 @@ use crate::{
 /// What handlers and middleware read, shared behind one `Arc` (`app.rs` builds it).
 pub struct AppState {
     pub config: Config,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     /// The mint rules, with the directory, recorder and idempotency claims they use.
     pub minter: Minter,
     pub issuer: Arc<TokenIssuer>,

@@ -93,10 +93,9 @@ fn visible(principal: &Principal, row: &MintRow) -> bool {
 async fn visible_record(
     state: &AppState,
     principal: &Principal,
-    jti: &str,
+    jti: uuid::Uuid,
     timings: &mut Timings,
 ) -> Result<MintRow, ApiError> {
-    let jti = uuid::Uuid::try_parse(jti).map_err(|_| ApiError::TokenNotFound)?;
     let row = timings.time("db", state.store.find_mint(jti)).await?;
     row.filter(|row| visible(principal, row))
         .ok_or(ApiError::TokenNotFound)
@@ -126,7 +125,8 @@ pub async fn get_session_token(
     Path(jti): Path<String>,
 ) -> Result<Json<Success<SessionTokenRecord>>, ApiError> {
     let mut timings = Timings::default();
-    let row = visible_record(&state, &principal, &jti, &mut timings).await?;
+    let jti = uuid::Uuid::try_parse(&jti).map_err(|_| ApiError::TokenNotFound)?;
+    let row = visible_record(&state, &principal, jti, &mut timings).await?;
     Ok(Success::new(
         SessionTokenRecord::of(row),
         SuccessMeta::new(ctx, timings, Vec::new()),
@@ -158,8 +158,8 @@ pub async fn revoke_session_token(
     Path(jti): Path<String>,
 ) -> Result<Json<Success<SessionTokenRecord>>, ApiError> {
     let mut timings = Timings::default();
-    let row = visible_record(&state, &principal, &jti, &mut timings).await?;
-    let jti = uuid::Uuid::try_parse(&row.jti).map_err(|_| ApiError::TokenNotFound)?;
+    let jti = uuid::Uuid::try_parse(&jti).map_err(|_| ApiError::TokenNotFound)?;
+    visible_record(&state, &principal, jti, &mut timings).await?;
     let row = timings
         .time("db", state.store.revoke_mint(jti, &principal.id()))
         .await?
@@ -477,21 +477,17 @@ pub async fn revocations(
     };
     let after = match query.get("after") {
         None => None,
-        Some(text) => Some(
-            uuid::Uuid::try_parse(text)
-                .map(|jti| jti.to_string())
-                .map_err(|_| {
-                    let mut errors = serde_json::Map::new();
-                    errors.insert("after".into(), "must be a jti (a UUID)".into());
-                    ApiError::Validation(errors)
-                })?,
-        ),
+        Some(text) => Some(uuid::Uuid::try_parse(text).map_err(|_| {
+            let mut errors = serde_json::Map::new();
+            errors.insert("after".into(), "must be a jti (a UUID)".into());
+            ApiError::Validation(errors)
+        })?),
     };
     let tenant = (!principal.is_platform()).then(|| principal.tenant_id());
     let mut timings = Timings::default();
     let feed = state
         .store
-        .revocations_since(tenant, since, after.as_deref(), FEED_PAGE + 1);
+        .revocations_since(tenant, since, after, FEED_PAGE + 1);
     let rows = timings.time("db", feed).await?;
     let has_more = rows.len() > FEED_PAGE as usize;
     let revocations: Vec<RevokedToken> = rows
@@ -504,7 +500,10 @@ pub async fn revocations(
         })
         .collect();
     let next_since = revocations.last().map_or(since, |r| r.revoked_at);
-    let next_after = revocations.last().map(|r| r.jti.clone()).or(after);
+    let next_after = revocations
+        .last()
+        .map(|r| r.jti.clone())
+        .or(after.map(|jti| jti.to_string()));
     Ok(Success::new(
         RevocationFeed {
             revocations,

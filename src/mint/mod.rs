@@ -125,7 +125,7 @@ pub struct Minter {
     /// Commits the mint records (rule 7).
     recorder: MintRecorder,
     /// Holds the `Idempotency-Key` claims.
-    claims: Arc<dyn Store>,
+    claims: Arc<Store>,
     ttl: TtlBounds,
 }
 
@@ -134,7 +134,7 @@ impl Minter {
         directory: Arc<SessionDirectory>,
         issuer: Arc<TokenIssuer>,
         recorder: MintRecorder,
-        claims: Arc<dyn Store>,
+        claims: Arc<Store>,
         ttl: TtlBounds,
     ) -> Self {
         Self {

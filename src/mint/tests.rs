@@ -18,7 +18,7 @@ use crate::{
 
 struct Fixture {
     minter: Minter,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     url: String,
     _dir: tempfile::TempDir,
 }

@@ -109,7 +109,7 @@ pub struct RateLimits {
 impl RateLimits {
     pub fn new(
         config: &RateLimitConfig,
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         metrics: Arc<Metrics>,
         freshness: Arc<Freshness>,
     ) -> Result<Self, BackendError> {
@@ -268,12 +268,12 @@ impl RateLimits {
 /// Per-tenant quota overrides from the database, cached (exact while the change feed is live) so
 /// a mint costs no extra query. Bounded by the number of tenants whose principals authenticated.
 struct TenantQuotas {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     cache: TtlCache<String, Option<Quota>>,
 }
 
 impl TenantQuotas {
-    fn new(store: Arc<dyn Store>, ttl: Duration, freshness: Arc<Freshness>) -> Self {
+    fn new(store: Arc<Store>, ttl: Duration, freshness: Arc<Freshness>) -> Self {
         Self {
             store,
             cache: TtlCache::new(ttl, freshness, &[Topic::RateLimits]),

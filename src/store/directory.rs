@@ -10,7 +10,7 @@ use super::{SessionRow, Store, StoreResult};
 use crate::cache::{Follower, Freshness, KeyedCache, Topic};
 
 pub struct SessionDirectory {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     /// Sessions that exist (an unknown id is not cached: a new session needs no notification).
     sessions: KeyedCache<String, Arc<SessionRow>>,
     /// `(tenant, agent)` → whether the agent is the tenant's.
@@ -22,7 +22,7 @@ pub struct SessionDirectory {
 impl SessionDirectory {
     /// Holds about `capacity` sessions (and as many agent and end-company answers); 0 caches
     /// nothing. Follows `freshness` for as long as the process runs.
-    pub fn new(store: Arc<dyn Store>, capacity: usize, freshness: &Arc<Freshness>) -> Arc<Self> {
+    pub fn new(store: Arc<Store>, capacity: usize, freshness: &Arc<Freshness>) -> Arc<Self> {
         let directory = Arc::new(Self {
             store,
             sessions: KeyedCache::new(capacity, Arc::clone(freshness)),

@@ -1,25 +1,61 @@
 //! The store answers the questions the mint rules ask and records what was minted.
 //! All SQL lives behind [`Store`]; handlers never see a query.
 
+/// Expands `$body` once per backend, with `$p` bound to that backend's pool: one statement,
+/// type-checked for both.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            $crate::store::Pool::Postgres($p) => $body,
+            $crate::store::Pool::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// One store operation written once: `$body` on either backend's pool, behind the guard, timed
+/// as `$operation`. `?` in the body returns a [`StoreError`].
+macro_rules! run {
+    ($store:expr, $operation:literal, |$p:ident| $body:expr) => {
+        $store
+            .call($operation, async {
+                Ok::<_, $crate::store::StoreError>(on_pool!(&$store.pool, |$p| $body))
+            })
+            .await
+    };
+}
+
+/// One store operation whose SQL differs per dialect: the function of that name in
+/// `postgres.rs` or `sqlite.rs`, given the pool and the arguments, behind the guard.
+macro_rules! per_dialect {
+    ($store:expr, $operation:literal, $function:ident($($arg:expr),*)) => {
+        $store
+            .call($operation, async {
+                match &$store.pool {
+                    Pool::Postgres(pool) => postgres::$function(pool, $($arg),*).await,
+                    Pool::Sqlite(pool) => sqlite::$function(pool, $($arg),*).await,
+                }
+            })
+            .await
+    };
+}
+
+mod codec;
 mod directory;
 mod guard;
 mod postgres;
+mod queries;
 mod recorder;
 mod retention;
 mod sqlite;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use directory::SessionDirectory;
-pub use guard::GuardedStore;
-pub use postgres::PostgresStore;
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
-pub use sqlite::SqliteStore;
 
 use crate::{cache::Freshness, config::DatabaseBackend};
 
@@ -426,147 +462,102 @@ pub struct SeedOutcome {
     pub created_api_keys: Vec<String>,
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies pending migrations.
-    async fn migrate(&self) -> StoreResult<()>;
+/// The database pool of one backend. Cheap to clone (a pool is a handle).
+#[derive(Clone)]
+enum Pool {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
 
-    /// Readiness: one round trip to the database.
-    async fn ping(&self) -> StoreResult<()>;
+impl Pool {
+    async fn ping(&self) -> StoreResult<()> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
 
-    async fn find_api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRow>>;
+    async fn migrate(&self) -> StoreResult<()> {
+        let migrator = self.migrator();
+        on_pool!(self, |pool| migrator.run(pool).await).map_err(sqlx::Error::from)?;
+        Ok(())
+    }
 
-    async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()>;
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self {
+            Self::Postgres(_) => &postgres::MIGRATOR,
+            Self::Sqlite(_) => &sqlite::MIGRATOR,
+        }
+    }
+}
 
-    async fn find_session(&self, session_id: &str) -> StoreResult<Option<SessionRow>>;
+/// The store: every question the layers above ask of the database, on either backend. The
+/// statements both backends share are in `queries.rs`, what differs per dialect in
+/// `postgres.rs` and `sqlite.rs`; every call goes through the guard (`guard.rs`) when the store
+/// serves requests.
+pub struct Store {
+    pool: Pool,
+    /// Fail-fast and latency metrics; `None` for the command line and tests.
+    guard: Option<guard::Guard>,
+}
 
-    async fn end_company_exists(&self, tenant_id: &str, end_company_id: &str) -> StoreResult<bool>;
+impl Store {
+    /// Records mints in one statement and one commit (all or none).
+    pub async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
+        per_dialect!(self, "record_mints", record_mints(records))
+    }
 
     /// The subset of `agent_ids` that are agents of `tenant_id`.
-    async fn existing_agents(&self, tenant_id: &str, agent_ids: &[i64]) -> StoreResult<Vec<i64>>;
-
-    /// Records mints in one statement and one commit (all or none).
-    async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()>;
-
-    async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>>;
-
-    /// Mint records, newest first (`issued_at`, then `jti`, descending), as `query` says.
-    async fn list_mints(&self, query: &MintQuery) -> StoreResult<Vec<MintRow>>;
-
-    /// Claims `(principal, key)` for a mint with `request_hash`, first dropping a claim older than
-    /// `expired_before`, or one never settled (its mint died) older than `abandoned_before`. `None`: claimed, mint now; else the claim that was there.
-    async fn claim_idempotency(
-        &self,
-        principal: &str,
-        key: &str,
-        request_hash: &[u8; 32],
-        now: DateTime<Utc>,
-        expired_before: DateTime<Utc>,
-        abandoned_before: DateTime<Utc>,
-    ) -> StoreResult<Option<IdempotencyClaim>>;
-
-    /// Stores the minted token's claims (JSON) on a claim; `None` removes the claim (the mint
-    /// failed: a retry may try again).
-    async fn settle_idempotency(
-        &self,
-        principal: &str,
-        key: &str,
-        claims: Option<&str>,
-    ) -> StoreResult<()>;
-
-    /// One mint record by its jti.
-    async fn find_mint(&self, jti: Uuid) -> StoreResult<Option<MintRow>>;
-
-    /// Revokes every token of `session_id` issued before `issued_before` that is not revoked
-    /// yet; how many.
-    async fn revoke_session_mints(
-        &self,
-        session_id: &str,
-        issued_before: DateTime<Utc>,
-        revoked_by: &str,
-    ) -> StoreResult<u64>;
-
-    /// Revoked tokens that have not expired, revoked after `since`, oldest revocation first, at
-    /// most `limit`; of `tenant_id`'s tokens, or of every tenant's with `None`.
-    /// (`after`: the last jti already seen at `since`, so a page boundary inside one timestamp,
-    /// as a bulk revoke writes, loses nothing.)
-    async fn revocations_since(
-        &self,
-        tenant_id: Option<&str>,
-        since: DateTime<Utc>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<Revocation>>;
-
-    /// Revokes one token (`revoked_by` names who); revoking a revoked token changes nothing.
-    /// Returns the record as it is afterwards, `None` for an unknown jti.
-    async fn revoke_mint(&self, jti: Uuid, revoked_by: &str) -> StoreResult<Option<MintRow>>;
-
-    /// The tenant whose Microsoft Entra directory is `entra_tenant_id` (a lowercase GUID).
-    async fn find_tenant_by_entra_id(
-        &self,
-        entra_tenant_id: &str,
-    ) -> StoreResult<Option<TenantRow>>;
-
-    async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
-
-    /// A tenant's rate-limit override: `(per_minute, burst)`.
-    async fn tenant_rate_limit(&self, tenant_id: &str) -> StoreResult<Option<(u32, u32)>>;
-
-    /// Sets (`Some`) or removes (`None`) a tenant's override; false for an unknown tenant.
-    async fn set_tenant_rate_limit(
+    pub async fn existing_agents(
         &self,
         tenant_id: &str,
-        limit: Option<(u32, u32)>,
-    ) -> StoreResult<bool>;
+        agent_ids: &[i64],
+    ) -> StoreResult<Vec<i64>> {
+        per_dialect!(
+            self,
+            "existing_agents",
+            existing_agents(tenant_id, agent_ids)
+        )
+    }
 
-    async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>>;
-
-    /// Returns `None` for an unknown key, else whether this call revoked it (false: already revoked).
-    async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>>;
-
-    /// Upserts the whole plan in one transaction.
-    async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome>;
-
-    /// Every tenant's rate-limit override: `(tenant_id, per_minute, burst)`, by tenant.
-    async fn list_tenant_rate_limits(&self) -> StoreResult<Vec<(String, u32, u32)>>;
-
-    /// The migrations this binary knows, each with whether the database has it applied.
-    async fn migration_status(&self) -> StoreResult<Vec<MigrationStatus>>;
-
-    /// Connections of the pool, for metrics.
-    fn pool_status(&self) -> PoolStatus;
+    /// Deletes at most `limit` mint records that were issued and expired before
+    /// `expired_before`, oldest first; how many.
+    pub async fn prune_mints(&self, expired_before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        per_dialect!(self, "prune_mints", prune_mints(expired_before, limit))
+    }
 
     /// Follows changes to the tables that in-process caches hold (API keys, tenants, sessions,
     /// agents, end companies, rate-limit overrides), as triggers report them, into `freshness`:
     /// calls [`Freshness::restored`] once following, then [`Freshness::changed`] per change,
     /// until the feed is lost (the error says how). Does not return otherwise.
-    async fn watch_changes(&self, freshness: &Freshness) -> StoreResult<()>;
+    pub async fn watch_changes(&self, freshness: &Freshness) -> StoreResult<()> {
+        // Refused while the database is down, but not timed nor tripping: it runs for as long
+        // as the feed lives, and losing the feed's connection says nothing about the pool's.
+        if self.is_down() {
+            return Err(StoreError::Unavailable);
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => postgres::watch_changes(pool, freshness).await,
+            Pool::Sqlite(pool) => sqlite::watch_changes(pool, freshness).await,
+        }
+    }
 
-    /// Deletes at most `limit` mint records that were issued and expired before
-    /// `expired_before`, oldest first; how many.
-    async fn prune_mints(&self, expired_before: DateTime<Utc>, limit: u32) -> StoreResult<u64>;
-
-    /// Deletes at most `limit` idempotency claims made before `created_before`; how many.
-    async fn prune_idempotency(
-        &self,
-        created_before: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<u64>;
-
-    /// Every signing key, by generation.
-    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>>;
-
-    /// Inserts a signing key; false when its generation (or kid) exists already, i.e. another
-    /// replica or command got there first.
-    async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool>;
+    /// Connections of the pool, for metrics.
+    pub fn pool_status(&self) -> PoolStatus {
+        on_pool!(&self.pool, |pool| PoolStatus {
+            open: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        })
+    }
 }
 
 /// Keeps `freshness` following the store's changes for as long as the process runs: when the
 /// feed is lost, caches stop answering at once ([`Freshness::lost`]) and the feed is re-opened
 /// after `retry` (a second by default), which drops everything cached before.
 pub fn spawn_change_watcher(
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     freshness: Arc<Freshness>,
     retry: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -609,16 +600,16 @@ pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
 }
 
 /// A PostgreSQL store that connects on first use, behind a guard that refuses calls until the
-/// database is reachable and migrated (see [`GuardedStore::starting`]).
+/// database is reachable and migrated (see `Store::starting`).
 pub fn connect_when_reachable(
     url: &str,
     max_connections: u32,
     migrate_on_start: bool,
     metrics: Arc<crate::metrics::Metrics>,
-) -> StoreResult<GuardedStore> {
-    let lazy: Arc<dyn Store> = Arc::new(PostgresStore::connect_lazy(url, max_connections)?);
-    Ok(GuardedStore::starting(
-        lazy,
+) -> StoreResult<Store> {
+    let pool = Pool::Postgres(postgres::connect_lazy(url, max_connections)?);
+    Ok(Store::starting(
+        pool,
         url.to_owned(),
         migrate_on_start,
         metrics,
@@ -628,7 +619,7 @@ pub fn connect_when_reachable(
 /// For unit tests: a fresh embedded database in a temporary directory, migrated and seeded with
 /// the example fixture. Returns the directory (keep it), the URL and the store.
 #[cfg(test)]
-pub(crate) async fn seeded_sqlite_for_tests() -> (tempfile::TempDir, String, Arc<dyn Store>) {
+pub(crate) async fn seeded_sqlite_for_tests() -> (tempfile::TempDir, String, Arc<Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
     let store = connect(&url, 2).await.expect("store");
@@ -642,15 +633,15 @@ pub(crate) async fn seeded_sqlite_for_tests() -> (tempfile::TempDir, String, Arc
     (dir, url, store)
 }
 
-/// Connects to the database named by `url`; its scheme picks the backend.
-pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
-    match DatabaseBackend::of_url(url) {
-        Some(DatabaseBackend::Postgres) => Ok(Arc::new(
-            PostgresStore::connect(url, max_connections).await?,
-        )),
-        Some(DatabaseBackend::Sqlite) => {
-            Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+/// Connects to the database named by `url`; its scheme picks the backend. Not guarded (see
+/// [`Store::guarded`]).
+pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<Store>> {
+    let pool = match DatabaseBackend::of_url(url) {
+        Some(DatabaseBackend::Postgres) => {
+            Pool::Postgres(postgres::connect(url, max_connections).await?)
         }
-        None => Err(StoreError::UnsupportedUrl),
-    }
+        Some(DatabaseBackend::Sqlite) => Pool::Sqlite(sqlite::connect(url, max_connections).await?),
+        None => return Err(StoreError::UnsupportedUrl),
+    };
+    Ok(Arc::new(Store { pool, guard: None }))
 }

@@ -47,7 +47,7 @@ impl RecorderStatus {
 
 impl MintRecorder {
     /// Starts the writer. It ends when the last `MintRecorder` is dropped, after draining.
-    pub fn spawn(store: Arc<dyn Store>, max_batch: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn spawn(store: Arc<Store>, max_batch: usize, metrics: Arc<Metrics>) -> Self {
         let (queue, receiver) = mpsc::channel(max_batch * 8);
         let last_failure = Arc::new(Mutex::new(None));
         tokio::spawn(write_batches(
@@ -86,7 +86,7 @@ impl MintRecorder {
 }
 
 async fn write_batches(
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     mut receiver: mpsc::Receiver<Waiter>,
     max_batch: usize,
     last_failure: Arc<Mutex<Option<Instant>>>,

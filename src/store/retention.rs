@@ -21,7 +21,7 @@ const ROUND_INTERVAL: Duration = Duration::from_secs(600);
 /// Runs a pruning round now and every ten minutes. `retention_days` 0 keeps mint records
 /// forever; `idempotency_window` is how long an idempotency claim answers retries.
 pub fn spawn_retention(
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     retention_days: u32,
     idempotency_window: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -35,7 +35,7 @@ pub fn spawn_retention(
 
 /// One round: every mint record past retention, then every expired idempotency claim, batch
 /// by batch. Errors end the round (the next one tries again) and are logged.
-pub async fn prune_round(store: &dyn Store, retention_days: u32, idempotency_window: Duration) {
+pub async fn prune_round(store: &Store, retention_days: u32, idempotency_window: Duration) {
     if retention_days > 0 {
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(retention_days));
         match in_batches(|| store.prune_mints(cutoff, PRUNE_BATCH)).await {

@@ -40,5 +40,6 @@ mod retention;
 mod schema;
 mod session_cache;
 mod signing_keys;
+mod store;
 mod tokens;
 mod verify;
