@@ -17,7 +17,6 @@ LAYERS = [
     ["config", "tls", "metrics"],
     ["cache"],
     ["tokens"],
-    ["verify"],  # the verification module for other services: tokens' claims over HTTP
     ["auth::principal"],  # the Principal type: below everything that names a caller
     ["store"],
     ["signing"],  # the signing keys' life cycle: store rows <-> the tokens' key ring

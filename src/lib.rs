@@ -15,7 +15,6 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
-pub mod verify;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -24,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     app::AppState,
-    auth::entra::{EntraKeySource, JwksCache},
+    auth::entra::{self, EntraKeySource},
     config::Config,
     ratelimit::RateLimits,
 };
@@ -41,7 +40,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         .await
         .context("cannot load the signing keys")?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
-        let cache = JwksCache::new(&config.entra, Arc::clone(&metrics))
+        let cache = entra::jwks_cache(&config.entra, Arc::clone(&metrics))
             .context("cannot build the Entra JWKS client")?;
         // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.
         cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds));
