@@ -325,8 +325,47 @@ fn max_age(cache_control: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::max_age;
-    use std::time::Duration;
+    use std::{
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+        time::Duration,
+    };
+
+    use jsonwebtoken::{
+        jwk::{Jwk, KeyAlgorithm},
+        Algorithm,
+    };
+    use serde_json::json;
+
+    use super::{max_age, KeyLookup, KeySetCache, KeySetConfig, MaxAge};
+    use crate::testing::{FakeJwks, TestKey};
+
+    fn eddsa(jwk: &Jwk) -> Option<Algorithm> {
+        (jwk.common.key_algorithm == Some(KeyAlgorithm::EdDSA)).then_some(Algorithm::EdDSA)
+    }
+
+    fn config(fake: &FakeJwks) -> KeySetConfig {
+        KeySetConfig {
+            url: fake.url.clone(),
+            name: "test",
+            max_age: MaxAge::Fixed(Duration::from_secs(300)),
+            stale_for: Duration::ZERO,
+            unknown_kid_cooldown: Duration::from_secs(300),
+            retry: Duration::ZERO,
+            accept: eddsa,
+        }
+    }
+
+    fn cache(config: KeySetConfig) -> KeySetCache {
+        crate::install_crypto_provider();
+        KeySetCache::new(reqwest::Client::new(), config)
+    }
+
+    fn found(lookup: KeyLookup) -> bool {
+        matches!(lookup, KeyLookup::Found(_))
+    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {
@@ -335,5 +374,115 @@ mod tests {
             Some(Duration::from_secs(300))
         );
         assert_eq!(max_age("no-cache"), None);
+    }
+
+    #[tokio::test]
+    async fn a_current_set_answers_from_memory_and_an_unknown_kid_refetches_once_per_cooldown() {
+        let (k1, k2) = (TestKey::new("k1"), TestKey::new("k2"));
+        let fake = FakeJwks::start(&[&k1]).await;
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&fetches);
+        let cache = cache(config(&fake)).observing_fetches(move |ok| {
+            assert!(ok);
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(cache.cached_key("k1").is_none(), "nothing fetched yet");
+        assert!(found(cache.key("k1").await));
+        assert!(found(cache.key("k1").await));
+        assert_eq!(fake.hits(), 1);
+        assert!(cache.cached_key("k1").is_some());
+
+        // A rolled key: one refetch finds it; then unknown kids wait for the cool-down.
+        fake.publish(&[&k1, &k2]);
+        assert!(found(cache.key("k2").await));
+        for _ in 0..10 {
+            assert!(matches!(cache.key("nope").await, KeyLookup::Unknown));
+        }
+        assert_eq!(fake.hits(), 2);
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        assert!(cache.age().is_some_and(|age| age < Duration::from_secs(5)));
+    }
+
+    #[tokio::test]
+    async fn cache_control_decides_how_long_a_set_is_current() {
+        let key = TestKey::new("k1");
+        let fake = FakeJwks::start(&[&key]).await;
+        let cache = cache(KeySetConfig {
+            max_age: MaxAge::CacheControl {
+                default: Duration::from_secs(300),
+                longest: Duration::from_secs(3600),
+            },
+            // As a verifier of our tokens has it: a set just fetched with max-age=0 serves once.
+            stale_for: Duration::from_secs(3600),
+            ..config(&fake)
+        });
+        fake.cache_control("public, max-age=0");
+        assert!(found(cache.key("k1").await));
+        assert!(found(cache.key("k1").await));
+        assert_eq!(fake.hits(), 2, "max-age=0: every lookup refetches");
+        fake.cache_control("public, max-age=60");
+        assert!(found(cache.key("k1").await));
+        assert!(found(cache.key("k1").await));
+        assert_eq!(fake.hits(), 3, "max-age=60: current after one fetch");
+    }
+
+    #[tokio::test]
+    async fn a_stale_set_serves_its_keys_for_a_bounded_time_while_fetches_fail() {
+        let key = TestKey::new("k1");
+        let fake = FakeJwks::start(&[&key]).await;
+        let cache = cache(KeySetConfig {
+            max_age: MaxAge::Fixed(Duration::ZERO),
+            stale_for: Duration::from_millis(300),
+            ..config(&fake)
+        });
+        assert!(found(cache.key("k1").await));
+        fake.set_down(true);
+        assert!(found(cache.key("k1").await), "stale, still served");
+        assert!(matches!(cache.key("k2").await, KeyLookup::Unknown));
+        assert!(
+            cache.cached_key("k1").is_none(),
+            "never current without a fetch"
+        );
+        assert!(cache.last_error().await.is_some_and(|e| e.contains("503")));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(matches!(cache.key("k1").await, KeyLookup::Unavailable));
+        fake.set_down(false);
+        assert!(found(cache.key("k1").await), "back once the JWKS answers");
+        assert!(cache.last_error().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn without_stale_serving_a_failed_refetch_is_unavailable_and_waits_the_retry() {
+        let key = TestKey::new("k1");
+        let fake = FakeJwks::start(&[&key]).await;
+        fake.set_down(true);
+        let cache = cache(KeySetConfig {
+            max_age: MaxAge::Fixed(Duration::ZERO),
+            retry: Duration::from_secs(300),
+            ..config(&fake)
+        });
+        assert!(matches!(cache.key("k1").await, KeyLookup::Unavailable));
+        fake.set_down(false);
+        assert!(matches!(cache.key("k1").await, KeyLookup::Unavailable));
+        assert_eq!(fake.hits(), 1, "no refetch within the retry period");
+    }
+
+    #[tokio::test]
+    async fn a_set_without_a_usable_key_is_refused_and_the_last_good_kept() {
+        let key = TestKey::new("k1");
+        let fake = FakeJwks::start(&[&key]).await;
+        let cache = cache(config(&fake));
+        assert!(found(cache.key("k1").await));
+        // Only keys the filter refuses (no alg), or that are not keys at all.
+        let mut unstated = key.jwk.clone();
+        unstated["alg"] = json!(null);
+        unstated["kid"] = json!("k2");
+        fake.publish_raw(vec![unstated]);
+        assert!(matches!(cache.key("k2").await, KeyLookup::Unknown));
+        assert!(cache
+            .last_error()
+            .await
+            .is_some_and(|e| e.contains("no usable")));
+        assert!(found(cache.key("k1").await), "the last good set is kept");
     }
 }

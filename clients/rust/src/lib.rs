@@ -35,6 +35,8 @@
 mod claims;
 pub mod feed;
 pub mod jwks;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod verifier;
 
