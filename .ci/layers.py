@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 # Lowest first. A module may use modules of a lower rank (and itself), never a higher one.
+# Below all of them, outside src/: the workspace's verifier crate (clients/rust, imported as
+# `neo_sessions_verify`), which Cargo lets the server depend on and never the reverse.
 LAYERS = [
     ["config", "tls", "metrics"],
     ["cache"],
