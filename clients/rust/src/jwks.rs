@@ -90,6 +90,8 @@ struct KeySet {
     fetched_at: Option<Instant>,
     /// How long after `fetched_at` the set is current.
     current_for: Duration,
+    /// Why the last fetch failed, while none has succeeded since.
+    last_error: Option<String>,
 }
 
 impl KeySet {
@@ -108,7 +110,7 @@ impl KeySet {
 #[derive(Default)]
 struct FetchGate {
     last_unknown_kid_fetch: Option<Instant>,
-    last_failure: Option<(Instant, String)>,
+    last_failed_fetch: Option<Instant>,
 }
 
 /// Called after every fetch with whether it succeeded (for a metric).
@@ -177,9 +179,9 @@ impl KeySetCache {
     }
 
     /// Why the last fetch failed, while no fetch has succeeded since.
-    pub async fn last_error(&self) -> Option<String> {
-        let gate = self.gate.lock().await;
-        gate.last_failure.as_ref().map(|(_, error)| error.clone())
+    pub fn last_error(&self) -> Option<String> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.last_error.clone()
     }
 
     /// The key for `kid`, fetching the set when it lacks the key or is not current (as limited
@@ -206,21 +208,18 @@ impl KeySetCache {
                 return KeyLookup::Unknown;
             }
             gate.last_unknown_kid_fetch = Some(now);
-        } else if recently(
-            gate.last_failure.as_ref().map(|(at, _)| *at),
-            self.config.retry,
-        ) {
+        } else if recently(gate.last_failed_fetch, self.config.retry) {
             return self.lookup(kid);
         }
         let name = self.config.name;
         match self.fetch().await {
             Ok(count) => {
-                gate.last_failure = None;
+                gate.last_failed_fetch = None;
                 tracing::info!(keys = count, "fetched the {name} JWKS");
             }
             Err(error) => {
+                gate.last_failed_fetch = Some(now);
                 tracing::warn!(%error, "{name} JWKS fetch failed");
-                gate.last_failure = Some((now, error.to_string()));
             }
         }
         self.lookup(kid)
@@ -243,9 +242,13 @@ impl KeySetCache {
         (key, current, servable)
     }
 
-    /// One GET of the JWKS, reported to the observer.
+    /// One GET of the JWKS, reported to the observer; a failure is kept for [`Self::last_error`].
     async fn fetch(&self) -> Result<usize, FetchError> {
         let result = self.fetch_set().await;
+        if let Err(error) = &result {
+            let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+            keys.last_error = Some(error.to_string());
+        }
         if let Some(observer) = &self.observer {
             observer(result.is_ok());
         }
@@ -309,6 +312,7 @@ impl KeySetCache {
             keys,
             fetched_at: Some(Instant::now()),
             current_for,
+            last_error: None,
         };
         Ok(count)
     }
@@ -443,12 +447,12 @@ mod tests {
             cache.cached_key("k1").is_none(),
             "never current without a fetch"
         );
-        assert!(cache.last_error().await.is_some_and(|e| e.contains("503")));
+        assert!(cache.last_error().is_some_and(|e| e.contains("503")));
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(matches!(cache.key("k1").await, KeyLookup::Unavailable));
         fake.set_down(false);
         assert!(found(cache.key("k1").await), "back once the JWKS answers");
-        assert!(cache.last_error().await.is_none());
+        assert!(cache.last_error().is_none());
     }
 
     #[tokio::test]
@@ -479,10 +483,7 @@ mod tests {
         unstated["kid"] = json!("k2");
         fake.publish_raw(vec![unstated]);
         assert!(matches!(cache.key("k2").await, KeyLookup::Unknown));
-        assert!(cache
-            .last_error()
-            .await
-            .is_some_and(|e| e.contains("no usable")));
+        assert!(cache.last_error().is_some_and(|e| e.contains("no usable")));
         assert!(found(cache.key("k1").await), "the last good set is kept");
     }
 }

@@ -306,7 +306,7 @@ impl Verifier {
                 })
             }
             KeyLookup::Unavailable => {
-                let error = self.keys.last_error().await;
+                let error = self.keys.last_error();
                 return Err(VerifyError::Jwks(
                     error.unwrap_or_else(|| "no key set held".to_owned()),
                 ));
@@ -323,5 +323,51 @@ impl Verifier {
             return Err(VerifyError::Revoked);
         }
         Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Verifier, VerifierConfig, VerifyError};
+    use crate::testing::{FakeJwks, TestKey};
+
+    #[tokio::test]
+    async fn the_jwks_decides_between_outage_unknown_key_and_a_verified_token() {
+        let (key, unpublished) = (TestKey::new("k1"), TestKey::new("k2"));
+        let fake = FakeJwks::start(&[&key]).await;
+        let mut config = VerifierConfig::for_issuer("https://api.example", "chat");
+        config.jwks_url = fake.url.clone();
+        let verifier = Verifier::new(config).expect("verifier");
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({
+            "iss": "https://api.example", "aud": "chat", "sub": "pat",
+            "jti": "0b9c2a4e-1f6d-4c8e-9a57-3f1e2d4c5b6a", "iat": now, "nbf": now,
+            "exp": now + 600, "session_id": "s-1", "client_id": "acme", "end_company_id": null,
+            "end_user": "pat", "end_user_email": null, "allowed_agent_ids": [], "scope": "chat",
+        });
+        let token = key.sign(&claims);
+
+        fake.set_down(true);
+        let outage = verifier.verify(&token, "s-1").await.expect_err("no keys");
+        assert!(
+            matches!(&outage, VerifyError::Jwks(e) if e.contains("503")),
+            "{outage:?}"
+        );
+        fake.set_down(false);
+        let verified = verifier.verify(&token, "s-1").await.expect("valid");
+        assert_eq!(verified.client_id, "acme");
+        assert!(matches!(
+            verifier.verify(&unpublished.sign(&claims), "s-1").await,
+            Err(VerifyError::UnknownKey { kid: Some(kid) }) if kid == "k2"
+        ));
+        assert!(matches!(
+            verifier.verify(&token, "s-2").await,
+            Err(VerifyError::WrongSession)
+        ));
+        // Nothing revoked without a feed; refreshing it is a no-op.
+        assert_eq!(verifier.refresh_revocations().await.ok(), Some(0));
+        assert!(verifier.revocations_age().is_none());
     }
 }
