@@ -10,10 +10,9 @@ use axum::{
     Json,
 };
 use chrono::{DateTime, Utc};
+use neo_sessions_verify::{RevocationFeed, RevokedToken};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-
-use neo_sessions_verify::{RevocationFeed, RevokedToken};
 
 use super::{
     envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
