@@ -1,7 +1,7 @@
 //! A JWKS in memory, keyed by `kid`: one cache for every key set we read (our own session
 //! tokens' in [`crate::Verifier`], Entra's in the token service).
 //!
-//! A fetched set is current for as long as its freshness says (a fixed age, or the response's
+//! A fetched set is current for as long as its [`MaxAge`] says (a fixed age, or the response's
 //! `Cache-Control: max-age`). A `kid` the current set lacks causes a refetch at most once per
 //! cool-down for the whole process (concurrent requests share one fetch). A set that is no longer
 //! current is refetched on demand, at most once per retry period after a failure; while that
@@ -19,7 +19,7 @@ use jsonwebtoken::{
 };
 
 /// A JWKS larger than this is refused rather than parsed.
-pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// One usable key of a set: the algorithm it verifies (the key's own, never a token header's).
 pub struct Key {
@@ -70,8 +70,9 @@ pub struct KeySetConfig {
     pub accept: KeyFilter,
 }
 
+/// Why one fetch failed (kept as text for [`KeySetCache::last_error`] and the logs).
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+enum FetchError {
     #[error("JWKS request failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("JWKS answered {0}")]
