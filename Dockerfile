@@ -8,22 +8,25 @@ WORKDIR /build
 # Dependency layer: compile every dependency against stub sources, so this
 # layer is only invalidated when Cargo.toml / Cargo.lock change.
 # Cargo.toml declares [[test]] tests/api/main.rs and [[bench]] benches/hot_paths.rs, so stubs keep
-# those targets resolvable; they are never compiled by `cargo build --bin`.
+# those targets resolvable; they are never compiled by `cargo build --bin`. The workspace's
+# verifier crate (clients/rust), which the server depends on, gets a stub library the same way.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/api benches \
+COPY clients/rust/Cargo.toml clients/rust/
+RUN mkdir -p src tests/api benches clients/rust/src \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > benches/hot_paths.rs \
- && touch src/lib.rs tests/api/main.rs \
+ && touch src/lib.rs tests/api/main.rs clients/rust/src/lib.rs \
  && cargo build --release --locked --bin neo-sessions \
- && rm -rf src
+ && rm -rf src clients/rust/src
 
 COPY src/ src/
+COPY clients/rust/src/ clients/rust/src/
 COPY migrations/ migrations/
 COPY openapi/ openapi/
 COPY config/ config/
 # COPY keeps the context's mtimes, which may be older than the stub build;
 # touch the sources so cargo rebuilds the crate itself.
-RUN find src -name '*.rs' -exec touch {} + \
+RUN find src clients/rust/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bin neo-sessions
 
 # Distroless has no shell/mkdir: prepare the writable data dir here.

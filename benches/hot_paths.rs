@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
 use neo_sessions::{
     auth::{
-        entra::{EntraKeySource, EntraVerifier, KeyLookup},
+        entra::{EntraKeySource, EntraVerifier, Key, KeyLookup},
         ApiKeyVerifier, Lookups,
     },
     config::{EntraConfig, SigningAlgorithm, SigningConfig, TokenConfig},
@@ -103,13 +103,13 @@ fn api_key_verification(c: &mut Criterion) {
 }
 
 /// A change feed that is up (the caches answer), as in a running service.
-fn live_feed() -> Arc<neo_sessions::cache::Freshness> {
-    let freshness = neo_sessions::cache::Freshness::down();
+fn live_feed() -> Arc<neo_sessions::freshness::Freshness> {
+    let freshness = neo_sessions::freshness::Freshness::down();
     freshness.restored();
     freshness
 }
 
-struct StaticKey(Arc<DecodingKey>);
+struct StaticKey(Arc<Key>);
 
 #[async_trait]
 impl EntraKeySource for StaticKey {
@@ -117,7 +117,7 @@ impl EntraKeySource for StaticKey {
         KeyLookup::Found(Arc::clone(&self.0))
     }
 
-    fn cached_key(&self, _kid: &str) -> Option<Arc<DecodingKey>> {
+    fn cached_key(&self, _kid: &str) -> Option<Arc<Key>> {
         Some(Arc::clone(&self.0))
     }
 }
@@ -147,7 +147,10 @@ fn entra_validation(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let store = runtime.block_on(store::connect(&url, 1)).expect("store");
-    let key = Arc::new(decoding);
+    let key = Arc::new(Key {
+        algorithm: Algorithm::RS256,
+        decoding,
+    });
     let verifier = EntraVerifier::new(
         Arc::new(StaticKey(Arc::clone(&key))),
         &config,

@@ -198,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    neo_sessions::tls::install_crypto_provider();
+    neo_sessions_verify::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(10))

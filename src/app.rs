@@ -21,19 +21,20 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub use crate::http::AppState;
 use crate::{
     auth::{
-        entra::{EntraKeySource, JwksCache},
+        entra::{self, EntraKeySource},
         ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
     },
-    cache::Freshness,
     config::{self, Config},
+    freshness::Freshness,
     http::{
-        authenticate, health, jwks, metrics, openapi, rate_limit, request_context, sessions, tokens,
+        authenticate, health, jwks, openapi, prometheus, rate_limit, request_context, sessions,
+        tokens,
     },
     metrics::Metrics,
     mint::{Minter, TtlBounds},
     ratelimit::RateLimits,
     server, signing,
-    store::{self, MintRecorder, SessionDirectory, Store},
+    store::{self, MintRecorder, SessionCache, Store},
     tokens::TokenIssuer,
 };
 
@@ -128,7 +129,7 @@ async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         .await
         .context("cannot load the signing keys")?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
-        let cache = JwksCache::new(&config.entra, Arc::clone(&metrics))
+        let cache = entra::jwks_cache(&config.entra, Arc::clone(&metrics))
             .context("cannot build the Entra JWKS client")?;
         // Start-up does not wait for Entra: API keys work while the JWKS is unreachable.
         cache.spawn_refresh(Duration::from_secs(config.entra.refresh_seconds.get()));
@@ -271,7 +272,7 @@ fn state(
         entra,
     };
     let minter = Minter::new(
-        SessionDirectory::new(Arc::clone(&store), config.cache.session_entries, &freshness),
+        SessionCache::new(Arc::clone(&store), config.cache.session_entries, &freshness),
         Arc::clone(&issuer),
         MintRecorder::spawn(Arc::clone(&store), MAX_MINT_BATCH, Arc::clone(&metrics)),
         Arc::clone(&store),
@@ -323,7 +324,7 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(openapi::docs))
         .routes(routes!(jwks::jwks))
         .routes(routes!(jwks::openid_configuration))
-        .routes(routes!(metrics::metrics))
+        .routes(routes!(prometheus::metrics))
         .merge(authenticated)
 }
 
@@ -376,7 +377,7 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
             "/metrics",
             axum::routing::get(
                 |axum::extract::State(state): axum::extract::State<Arc<AppState>>| async move {
-                    metrics::exposition(&state)
+                    prometheus::exposition(&state)
                 },
             ),
         )

@@ -3,9 +3,9 @@
 
 pub mod app;
 pub mod auth;
-pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod freshness;
 pub mod http;
 pub mod metrics;
 pub mod mint;
@@ -15,6 +15,4 @@ pub mod server;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
-pub mod tls;
 pub mod tokens;
-pub mod verify;

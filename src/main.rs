@@ -12,7 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    neo_sessions::auth::entra::install_crypto_provider();
+    neo_sessions_verify::install_crypto_provider();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), std::env::vars_os().filter_map(utf8)) {
         Ok(config) => config,

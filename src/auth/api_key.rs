@@ -14,8 +14,8 @@ use subtle::ConstantTimeEq;
 
 use super::{invalid, AuthError, Lookups, Principal};
 use crate::{
-    cache::{Freshness, Topic, TtlCache},
     config::is_valid_key_env,
+    freshness::{Freshness, Topic, TtlCache},
     store::{ApiKeyRow, Store},
 };
 

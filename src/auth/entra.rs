@@ -2,265 +2,98 @@
 //! validated as Microsoft's guidance says (exact per-tenant `iss`, our `aud` only, `scp` for
 //! delegated user tokens), `tid` mapped to our tenant.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use jsonwebtoken::{decode, jwk::JwkSet, Algorithm, DecodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode,
+    jwk::{AlgorithmParameters, Jwk, PublicKeyUse},
+    Algorithm, Header, Validation,
+};
+pub use neo_sessions_verify::jwks::{Key, KeyLookup};
+use neo_sessions_verify::jwks::{KeySetCache, KeySetConfig, MaxAge};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{invalid, AuthError, Lookups, Principal};
 use crate::{
-    cache::{Freshness, Topic, TtlCache},
     config::EntraConfig,
+    freshness::{Freshness, Topic, TtlCache},
     metrics::{Metrics, ResultLabel},
     store::Store,
 };
 
-/// A JWKS larger than this is refused rather than parsed.
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
-
-/// What a key source says about a `kid`.
-pub enum KeyLookup {
-    Found(Arc<DecodingKey>),
-    /// The key set is current and has no such key: the token is invalid (401).
-    Unknown,
-    /// No trustworthy key set is held (never fetched, or too old): we cannot tell (503).
-    Unavailable,
-}
-
-/// Where Entra's signing keys come from. One real implementation, [`JwksCache`].
+/// Where Entra's signing keys come from. One real implementation, the verifier crate's
+/// [`KeySetCache`] built by [`jwks_cache`].
 #[async_trait]
 pub trait EntraKeySource: Send + Sync {
     /// The key, fetching the key set when it is unknown or stale (rate-limited).
     async fn key(&self, kid: &str) -> KeyLookup;
     /// The key if a current key set holds it, without fetching anything.
-    fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>>;
+    fn cached_key(&self, kid: &str) -> Option<Arc<Key>>;
     /// How old the key set held is (`None`: none held), for metrics.
     fn age(&self) -> Option<Duration> {
         None
     }
 }
 
-#[derive(Default)]
-struct KeySet {
-    keys: HashMap<String, Arc<DecodingKey>>,
-    fetched_at: Option<Instant>,
+/// Entra's signing keys: RSA, not marked for encryption; they verify RS256 only.
+fn entra_key(jwk: &Jwk) -> Option<Algorithm> {
+    let rsa = matches!(jwk.algorithm, AlgorithmParameters::RSA(_));
+    let encryption = matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption));
+    (rsa && !encryption).then_some(Algorithm::RS256)
 }
 
-#[derive(Default)]
-struct FetchGate {
-    last_unknown_kid_fetch: Option<Instant>,
-    last_failed_fetch: Option<Instant>,
-}
-
-/// Entra's JWKS in memory, keyed by `kid`: refreshed in the background, refetched on an unknown
-/// `kid` at most once per cool-down for the whole process (concurrent requests share one fetch),
-/// and kept as it was when a fetch fails.
-pub struct JwksCache {
-    client: reqwest::Client,
-    url: String,
-    keys: RwLock<KeySet>,
-    gate: tokio::sync::Mutex<FetchGate>,
-    max_age: Duration,
-    kid_cooldown: Duration,
-    retry: Duration,
+/// Entra's JWKS in memory, keyed by `kid`: current for `key_max_age_seconds` after a fetch and
+/// never served past that, refreshed in the background (see [`KeySetCache::spawn_refresh`]),
+/// refetched on an unknown `kid` at most once per cool-down for the whole process, and not
+/// refetched within `retry_seconds` of a failure. Every fetch is counted by result.
+pub fn jwks_cache(
+    config: &EntraConfig,
     metrics: Arc<Metrics>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("JWKS request failed: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("JWKS answered {0}")]
-    Status(reqwest::StatusCode),
-    #[error("JWKS is larger than {MAX_JWKS_BYTES} bytes")]
-    TooLarge,
-    #[error("JWKS is not a JWK set: {0}")]
-    Parse(#[from] serde_json::Error),
-    #[error("JWKS has no usable RSA signing key")]
-    Empty,
-}
-
-pub use crate::tls::install_crypto_provider;
-
-impl JwksCache {
-    pub fn new(config: &EntraConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, reqwest::Error> {
-        install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.http_timeout_seconds.get()))
-            .connect_timeout(Duration::from_secs(config.http_timeout_seconds.get()))
-            // A redirect could lead anywhere (another host, plain HTTP): the configured URL is
-            // the only source of keys.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("neo-sessions/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Arc::new(Self {
-            client,
-            url: config.jwks_url.clone(),
-            keys: RwLock::default(),
-            gate: tokio::sync::Mutex::default(),
-            max_age: Duration::from_secs(config.key_max_age_seconds),
-            kid_cooldown: Duration::from_secs(config.kid_cooldown_seconds),
-            retry: Duration::from_secs(config.retry_seconds),
-            metrics,
-        }))
-    }
-
-    /// Fetches now, then every `interval` (sooner after a failure), until the cache is dropped.
-    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration) {
-        let cache = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(strong) = cache.upgrade() else { break };
-                let next = match strong.fetch().await {
-                    Ok(count) => {
-                        tracing::debug!(keys = count, "refreshed the Entra JWKS");
-                        interval
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "Entra JWKS refresh failed; keeping the last good key set");
-                        interval.min(Duration::from_secs(60))
-                    }
-                };
-                drop(strong);
-                tokio::time::sleep(next).await;
-            }
-        });
-    }
-
-    fn cached(&self, kid: &str) -> (Option<Arc<DecodingKey>>, bool) {
-        let keys = match self.keys.read() {
-            Ok(keys) => keys,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let fresh = keys
-            .fetched_at
-            .is_some_and(|at| at.elapsed() < self.max_age);
-        let key = fresh.then(|| keys.keys.get(kid).cloned()).flatten();
-        (key, fresh)
-    }
-
-    /// One GET of the JWKS, counted by result.
-    async fn fetch(&self) -> Result<usize, FetchError> {
-        let result = self.fetch_set().await;
-        self.metrics
+) -> Result<Arc<KeySetCache>, reqwest::Error> {
+    neo_sessions_verify::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.http_timeout_seconds.get()))
+        .connect_timeout(Duration::from_secs(config.http_timeout_seconds.get()))
+        // A redirect could lead anywhere (another host, plain HTTP): the configured URL is
+        // the only source of keys.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("neo-sessions/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let keys = KeySetConfig {
+        url: config.jwks_url.clone(),
+        name: "Entra",
+        max_age: MaxAge::Fixed(Duration::from_secs(config.key_max_age_seconds)),
+        stale_for: Duration::ZERO,
+        unknown_kid_cooldown: Duration::from_secs(config.kid_cooldown_seconds),
+        retry: Duration::from_secs(config.retry_seconds),
+        accept: entra_key,
+    };
+    let cache = KeySetCache::new(client, keys).observing_fetches(move |ok| {
+        metrics
             .jwks_fetches
             .get_or_create(&ResultLabel {
-                result: if result.is_ok() { "ok" } else { "error" },
+                result: if ok { "ok" } else { "error" },
             })
             .inc();
-        result
-    }
-
-    /// One GET of the JWKS; on success the new set replaces the old (rolled-over keys go).
-    async fn fetch_set(&self) -> Result<usize, FetchError> {
-        let mut response = self.client.get(&self.url).send().await?;
-        if !response.status().is_success() {
-            return Err(FetchError::Status(response.status()));
-        }
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
-        {
-            return Err(FetchError::TooLarge);
-        }
-        // Read chunk by chunk and stop at the cap: a chunked body has no length to check first.
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(FetchError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let set: JwkSet = serde_json::from_slice(&body)?;
-        let keys: HashMap<String, Arc<DecodingKey>> = set
-            .keys
-            .iter()
-            .filter(|jwk| {
-                matches!(
-                    jwk.algorithm,
-                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_)
-                ) && !matches!(
-                    jwk.common.public_key_use,
-                    Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-                )
-            })
-            .filter_map(|jwk| {
-                let kid = jwk.common.key_id.clone()?;
-                let key = DecodingKey::from_jwk(jwk).ok()?;
-                Some((kid, Arc::new(key)))
-            })
-            .collect();
-        if keys.is_empty() {
-            return Err(FetchError::Empty);
-        }
-        let count = keys.len();
-        let mut current = match self.keys.write() {
-            Ok(current) => current,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *current = KeySet {
-            keys,
-            fetched_at: Some(Instant::now()),
-        };
-        Ok(count)
-    }
+    });
+    Ok(Arc::new(cache))
 }
 
 #[async_trait]
-impl EntraKeySource for JwksCache {
-    fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        self.cached(kid).0
+impl EntraKeySource for KeySetCache {
+    fn cached_key(&self, kid: &str) -> Option<Arc<Key>> {
+        KeySetCache::cached_key(self, kid)
     }
 
     fn age(&self) -> Option<Duration> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        keys.fetched_at.map(|at| at.elapsed())
+        KeySetCache::age(self)
     }
 
     async fn key(&self, kid: &str) -> KeyLookup {
-        if let (Some(key), _) = self.cached(kid) {
-            return KeyLookup::Found(key);
-        }
-        // One fetch at a time; whoever waited here looks again before fetching.
-        let mut gate = self.gate.lock().await;
-        let (key, fresh) = self.cached(kid);
-        if let Some(key) = key {
-            return KeyLookup::Found(key);
-        }
-        let now = Instant::now();
-        let recently = |at: Option<Instant>, period: Duration| {
-            at.is_some_and(|at| now.duration_since(at) < period)
-        };
-        if fresh {
-            if recently(gate.last_unknown_kid_fetch, self.kid_cooldown) {
-                return KeyLookup::Unknown;
-            }
-            gate.last_unknown_kid_fetch = Some(now);
-        } else if recently(gate.last_failed_fetch, self.retry) {
-            return KeyLookup::Unavailable;
-        }
-        match self.fetch().await {
-            Ok(count) => {
-                gate.last_failed_fetch = None;
-                tracing::info!(keys = count, "fetched the Entra JWKS");
-            }
-            Err(error) => {
-                gate.last_failed_fetch = Some(now);
-                tracing::warn!(%error, "Entra JWKS fetch failed");
-            }
-        }
-        match self.cached(kid) {
-            (Some(key), _) => KeyLookup::Found(key),
-            (None, true) => KeyLookup::Unknown,
-            (None, false) => KeyLookup::Unavailable,
-        }
+        KeySetCache::key(self, kid).await
     }
 }
 
@@ -296,7 +129,7 @@ pub struct EntraVerifier {
 struct Verified {
     identity: EntraIdentity,
     exp: i64,
-    key: Arc<DecodingKey>,
+    key: Arc<Key>,
 }
 
 /// How long a directory → tenant mapping read from the database is reused.
@@ -431,7 +264,7 @@ impl EntraVerifier {
                 })
             }
         };
-        let claims = decode::<EntraClaims>(token, key.as_ref(), &self.validation)
+        let claims = decode::<EntraClaims>(token, &key.decoding, &self.validation)
             .map_err(|_| invalid("Entra token failed verification"))?
             .claims;
         let tid = canonical_guid(&claims.tid).ok_or(invalid("Entra token with a malformed tid"))?;

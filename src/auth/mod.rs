@@ -226,7 +226,7 @@ mod tests {
                     "test".to_owned(),
                     Duration::from_secs(60),
                     Duration::ZERO,
-                    crate::cache::Freshness::down(),
+                    crate::freshness::Freshness::down(),
                 ),
                 session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), 30),
                 entra: None,

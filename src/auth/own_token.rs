@@ -4,40 +4,30 @@
 //! signed by a retired key that is still published is still ours: an end user, never a failed
 //! authentication.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use jsonwebtoken::{decode, Algorithm, Header, Validation};
+use jsonwebtoken::Header;
+use neo_sessions_verify::{TokenRules, VerifyError};
 
 use super::{invalid, AuthError, Principal};
 use crate::tokens::{SessionClaims, TokenIssuer, SESSION_TOKEN_TYP};
 
 pub struct SessionTokenVerifier {
     issuer: Arc<TokenIssuer>,
-    /// One validation per algorithm a key of ours may have; the key decides which applies.
-    validations: [(Algorithm, Validation); 3],
+    /// The verifier crate's rules (a verifier elsewhere checks exactly these), for our `iss` and
+    /// `aud`.
+    rules: TokenRules,
 }
 
 impl SessionTokenVerifier {
     /// `leeway_seconds`: clock skew tolerated on `exp` and `nbf`.
     pub fn new(issuer: Arc<TokenIssuer>, leeway_seconds: u64) -> Self {
-        let validation = |algorithm| {
-            let mut validation = Validation::new(algorithm);
-            validation.set_issuer(&[issuer.issuer()]);
-            validation.set_audience(&[issuer.audience()]);
-            validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-            validation.validate_nbf = true;
-            validation.leeway = leeway_seconds;
-            (algorithm, validation)
-        };
-        let validations = [
-            validation(Algorithm::ES256),
-            validation(Algorithm::EdDSA),
-            validation(Algorithm::RS256),
-        ];
-        Self {
-            issuer,
-            validations,
-        }
+        let rules = TokenRules::new(
+            issuer.issuer(),
+            issuer.audience(),
+            Duration::from_secs(leeway_seconds),
+        );
+        Self { issuer, rules }
     }
 
     /// Whether a JWT header claims to be one of ours (by a published `kid`, or by `typ`).
@@ -68,24 +58,23 @@ impl SessionTokenVerifier {
     }
 
     fn verified_claims(&self, token: &str, header: &Header) -> Result<SessionClaims, AuthError> {
-        if header.typ.as_deref() != Some(SESSION_TOKEN_TYP) {
-            return Err(invalid("session token with a wrong typ"));
-        }
+        let kid = TokenRules::kid(header).map_err(|error| match error {
+            VerifyError::WrongType => invalid("session token with a wrong typ"),
+            _ => invalid("session token signed by an unknown key"),
+        })?;
         let ring = self.issuer.ring();
-        let Some(signer) = header
-            .kid
-            .as_deref()
-            .and_then(|kid| ring.find(kid, chrono::Utc::now().timestamp()))
-        else {
+        let Some(signer) = ring.find(kid, chrono::Utc::now().timestamp()) else {
             return Err(invalid("session token signed by an unknown key"));
         };
         // The key's own algorithm, whatever the header says (RFC 8725 §3.1).
-        let algorithm = signer.key.jwt_algorithm();
-        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == algorithm) else {
-            return Err(invalid("session token key of an unsupported algorithm"));
-        };
-        decode::<SessionClaims>(token, signer.key.decoding_key(), validation)
-            .map(|data| data.claims)
+        self.rules
+            .validate(
+                token,
+                header,
+                signer.key.jwt_algorithm(),
+                signer.key.decoding_key(),
+                None,
+            )
             .map_err(|_| invalid("session token failed verification"))
     }
 }

@@ -1,34 +1,14 @@
-//! The `{data, meta}` / `{error, meta}` envelope of SPEC §4, and the per-request context that feeds
-//! `meta` (request id, timings).
+//! The `{data, meta}` / `{error, meta}` envelope every answer is wrapped in (docs/api.md,
+//! "Envelope, request ids, errors"), and the timings that feed `meta`.
 
 use std::{collections::BTreeMap, time::Instant};
 
-use axum::{extract::FromRequestParts, http::request::Parts, Json};
+use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Set by the request-context middleware on every request.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestContext {
-    pub request_id: Uuid,
-    pub started: Instant,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestContext>()
-            .copied()
-            .unwrap_or_else(|| RequestContext {
-                request_id: Uuid::new_v4(),
-                started: Instant::now(),
-            }))
-    }
-}
+use super::request_context::RequestContext;
 
 /// Milliseconds spent per phase of a request; `total` is added when the envelope is built.
 #[derive(Debug, Default)]

@@ -11,8 +11,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{
-    envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
+    envelope::{ErrorEnvelope, Success, SuccessMeta, Timings},
     error::ApiError,
+    request_context::RequestContext,
     AppState,
 };
 use crate::store::{RecorderStatus, Store};

@@ -7,8 +7,8 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jwks;
-pub mod metrics;
 pub mod openapi;
+pub mod prometheus;
 pub mod rate_limit;
 pub mod request_context;
 pub mod sessions;
@@ -17,7 +17,7 @@ pub mod tokens;
 use std::sync::Arc;
 
 use crate::{
-    auth::Authenticator, cache::Freshness, config::Config, metrics::Metrics, mint::Minter,
+    auth::Authenticator, config::Config, freshness::Freshness, metrics::Metrics, mint::Minter,
     ratelimit::RateLimits, store::Store, tokens::TokenIssuer,
 };
 
@@ -25,7 +25,7 @@ use crate::{
 pub struct AppState {
     pub config: Config,
     pub store: Arc<Store>,
-    /// The mint rules, with the directory, recorder and idempotency claims they use.
+    /// The mint rules, with the session cache, recorder and idempotency claims they use.
     pub minter: Minter,
     pub issuer: Arc<TokenIssuer>,
     pub authenticator: Authenticator,

@@ -15,7 +15,8 @@ use std::{
 use axum::{
     body::Body,
     body::{Bytes, HttpBody},
-    extract::{ConnectInfo, MatchedPath, Request, State},
+    extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State},
+    http::request::Parts,
     http::{
         header::{CONNECTION, CONTENT_TYPE},
         HeaderName, HeaderValue, StatusCode,
@@ -27,7 +28,6 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    envelope::RequestContext,
     error::{ErrorReport, Limit},
     AppState,
 };
@@ -36,6 +36,28 @@ use crate::{
     metrics::{MintLabels, RequestLabels, RouteLabel},
     ratelimit::client_ip,
 };
+
+/// Set by the request-context middleware on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext {
+    pub request_id: Uuid,
+    pub started: Instant,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestContext>()
+            .copied()
+            .unwrap_or_else(|| RequestContext {
+                request_id: Uuid::new_v4(),
+                started: Instant::now(),
+            }))
+    }
+}
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

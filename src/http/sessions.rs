@@ -18,10 +18,11 @@ use utoipa::{
 use uuid::Uuid;
 
 use super::{
-    envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
+    envelope::{ErrorEnvelope, Success, SuccessMeta, Timings},
     error::ApiError,
     extract::{ApiJson, MintingPrincipal},
     request_context::log_jti,
+    request_context::RequestContext,
     AppState,
 };
 use crate::mint::TtlBounds;

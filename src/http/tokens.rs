@@ -10,13 +10,15 @@ use axum::{
     Json,
 };
 use chrono::{DateTime, Utc};
+use neo_sessions_verify::{RevocationFeed, RevokedToken};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    envelope::{ErrorEnvelope, RequestContext, Success, SuccessMeta, Timings},
+    envelope::{ErrorEnvelope, Success, SuccessMeta, Timings},
     error::ApiError,
     extract::{ApiJson, MintingPrincipal},
+    request_context::RequestContext,
     AppState,
 };
 use crate::{
@@ -401,29 +403,6 @@ impl RevokeSessionRequest {
             _ => Err(ApiError::Validation(errors)),
         }
     }
-}
-
-/// One revoked token, for a verifier's deny-list: drop it at `expires_at`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RevokedToken {
-    #[schema(value_type = String)]
-    pub jti: String,
-    pub expires_at: DateTime<Utc>,
-    pub revoked_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RevocationFeed {
-    /// Oldest revocation first.
-    pub revocations: Vec<RevokedToken>,
-    /// Pass as `since` next time (the last revocation's time, or the `since` given).
-    pub next_since: DateTime<Utc>,
-    /// Pass as `after` next time, with `next_since` (the last revocation's jti, or the `after`
-    /// given): one bulk revoke gives many tokens the same `revoked_at`.
-    #[schema(value_type = Option<String>)]
-    pub next_after: Option<String>,
-    /// More revocations wait: ask again at once with `next_since` and `next_after`.
-    pub has_more: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -21,7 +21,7 @@ pub use request::{FieldErrors, MintRequest, TtlBounds};
 
 use crate::{
     auth::Principal,
-    store::{MintRecord, MintRecorder, SessionDirectory, SessionRow, Store, StoreError},
+    store::{MintRecord, MintRecorder, SessionCache, SessionRow, Store, StoreError},
     tokens::{KeyError, MintedToken, SessionClaims, TokenGrant, TokenIssuer},
 };
 
@@ -120,7 +120,7 @@ impl MintTimings {
 /// Mints session tokens: built once per app from what the rules read and write.
 pub struct Minter {
     /// Sessions, agents and end companies (cached): what rules 2 to 6 read.
-    directory: Arc<SessionDirectory>,
+    sessions: Arc<SessionCache>,
     issuer: Arc<TokenIssuer>,
     /// Commits the mint records (rule 7).
     recorder: MintRecorder,
@@ -131,14 +131,14 @@ pub struct Minter {
 
 impl Minter {
     pub fn new(
-        directory: Arc<SessionDirectory>,
+        sessions: Arc<SessionCache>,
         issuer: Arc<TokenIssuer>,
         recorder: MintRecorder,
         claims: Arc<Store>,
         ttl: TtlBounds,
     ) -> Self {
         Self {
-            directory,
+            sessions,
             issuer,
             recorder,
             claims,
@@ -146,9 +146,9 @@ impl Minter {
         }
     }
 
-    /// The directory the rules read (its size is a metric).
-    pub fn directory(&self) -> &SessionDirectory {
-        &self.directory
+    /// The session cache the rules read (its size is a metric).
+    pub fn sessions(&self) -> &SessionCache {
+        &self.sessions
     }
 
     /// The recorder of mints (its health is part of readiness).
@@ -184,7 +184,7 @@ impl Minter {
         // Rules 2 and 3: the target tenant (refused before any lookup), then its session.
         let target = Target::of(principal, request.client_id.as_deref())?;
         let session = timings
-            .db(self.directory.session(&request.session_id))
+            .db(self.sessions.session(&request.session_id))
             .await?;
         let session = target.session(session)?;
 
@@ -206,9 +206,7 @@ impl Minter {
             (Some(scoped), _) => Some(scoped),
             (None, Some(asked)) => {
                 let exists = timings
-                    .db(self
-                        .directory
-                        .end_company_exists(&session.tenant_id, &asked))
+                    .db(self.sessions.end_company_exists(&session.tenant_id, &asked))
                     .await?;
                 if !exists {
                     return Err(MintRefusal::UnknownEndCompany);
@@ -225,7 +223,7 @@ impl Minter {
         if !allowed_agent_ids.is_empty() {
             let existing = timings
                 .db(self
-                    .directory
+                    .sessions
                     .existing_agents(&session.tenant_id, &allowed_agent_ids))
                 .await?;
             let unknown: Vec<i64> = allowed_agent_ids

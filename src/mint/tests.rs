@@ -9,8 +9,8 @@ use sha2::Digest;
 
 use super::*;
 use crate::{
-    cache::Freshness,
     config::{SigningConfig, TokenConfig},
+    freshness::Freshness,
     metrics::Metrics,
     store::MintQuery,
     tokens::{KeyRing, SigningKey},
@@ -28,7 +28,7 @@ async fn fixture() -> Fixture {
     let key = SigningKey::load_or_generate(&SigningConfig::default(), dir.path()).unwrap();
     let issuer = TokenIssuer::new(KeyRing::single(key).unwrap(), &TokenConfig::default());
     let minter = Minter::new(
-        SessionDirectory::new(Arc::clone(&store), 64, &Freshness::down()),
+        SessionCache::new(Arc::clone(&store), 64, &Freshness::down()),
         Arc::new(issuer),
         MintRecorder::spawn(Arc::clone(&store), 16, Arc::new(Metrics::new())),
         Arc::clone(&store),

@@ -23,8 +23,8 @@ pub use redis::RedisLimits;
 
 use crate::{
     auth::Principal,
-    cache::{Freshness, Topic, TtlCache},
     config::RateLimitConfig,
+    freshness::{Freshness, Topic, TtlCache},
     metrics::{LimitLabels, Metrics},
     store::{Store, StoreResult},
 };

@@ -49,7 +49,7 @@ impl RedisLimits {
     /// runtime); `rediss://` URLs connect over TLS with the web PKI roots.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, BackendError> {
         // rustls (for rediss://) needs the process-wide crypto provider.
-        crate::tls::install_crypto_provider();
+        neo_sessions_verify::install_crypto_provider();
         let client = redis::Client::open(url).map_err(|e| BackendError(e.to_string()))?;
         let connection = Arc::new(OnceLock::new());
         tokio::spawn(connect_in_background(

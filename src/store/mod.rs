@@ -40,12 +40,12 @@ macro_rules! per_dialect {
 }
 
 mod codec;
-mod directory;
 mod guard;
 mod postgres;
 mod queries;
 mod recorder;
 mod retention;
+mod session_cache;
 mod sqlite;
 
 use std::sync::Arc;
@@ -53,11 +53,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use directory::SessionDirectory;
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
+pub use session_cache::SessionCache;
 
-use crate::{cache::Freshness, config::DatabaseBackend};
+use crate::{config::DatabaseBackend, freshness::Freshness};
 
 /// What can go wrong below the store; the layers above map it, the store never speaks HTTP.
 #[derive(Debug, thiserror::Error)]

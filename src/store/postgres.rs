@@ -10,7 +10,7 @@ use sqlx::{
 };
 
 use super::{MintRecord, StoreError, StoreResult};
-use crate::cache::{Freshness, Topic};
+use crate::freshness::{Freshness, Topic};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -16,7 +16,7 @@ use super::{
     codec::{Jti, Ts},
     MintRecord, StoreError, StoreResult,
 };
-use crate::cache::{Freshness, Topic};
+use crate::freshness::{Freshness, Topic};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 

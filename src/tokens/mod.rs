@@ -9,35 +9,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub use keys::{KeyError, PublicJwk, SigningKey};
+/// The claims and `typ` are the verifier crate's: what we sign is what verifiers read.
+pub use neo_sessions_verify::{SessionClaims, SESSION_TOKEN_TYP};
 
 use crate::config::TokenConfig;
-
-/// The explicit `typ` of our session tokens (RFC 8725 §3.11): no other JWT carries it.
-pub const SESSION_TOKEN_TYP: &str = "neo-session+jwt";
-
-/// The claims of a minted session token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionClaims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub jti: Uuid,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub session_id: String,
-    pub client_id: String,
-    pub end_company_id: Option<String>,
-    pub end_user: Option<String>,
-    pub end_user_email: Option<String>,
-    pub allowed_agent_ids: Vec<i64>,
-    pub scope: String,
-}
 
 /// What the mint rules decided; the issuer adds identity, times and the signature.
 #[derive(Debug, Clone)]

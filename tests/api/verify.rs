@@ -1,6 +1,6 @@
-//! `neo_sessions::verify`, as the chat service would use it against a running token service:
+//! The `neo-sessions-verify` crate, as the chat service would use it against a running token service:
 //! a good token passes, and each thing a verifier must check is checked. The example service
-//! (`examples/verify_token.rs`) guards a chat route with it.
+//! (`clients/rust/examples/verify_token.rs`) guards a chat route with it.
 
 use std::{
     io::{BufRead, BufReader},
@@ -9,10 +9,7 @@ use std::{
 };
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use neo_sessions::{
-    tokens::SESSION_TOKEN_TYP,
-    verify::{Verifier, VerifierConfig, VerifyError},
-};
+use neo_sessions_verify::{Verifier, VerifierConfig, VerifyError, SESSION_TOKEN_TYP};
 use serde_json::{json, Value};
 
 use crate::support::{Backend, TestApp, ACME_KEY};

@@ -56,7 +56,7 @@ pub fn database_url(name: &str) -> String {
 pub fn init_test_process() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        neo_sessions::auth::entra::install_crypto_provider();
+        neo_sessions_verify::install_crypto_provider();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("debug")

@@ -1,12 +1,12 @@
 //! A stand-in for the chat service: `GET /chat/sessions/{id}/messages` is served only to the
-//! holder of a session token for that session, verified offline with `neo_sessions::verify`
+//! holder of a session token for that session, verified offline with `neo_sessions_verify`
 //! against the token service's JWKS.
 //!
 //! ```sh
 //! NEO_VERIFY_ISSUER=https://api.neoagent.io \
 //! NEO_VERIFY_JWKS_URL=http://127.0.0.1:8080/.well-known/jwks.json \
 //! NEO_VERIFY_AUDIENCE=https://api.neoagent.io/chat \
-//! cargo run --example verify_token
+//! cargo run -p neo-sessions-verify --example verify_token
 //! # also refuse revoked tokens: an API key that may read the revocation feed, polled every 5 s
 //! # (NEO_VERIFY_REVOCATIONS_URL when the feed is not at <issuer>/public-api/sessions/revocations)
 //! NEO_VERIFY_API_KEY=neo_sk_test_... NEO_VERIFY_REVOCATIONS_URL=http://127.0.0.1:8080/public-api/sessions/revocations ...
@@ -22,7 +22,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use neo_sessions::verify::{Verifier, VerifierConfig};
+use neo_sessions_verify::{Verifier, VerifierConfig};
 use serde_json::json;
 
 fn env_or(name: &str, default: &str) -> String {

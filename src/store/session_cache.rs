@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use super::{SessionRow, Store, StoreResult};
-use crate::cache::{Follower, Freshness, KeyedCache, Topic};
+use crate::freshness::{Follower, Freshness, KeyedCache, Topic};
 
-pub struct SessionDirectory {
+pub struct SessionCache {
     store: Arc<Store>,
     /// Sessions that exist (an unknown id is not cached: a new session needs no notification).
     sessions: KeyedCache<String, Arc<SessionRow>>,
@@ -19,7 +19,7 @@ pub struct SessionDirectory {
     end_companies: KeyedCache<(String, String), bool>,
 }
 
-impl SessionDirectory {
+impl SessionCache {
     /// Holds about `capacity` sessions (and as many agent and end-company answers); 0 caches
     /// nothing. Follows `freshness` for as long as the process runs.
     pub fn new(store: Arc<Store>, capacity: usize, freshness: &Arc<Freshness>) -> Arc<Self> {
@@ -102,7 +102,7 @@ impl SessionDirectory {
     }
 }
 
-impl Follower for SessionDirectory {
+impl Follower for SessionCache {
     fn row_changed(&self, topic: Topic, tenant_id: &str, id: &str) {
         let whole_table = tenant_id.is_empty() && id.is_empty();
         match topic {

@@ -67,7 +67,7 @@ pub fn exposition(state: &AppState) -> Response {
         .set(i64::from(state.freshness.is_live()));
     metrics
         .session_cache_entries
-        .set(i64::try_from(state.minter.directory().sessions_held()).unwrap_or(i64::MAX));
+        .set(i64::try_from(state.minter.sessions().sessions_held()).unwrap_or(i64::MAX));
     (
         [(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS))],
         metrics.encode(),
