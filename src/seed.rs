@@ -1,4 +1,4 @@
-//! `neo-sessions seed FILE`: the fixture format of SPEC §5, checked and turned into a [`SeedPlan`].
+//! `neo-sessions seed FILE`: the fixture format of docs/operating.md ("Commands"), checked and turned into a [`SeedPlan`].
 
 use std::collections::HashMap;
 

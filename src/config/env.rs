@@ -6,7 +6,7 @@
 /// commented out). The bottom configuration layer, and the source of the key list.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../../config/default.toml");
 
-/// Names older than the `NEO_<SECTION>_<KEY>` rule, kept because operators use them (SPEC §5
+/// Names older than the `NEO_<SECTION>_<KEY>` rule, kept because operators use them (docs/operating.md
 /// fixes `DATABASE_URL` and `NEO_LISTEN`). Each key's own derived name works too and wins when
 /// both are set, as `NEO_DATABASE_URL` always won over `DATABASE_URL`.
 pub const ALIASES: &[(&str, &str)] = &[
@@ -42,7 +42,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("NEO_SIGNING_KEY_LEAD_SECONDS", "signing.lead_seconds"),
     ("NEO_SIGNING_KEY_RELOAD_SECONDS", "signing.reload_seconds"),
     ("NEO_JWKS_MAX_AGE_SECONDS", "signing.jwks_max_age_seconds"),
-    // SPEC §5's failed-authentication limits.
+    // The failed-authentication limits' documented names.
     (
         "NEO_AUTH_FAILURE_PER_MINUTE",
         "rate_limit.auth_failure_per_minute",

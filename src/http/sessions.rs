@@ -1,5 +1,5 @@
 //! `POST /public-api/sessions`: the route, its OpenAPI schema, and the mapping between HTTP and
-//! the mint module (which applies the rules of SPEC §2).
+//! the mint module (which applies the rules of docs/api.md, "The endpoint").
 
 use std::sync::Arc;
 

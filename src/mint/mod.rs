@@ -1,6 +1,6 @@
-//! Minting a session token: the rules of SPEC §2 in their order (rule 1, the body's shape, in
-//! [`request`]), the `Idempotency-Key` protocol (in [`idempotency`]) and the recording of the
-//! mint. Says *why* a mint is refused ([`MintRefusal`]); only `http` decides what that looks like
+//! Minting a session token: the rules of docs/api.md ("The endpoint") in their order (rule 1,
+//! the body's shape, in [`request`]), the `Idempotency-Key` protocol (in [`idempotency`]) and
+//! the recording of the mint. Says *why* a mint is refused ([`MintRefusal`]); only `http` decides what that looks like
 //! on the wire.
 
 mod idempotency;

@@ -24,7 +24,7 @@ pub struct TtlBounds {
 }
 
 impl TtlBounds {
-    /// The shipped bounds (SPEC §2): what the configuration holds unless an operator changes it,
+    /// The shipped bounds (docs/api.md, "The endpoint"): what the configuration holds unless an operator changes it,
     /// and what the OpenAPI schema of `ttl_seconds` shows.
     pub const SHIPPED: Self = Self {
         default: 900,

@@ -1,4 +1,4 @@
-//! Session tokens: the claims of SPEC §3, the key ring (which key signs, which are published),
+//! Session tokens: the claims of docs/api.md, "The token", the key ring (which key signs, which are published),
 //! and the issuer that signs them.
 
 pub mod keys;

@@ -1,4 +1,4 @@
-//! The mint rules of SPEC §2 and the token of SPEC §3, from the outside.
+//! The mint rules and the token (docs/api.md, "The endpoint" and "The token"), from the outside.
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;

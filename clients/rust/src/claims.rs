@@ -1,5 +1,5 @@
-//! What a session token says (SPEC §3) and the one set of rules that decides whether it is valid:
-//! the token service checks its own tokens with them, a verifier everyone's.
+//! What a session token says (docs/api.md, "The token") and the one set of rules that decides
+//! whether it is valid: the token service checks its own tokens with them, a verifier everyone's.
 
 use std::time::Duration;
 

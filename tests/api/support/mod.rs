@@ -533,7 +533,7 @@ pub fn request_id(response: &Response) -> String {
     header(response, "x-request-id").expect("x-request-id header")
 }
 
-/// Asserts the error envelope of SPEC §4 and returns the body.
+/// Asserts the error envelope of docs/api.md, "Envelope, request ids, errors" and returns the body.
 pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status);
     let request_id = request_id(&response);
