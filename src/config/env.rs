@@ -109,14 +109,7 @@ pub fn is_not_a_setting(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::{tests::env, Config};
 
     #[test]
     fn unknown_neo_variables_are_found() {

@@ -1,5 +1,7 @@
 use super::*;
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+
+/// Environment variables as `Config::load` takes them.
+pub(super) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
