@@ -40,6 +40,8 @@ use crate::{
 
 /// Mint records written in one commit at most.
 const MAX_MINT_BATCH: usize = 256;
+/// Connections the separate metrics listener (`server.metrics_listen`) holds at once.
+const MAX_METRICS_CONNECTIONS: usize = 64;
 
 /// The service, built: its listener bound and its state ready (store connected and migrated,
 /// signing keys loaded, caches following the database, background tasks started).
@@ -49,21 +51,31 @@ pub struct App {
     state: Arc<AppState>,
     listener: TcpListener,
     address: SocketAddr,
+    /// `server.metrics_listen`'s listener, when `/metrics` is served apart.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl App {
-    /// Binds `server.listen` first (a taken port fails before the database is touched), then
-    /// builds the state.
+    /// Binds `server.listen` (and `server.metrics_listen`) first, so a taken port fails before
+    /// the database is touched, then builds the state.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let address = listener.local_addr()?;
+        let metrics_listener =
+            match config.server.metrics_listen {
+                Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
+                    format!("cannot listen on {address} (server.metrics_listen)")
+                })?),
+                None => None,
+            };
         let state = build_state(config).await?;
         Ok(Self {
             state,
             listener,
             address,
+            metrics_listener,
         })
     }
 
@@ -84,23 +96,31 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
-            state, listener, ..
+            state,
+            listener,
+            metrics_listener,
+            ..
         } = self;
         let limits = server::ConnectionLimits::from_config(&state.config.server);
         let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
-        if let Some(address) = state.config.server.metrics_listen {
-            let metrics_listener = TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (server.metrics_listen)"))?;
-            tracing::info!(%address, "metrics listening");
+        if let Some(metrics_listener) = metrics_listener {
+            if let Ok(address) = metrics_listener.local_addr() {
+                tracing::info!(%address, "metrics listening");
+            }
             let router = metrics_router(Arc::clone(&state));
+            // The same connection loop as the public listener (header and idle timers, a cap),
+            // with room for a few scrapers rather than for every client.
+            let metrics_limits = server::ConnectionLimits {
+                max_connections: limits.max_connections.min(MAX_METRICS_CONNECTIONS),
+                ..limits
+            };
             let mut stopped = metrics_stopped;
             tokio::spawn(async move {
-                let served = axum::serve(metrics_listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.changed().await;
-                    })
-                    .await;
+                let stop = async move {
+                    let _ = stopped.changed().await;
+                };
+                let served =
+                    server::serve_connections(metrics_listener, router, metrics_limits, stop).await;
                 if let Err(error) = served {
                     tracing::error!(%error, "the metrics listener failed");
                 }

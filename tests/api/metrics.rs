@@ -1,11 +1,14 @@
 //! `GET /metrics` from the outside: after a mint, a 401 and a 429 the counters moved with the
 //! right labels, and no label value is unbounded (no key id, jti, tenant or address).
 
-use std::collections::BTreeSet;
-use std::num::NonZero;
+use std::{collections::BTreeSet, num::NonZero, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::support::{header, Backend, TestApp, ACME_KEY};
 
@@ -223,7 +226,39 @@ async fn metrics_can_move_to_their_own_listener(backend: Backend) {
     assert!(text.contains("neo_sessions_build_info"), "{text}");
 }
 
+/// The metrics listener runs the public listener's connection loop: a half-sent request head is
+/// cut after the header timeout instead of holding a connection (and its buffer) for ever.
+async fn the_metrics_listener_cuts_stalled_request_heads(backend: Backend) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let _app = TestApp::builder(backend)
+        .config(move |c| {
+            c.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
+            c.server.header_timeout_seconds = NonZero::new(1).expect("non-zero");
+        })
+        .spawn()
+        .await;
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    // Closed (EOF or reset) well within the wait, whatever it sends first.
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buffer)).await;
+    assert!(
+        matches!(read, Ok(Ok(_) | Err(_))),
+        "a stalled request head on the metrics listener stayed open for 10 s"
+    );
+}
+
 backend_tests!(
     counters_move_with_bounded_labels,
     metrics_can_move_to_their_own_listener,
+    the_metrics_listener_cuts_stalled_request_heads,
 );
