@@ -237,3 +237,59 @@ backend_tests!(
     a_probe_flood_shares_one_ping,
     mint_records_outlive_their_session_and_tenant,
 );
+
+/// PostgreSQL ends every backend of the service's database (`pg_terminate_backend`, as a fast
+/// shutdown or a failover does: SQLSTATE 57P01) while the API key must be looked up: no caller
+/// ever gets a 500. Each mint is a 200 (a dead pooled connection retried on a fresh one) or a
+/// 503 `database_unavailable` with `Retry-After`, and minting works again at once.
+#[tokio::test]
+async fn terminated_database_connections_are_never_a_500() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    for round in 0..3 {
+        // Warm the pool, then end every connection the service holds.
+        let response = app.mint(ACME_KEY, BODY()).await;
+        assert_eq!(response.status(), StatusCode::OK, "round {round}: warm-up");
+        let admin = sqlx::PgPool::connect(&crate::support::admin_url())
+            .await
+            .expect("admin connection");
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid() AND application_name = 'neo-sessions'",
+        )
+        .bind(&app.db.name)
+        .execute(&admin)
+        .await
+        .expect("terminate");
+        admin.close().await;
+        // Idle for over a second, so the pool checks each connection before handing it out.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for attempt in 0..5 {
+            let response = app.mint(ACME_KEY, BODY()).await;
+            let status = response.status();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(
+                    header(&response, "retry-after").is_some(),
+                    "round {round}, attempt {attempt}: a 503 without Retry-After"
+                );
+                assert_error(response, status, "database_unavailable").await;
+            } else {
+                let body = response.text().await.unwrap_or_default();
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "round {round}, attempt {attempt}: {body}"
+                );
+            }
+        }
+        // Service is back within the guard's probe interval.
+        let mut recovered = false;
+        for _ in 0..50 {
+            if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(recovered, "round {round}: minting did not come back");
+    }
+}
