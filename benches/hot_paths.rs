@@ -22,7 +22,7 @@ use neo_sessions::{
     mint::{MintRequest, TtlBounds},
     seed::Fixture,
     store::{self, Store},
-    tokens::{KeyRing, SigningKey, TokenGrant, TokenIssuer},
+    tokens::{ClaimsMac, KeyRing, SigningKey, TokenGrant, TokenIssuer},
 };
 use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
@@ -60,6 +60,7 @@ fn signing(c: &mut Criterion) {
         let issuer = TokenIssuer::new(
             KeyRing::single(key).expect("key ring"),
             &TokenConfig::default(),
+            ClaimsMac::derive(b"bench"),
         );
         group.bench_function(algorithm.as_str(), |b| {
             b.iter(|| issuer.issue(grant()).expect("sign"))

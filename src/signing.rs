@@ -18,7 +18,7 @@ use crate::{
     store::{SigningKeyRow, Store, StoreError},
     tokens::{
         keys::{KeyError, SigningKey},
-        seal::{Kek, SealError},
+        seal::{ClaimsMac, Kek, SealError},
         KeyRing, KeyState, TokenIssuer,
     },
 };
@@ -84,9 +84,12 @@ fn algorithm_of(row: &SigningKeyRow) -> Result<SigningAlgorithm, SigningError> {
 pub async fn start(config: &Config, store: Arc<Store>) -> Result<Arc<TokenIssuer>, SigningError> {
     if let Some(path) = &config.signing.key_file {
         let key = SigningKey::from_file(path, config.signing.algorithm)?;
+        // No KEK in this mode: the key file is the secret the database does not hold.
+        let claims_mac = ClaimsMac::derive(&key.to_pkcs8()?);
         return Ok(Arc::new(TokenIssuer::new(
             KeyRing::single(key)?,
             &config.token,
+            claims_mac,
         )));
     }
     let kek = Kek::load_or_generate(&config.signing, &config.data.dir)?;
@@ -102,7 +105,7 @@ pub async fn start(config: &Config, store: Arc<Store>) -> Result<Arc<TokenIssuer
         }
         Err(error) => return Err(error),
     };
-    let issuer = Arc::new(TokenIssuer::new(ring, &config.token));
+    let issuer = Arc::new(TokenIssuer::new(ring, &config.token, kek.claims_mac()));
     spawn_reload(config.clone(), store, kek, Arc::clone(&issuer), loaded);
     Ok(issuer)
 }

@@ -219,6 +219,7 @@ mod tests {
             let issuer = Arc::new(TokenIssuer::new(
                 KeyRing::single(key).unwrap(),
                 &TokenConfig::default(),
+                crate::tokens::ClaimsMac::derive(b"test"),
             ));
             let authenticator = Authenticator {
                 api_keys: ApiKeyVerifier::new(

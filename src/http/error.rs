@@ -388,9 +388,9 @@ impl From<MintRefusal> for ApiError {
                 Self::from(error)
             }
             MintRefusal::Signing(error) => Self::from(error),
-            refusal @ (MintRefusal::SigningTask(_) | MintRefusal::StoredClaims(_)) => {
-                Self::Internal(refusal.to_string())
-            }
+            refusal @ (MintRefusal::SigningTask(_)
+            | MintRefusal::StoredClaims(_)
+            | MintRefusal::StoredClaimsForged { .. }) => Self::Internal(refusal.to_string()),
         }
     }
 }
@@ -620,6 +620,16 @@ mod tests {
                 "An internal error occurred.",
                 None,
             ),
+            (
+                MintRefusal::StoredClaimsForged {
+                    principal: "api_key:k-acme".into(),
+                    key: "retry-1".into(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "An internal error occurred.",
+                None,
+            ),
         ];
         for (refusal, status, code, message, details) in cases {
             let error = ApiError::from(refusal);
@@ -645,6 +655,24 @@ mod tests {
             report.message
         );
         assert!(report.cause.is_some_and(|c| c.contains("secret_column")));
+    }
+
+    /// A replay refused for its stored claims logs (once, as the request's ERROR line) which
+    /// row it was, never the claims, and sends nothing of it.
+    #[test]
+    fn a_forged_replay_names_its_row_in_the_log_only() {
+        let report = ApiError::from(MintRefusal::StoredClaimsForged {
+            principal: "api_key:k-acme".into(),
+            key: "retry-1".into(),
+        })
+        .report();
+        assert_eq!(report.code, "internal_error");
+        assert!(!report.message.contains("retry-1"), "{}", report.message);
+        let cause = report.cause.unwrap_or_default();
+        assert!(
+            cause.contains("principal api_key:k-acme") && cause.contains("key retry-1"),
+            "{cause}"
+        );
     }
 
     /// Every code the server can answer with is in the OpenAPI document's enum for its status.

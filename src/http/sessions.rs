@@ -134,7 +134,7 @@ pub struct MintSessionTokenEnvelope {
         (status = 415, description = "Unsupported media type — send application/json.", body = ErrorEnvelope),
         (status = 422, description = "Request validation failed.", body = ErrorEnvelope),
         (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
-        (status = 500, description = "Internal server error.", body = ErrorEnvelope),
+        (status = 500, description = "Internal server error; also an `Idempotency-Key` replay whose stored claims fail their integrity check (changed outside the service): no token is signed.", body = ErrorEnvelope),
         (status = 503, description = "Unavailable: the database cannot serve right now (`database_unavailable`), or Microsoft Entra ID signing keys cannot be had (`entra_unavailable`, Entra callers only). Retry after `Retry-After` seconds.", body = ErrorEnvelope),
     ),
     security(("bearerAuth" = []))

@@ -1,6 +1,12 @@
 //! The `Idempotency-Key` protocol: the first request with a key claims it and mints; a retry with
 //! the same key and body gets that token signed again (same `jti` and expiry); the same key with
 //! another body is refused; a retry while the first request is still minting waits a little.
+//!
+//! The stored claims carry a MAC ([`crate::tokens::ClaimsMac`], a key derived from the
+//! key-encryption key) over the principal, the key, the request's hash and the claims: a replay
+//! signs only claims this service settled for this caller and request, and a row that does not
+//! verify is refused ([`MintRefusal::StoredClaimsForged`]), never signed. Checking it costs no
+//! round trip: the MAC travels with the claims.
 
 use std::time::{Duration, Instant};
 
@@ -58,8 +64,17 @@ impl Minter {
                 }
                 Some(IdempotencyClaim {
                     claims: Some(claims),
+                    claims_mac,
                     ..
                 }) => {
+                    let parts = mac_parts(&owner, key, &request_hash, &claims);
+                    let mac = claims_mac.unwrap_or_default();
+                    if !self.issuer.claims_mac().verify(&parts, &mac) {
+                        return Err(MintRefusal::StoredClaimsForged {
+                            principal: owner,
+                            key: key.to_owned(),
+                        });
+                    }
                     let claims: SessionClaims =
                         serde_json::from_str(&claims).map_err(MintRefusal::StoredClaims)?;
                     if claims.exp <= now.timestamp() {
@@ -88,14 +103,17 @@ impl Minter {
 
         let minted = self.apply_rules(principal, request, &mut timings).await;
         let settled = match &minted {
-            Ok((_, claims)) => serde_json::to_string(claims).ok(),
+            Ok((_, claims)) => serde_json::to_string(claims).ok().map(|claims| {
+                let parts = mac_parts(&owner, key, &request_hash, &claims);
+                let mac = self.issuer.claims_mac().sign(&parts);
+                (claims, mac)
+            }),
             Err(_) => None,
         };
-        if let Err(error) = self
-            .claims
-            .settle_idempotency(&owner, key, settled.as_deref())
-            .await
-        {
+        let settled = settled
+            .as_ref()
+            .map(|(claims, mac)| (claims.as_str(), mac.as_slice()));
+        if let Err(error) = self.claims.settle_idempotency(&owner, key, settled).await {
             // The token is minted and recorded; a retry waits out the claim (IDEMPOTENCY_ABANDONED).
             tracing::warn!(%error, "could not settle an Idempotency-Key claim");
         }
@@ -103,4 +121,21 @@ impl Minter {
         minted.timings = timings;
         Ok(minted)
     }
+}
+
+/// What the MAC of stored claims covers: whose claim (the principal and its key) for which
+/// request, and the claims as stored. A row moved to another caller or key, or claims edited,
+/// no longer verify.
+fn mac_parts<'a>(
+    owner: &'a str,
+    key: &'a str,
+    request_hash: &'a [u8; 32],
+    claims: &'a str,
+) -> [&'a [u8]; 4] {
+    [
+        owner.as_bytes(),
+        key.as_bytes(),
+        &request_hash[..],
+        claims.as_bytes(),
+    ]
 }

@@ -68,6 +68,10 @@ pub enum MintRefusal {
     SigningTask(#[from] tokio::task::JoinError),
     #[error("stored idempotent claims: {0}")]
     StoredClaims(serde_json::Error),
+    /// An `Idempotency-Key` replay whose stored claims fail their MAC: the row was changed
+    /// outside this service. Nothing is signed. Names the row, never the claims.
+    #[error("the stored claims of the Idempotency-Key claim (principal {principal}, key {key}) fail their integrity check: changed outside this service; refused, nothing signed")]
+    StoredClaimsForged { principal: String, key: String },
 }
 
 impl From<FieldErrors> for MintRefusal {

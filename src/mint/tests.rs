@@ -26,7 +26,11 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let (dir, url, store) = crate::store::seeded_sqlite_for_tests().await;
     let key = SigningKey::load_or_generate(&SigningConfig::default(), dir.path()).unwrap();
-    let issuer = TokenIssuer::new(KeyRing::single(key).unwrap(), &TokenConfig::default());
+    let issuer = TokenIssuer::new(
+        KeyRing::single(key).unwrap(),
+        &TokenConfig::default(),
+        crate::tokens::ClaimsMac::derive(b"test"),
+    );
     let minter = Minter::new(
         SessionCache::new(Arc::clone(&store), 64, &Freshness::down()),
         Arc::new(issuer),

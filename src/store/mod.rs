@@ -325,6 +325,8 @@ pub struct IdempotencyClaim {
     pub request_hash: Vec<u8>,
     /// The token's claims (JSON) once minted; `None` while the first request is minting.
     pub claims: Option<String>,
+    /// The MAC the minting instance stored with `claims` (see `tokens::ClaimsMac`).
+    pub claims_mac: Option<Vec<u8>>,
 }
 
 /// Which mint records to list.

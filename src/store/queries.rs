@@ -246,7 +246,7 @@ impl Store {
                 "INSERT INTO mint_idempotency (principal, idem_key, request_hash, created_at)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (principal, idem_key) DO UPDATE
-                 SET request_hash = excluded.request_hash, claims = NULL,
+                 SET request_hash = excluded.request_hash, claims = NULL, claims_mac = NULL,
                      created_at = excluded.created_at
                  WHERE mint_idempotency.created_at < $5
                     OR (mint_idempotency.claims IS NULL AND mint_idempotency.created_at < $6)",
@@ -265,7 +265,7 @@ impl Store {
                 None
             } else {
                 sqlx::query_as(
-                    "SELECT request_hash, claims FROM mint_idempotency
+                    "SELECT request_hash, claims, claims_mac FROM mint_idempotency
                      WHERE principal = $1 AND idem_key = $2",
                 )
                 .bind(principal)
@@ -276,22 +276,24 @@ impl Store {
         })
     }
 
-    /// Stores the minted token's claims (JSON) on a claim; `None` removes the claim (the mint
-    /// failed: a retry may try again).
+    /// Stores the minted token's claims (JSON) and their MAC on a claim; `None` removes the
+    /// claim (the mint failed: a retry may try again).
     pub async fn settle_idempotency(
         &self,
         principal: &str,
         key: &str,
-        claims: Option<&str>,
+        claims: Option<(&str, &[u8])>,
     ) -> StoreResult<()> {
         run!(self, "settle_idempotency", |pool| {
             let statement = match claims {
-                Some(claims) => sqlx::query(
-                    "UPDATE mint_idempotency SET claims = $3 WHERE principal = $1 AND idem_key = $2",
+                Some((claims, mac)) => sqlx::query(
+                    "UPDATE mint_idempotency SET claims = $3, claims_mac = $4
+                     WHERE principal = $1 AND idem_key = $2",
                 )
                 .bind(principal)
                 .bind(key)
-                .bind(claims),
+                .bind(claims)
+                .bind(mac),
                 None => sqlx::query(
                     "DELETE FROM mint_idempotency WHERE principal = $1 AND idem_key = $2",
                 )

@@ -16,6 +16,7 @@ use uuid::Uuid;
 pub use keys::{KeyError, PublicJwk, SigningKey};
 /// The claims and `typ` are the verifier crate's: what we sign is what verifiers read.
 pub use neo_sessions_verify::{SessionClaims, SESSION_TOKEN_TYP};
+pub use seal::ClaimsMac;
 
 use crate::config::TokenConfig;
 
@@ -182,6 +183,8 @@ pub struct TokenIssuer {
     scope: String,
     /// The last JWKS document built, reused while the published keys are the same.
     jwks: Mutex<Option<PublishedJwks>>,
+    /// Authenticates the claims an `Idempotency-Key` replay would sign again.
+    claims_mac: ClaimsMac,
 }
 
 fn now_seconds() -> i64 {
@@ -189,14 +192,23 @@ fn now_seconds() -> i64 {
 }
 
 impl TokenIssuer {
-    pub fn new(ring: KeyRing, config: &TokenConfig) -> Self {
+    /// `claims_mac`: derived from the key-encryption key (or the static key file's key), so
+    /// every replica sharing it accepts the claims another one stored.
+    pub fn new(ring: KeyRing, config: &TokenConfig, claims_mac: ClaimsMac) -> Self {
         Self {
             ring: RwLock::new(Arc::new(ring)),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             scope: config.scope.clone(),
             jwks: Mutex::new(None),
+            claims_mac,
         }
+    }
+
+    /// The MAC key of the claims kept for `Idempotency-Key` replays: only claims it verifies
+    /// are ever signed again.
+    pub fn claims_mac(&self) -> &ClaimsMac {
+        &self.claims_mac
     }
 
     /// The keys as they are now (a snapshot: a reload replaces it, never changes it).

@@ -1,6 +1,11 @@
 //! Private keys at rest: AES-256-GCM under the key-encryption key (KEK), a fresh 96-bit nonce per
 //! seal, and the key's `kid` as associated data, so a sealed key cannot be passed off as another.
 //! Sealed form: `nonce (12 bytes) || ciphertext || tag (16 bytes)`.
+//!
+//! Also the [`ClaimsMac`]: an HMAC-SHA256 key derived from the KEK (or, with a static signing
+//! key file, from that key) that authenticates what the service keeps in the database and would
+//! sign again: the claims of an `Idempotency-Key` replay. Whoever can write the database but
+//! holds neither secret cannot make the service sign claims of their choosing.
 
 use std::{
     fs,
@@ -10,6 +15,7 @@ use std::{
 
 use aws_lc_rs::{
     aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN},
+    hmac,
     rand::{SecureRandom, SystemRandom},
 };
 use base64::{engine::general_purpose::STANDARD, Engine};
@@ -45,6 +51,8 @@ pub enum SealError {
 /// The key-encryption key. Never printed.
 pub struct Kek {
     key: LessSafeKey,
+    /// Derived from the KEK when it is loaded.
+    claims_mac: ClaimsMac,
     /// Where it came from, for messages (a variable name or a path; never the key).
     pub source: String,
 }
@@ -64,8 +72,15 @@ impl Kek {
         })?;
         Ok(Self {
             key: LessSafeKey::new(key),
+            claims_mac: ClaimsMac::derive(bytes),
             source,
         })
+    }
+
+    /// The MAC key of stored claims, derived from this KEK (so every replica sharing the KEK
+    /// shares it).
+    pub fn claims_mac(&self) -> ClaimsMac {
+        self.claims_mac.clone()
     }
 
     /// 32 raw bytes, or their base64 (whitespace around it ignored).
@@ -178,6 +193,50 @@ impl Kek {
     }
 }
 
+/// What the MAC key is derived for: another label would give another, unrelated key.
+const CLAIMS_MAC_LABEL: &[u8] = b"neo-sessions/v1/idempotency-claims-mac";
+
+/// An HMAC-SHA256 key for claims kept in the database, derived from a secret the database does
+/// not hold. Never printed.
+#[derive(Clone)]
+pub struct ClaimsMac {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for ClaimsMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimsMac").finish_non_exhaustive()
+    }
+}
+
+impl ClaimsMac {
+    /// The key derived from `secret` (the KEK's 32 bytes, or a static signing key's PKCS#8):
+    /// HMAC-SHA256(secret, label), a one-block KDF (NIST SP 800-108), so it reveals nothing of
+    /// the secret and is not the secret itself.
+    pub fn derive(secret: &[u8]) -> Self {
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), CLAIMS_MAC_LABEL);
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        }
+    }
+
+    /// The MAC of `parts`, each length-prefixed, so no two different lists of parts read alike.
+    pub fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
+        let mut context = hmac::Context::with_key(&self.key);
+        for part in parts {
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part);
+        }
+        context.sign().as_ref().to_vec()
+    }
+
+    /// Whether `tag` is the MAC of `parts` (compared in constant time).
+    pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let expected = self.sign(parts);
+        aws_lc_rs::constant_time::verify_slices_are_equal(&expected, tag).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +254,26 @@ mod tests {
             kek.seal("kid-1", b"private key").unwrap(),
             sealed,
             "a fresh nonce per seal"
+        );
+    }
+
+    #[test]
+    fn claims_macs_verify_only_what_was_signed_under_their_kek() {
+        let kek = Kek::ephemeral().unwrap();
+        let mac = kek.claims_mac();
+        let tag = mac.sign(&[b"principal", b"key", b"claims"]);
+        assert!(mac.verify(&[b"principal", b"key", b"claims"], &tag));
+        assert!(!mac.verify(&[b"principal", b"key", b"claimz"], &tag));
+        // Length prefixes: moving bytes between parts changes the MAC.
+        assert!(!mac.verify(&[b"principalk", b"ey", b"claims"], &tag));
+        assert!(!mac.verify(&[b"principal", b"key", b"claims"], &tag[..31]));
+        assert!(!mac.verify(&[b"principal", b"key", b"claims"], b""));
+        let other = Kek::ephemeral().unwrap().claims_mac();
+        assert!(!other.verify(&[b"principal", b"key", b"claims"], &tag));
+        assert_eq!(
+            ClaimsMac::derive(b"same secret").sign(&[b"x"]),
+            ClaimsMac::derive(b"same secret").sign(&[b"x"]),
+            "replicas sharing a secret share the key"
         );
     }
 

@@ -172,6 +172,99 @@ async fn a_malformed_key_is_refused(backend: Backend) {
     assert_eq!(app.mint_count().await, 0);
 }
 
+/// Whoever can write `mint_idempotency` must not get tokens: a replay whose stored claims were
+/// changed outside the service (another tenant's session, another end user, a far expiry) is
+/// refused with a 500 that says nothing, and no token is signed.
+async fn a_replay_of_edited_claims_is_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = json!({"session_id": "s-acme-1", "end_user": "pat", "ttl_seconds": 600});
+    let (first, _) = mint_keyed(&app, ACME_KEY, KEY, body.clone()).await;
+
+    let stored: String = sqlx::query_scalar("SELECT claims FROM mint_idempotency")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("the settled claim");
+    let mut claims: Value = serde_json::from_str(&stored).expect("claims JSON");
+    assert_eq!(claims["jti"], first["jti"]);
+    let far = chrono::Utc::now().timestamp() + 10 * 365 * 24 * 3600;
+    claims["session_id"] = json!("s-globex-1");
+    claims["client_id"] = json!("globex");
+    claims["end_user"] = json!("mallory");
+    claims["sub"] = json!("mallory");
+    claims["exp"] = json!(far);
+    sqlx::query("UPDATE mint_idempotency SET claims = $1")
+        .bind(claims.to_string())
+        .execute(&app.db.pool)
+        .await
+        .expect("edit the stored claims");
+
+    let response = send_keyed(&app, ACME_KEY, KEY, body).await;
+    let refused = assert_error(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    assert!(refused.get("data").is_none(), "{refused}");
+    let text = refused.to_string();
+    assert!(!text.contains("eyJ") && !text.contains("globex"), "{text}");
+    assert_eq!(app.mint_count().await, 1, "no mint was recorded");
+
+    // Putting the first claims back makes the replay work again: the row is refused for what
+    // it says, not for having been touched.
+    sqlx::query("UPDATE mint_idempotency SET claims = $1")
+        .bind(stored)
+        .execute(&app.db.pool)
+        .await
+        .expect("restore the stored claims");
+    let (again, _) = mint_keyed(
+        &app,
+        ACME_KEY,
+        KEY,
+        json!({"session_id": "s-acme-1", "end_user": "pat", "ttl_seconds": 600}),
+    )
+    .await;
+    assert_eq!(again["jti"], first["jti"]);
+}
+
+/// The MAC binds the claims to their caller and key: another caller (here with a key of its
+/// own and write access to the table) cannot take over a row that verifies for someone else.
+async fn claims_moved_to_another_caller_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = json!({"session_id": "s-globex-1"});
+    mint_keyed(&app, ACME_KEY, KEY, json!({"session_id": "s-acme-1"})).await;
+    mint_keyed(&app, GLOBEX_KEY, KEY, body.clone()).await;
+    sqlx::query(
+        "UPDATE mint_idempotency SET
+             claims = (SELECT claims FROM mint_idempotency WHERE claims LIKE '%s-acme-1%'),
+             claims_mac = (SELECT claims_mac FROM mint_idempotency WHERE claims LIKE '%s-acme-1%')
+         WHERE claims LIKE '%s-globex-1%'",
+    )
+    .execute(&app.db.pool)
+    .await
+    .expect("copy acme's claims onto globex's row");
+
+    let response = send_keyed(&app, GLOBEX_KEY, KEY, body).await;
+    assert_error(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    assert_eq!(app.mint_count().await, 2);
+}
+
+/// With a static signing key file (no key-encryption key), the MAC key comes from that key:
+/// replays work as with keys in the database.
+async fn a_replay_works_with_a_static_signing_key(backend: Backend) {
+    let app = TestApp::builder(backend).static_signing_key().spawn().await;
+    let body = json!({"session_id": "s-acme-1", "end_user": "pat"});
+    let (first, _) = mint_keyed(&app, ACME_KEY, KEY, body.clone()).await;
+    let (again, _) = mint_keyed(&app, ACME_KEY, KEY, body).await;
+    assert_eq!(again["jti"], first["jti"]);
+    assert_eq!(app.mint_count().await, 1);
+}
+
 backend_tests!(
     a_retry_gets_the_first_token_again,
     the_same_key_with_another_body_is_refused,
@@ -179,4 +272,7 @@ backend_tests!(
     a_refused_request_does_not_use_up_its_key,
     concurrent_retries_mint_once,
     a_malformed_key_is_refused,
+    a_replay_of_edited_claims_is_refused,
+    claims_moved_to_another_caller_are_refused,
+    a_replay_works_with_a_static_signing_key,
 );

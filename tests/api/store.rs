@@ -196,16 +196,23 @@ async fn an_idempotency_claim_is_kept_until_stale(backend: Backend) {
     // Never settled and older than the abandon limit: claimed anew.
     assert!(claim("a", 3, before, after).await.is_none());
     store
-        .settle_idempotency("api_key:k-acme", "a", Some("{}"))
+        .settle_idempotency("api_key:k-acme", "a", Some(("{}", b"mac")))
         .await
         .unwrap();
     // Settled: the abandon limit does not apply, the expiry does.
     let settled = claim("a", 4, before, after).await.expect("held");
     assert_eq!(
-        (settled.request_hash, settled.claims.as_deref()),
-        (vec![3; 32], Some("{}"))
+        (
+            settled.request_hash,
+            settled.claims.as_deref(),
+            settled.claims_mac.as_deref()
+        ),
+        (vec![3; 32], Some("{}"), Some(&b"mac"[..]))
     );
     assert!(claim("a", 5, after, after).await.is_none());
+    // Claimed anew: the old claims and their MAC are gone with it.
+    let reclaimed = claim("a", 6, before, before).await.expect("held");
+    assert_eq!((reclaimed.claims, reclaimed.claims_mac), (None, None));
 
     // A failed mint gives its key back.
     store
