@@ -65,11 +65,30 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if let Some(key) = &signing.key_encryption_key {
         use base64::Engine;
         let decoded = base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
-        if decoded.map(|bytes| bytes.len()) != Ok(32) {
+        let Some(key) = decoded.ok().filter(|bytes| bytes.len() == 32) else {
             return Err(invalid(
                 "signing.key_encryption_key",
                 "must be the base64 of exactly 32 bytes (e.g. `openssl rand -base64 32`)",
             ));
+        };
+        // The variable wins; a file naming another key would be ignored without a word, and a
+        // replica given only the file would seal with a key the others cannot open.
+        if let Some(path) = &signing.key_encryption_key_file {
+            let file_key = std::fs::read(path)
+                .ok()
+                .and_then(|material| kek_file_bytes(&material));
+            let Some(file_key) = file_key else {
+                return Err(invalid(
+                    "signing.key_encryption_key_file",
+                    "cannot be read or holds no key (32 raw bytes or their base64), and signing.key_encryption_key is set too: set one of them, or both to the same key",
+                ));
+            };
+            if file_key != key {
+                return Err(invalid(
+                    "signing.key_encryption_key_file",
+                    "does not hold the same key as signing.key_encryption_key (which wins when both are set): set one of them, or both to the same key",
+                ));
+            }
         }
     }
     if config.server.body_limit_bytes < 1024 {
@@ -108,6 +127,20 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// A key-encryption key file as the sealing reads it: 32 raw bytes, or their base64 (whitespace
+/// around it ignored).
+fn kek_file_bytes(material: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    if material.len() == 32 {
+        return Some(material.to_vec());
+    }
+    let text = std::str::from_utf8(material).ok()?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .filter(|bytes| bytes.len() == 32)
 }
 
 /// Keys are fetched over TLS only; plain HTTP is for a local stand-in (tests, benchmarks).
