@@ -203,6 +203,17 @@ async fn an_expired_token_is_not_active(backend: Backend) {
         introspect(&app, ACME_KEY, &expired).await,
         json!({"active": false})
     );
+    // Expired a few seconds ago, well within the verification leeway (30 s): introspection
+    // tolerates no clock skew, it says what the record says.
+    let just_expired = crate::verify::signed(
+        &app,
+        json!({"jti": jti, "exp": now - 5, "iat": now - 65, "nbf": now - 65}),
+    )
+    .await;
+    assert_eq!(
+        introspect(&app, ACME_KEY, &just_expired).await,
+        json!({"active": false})
+    );
 }
 
 async fn the_platforms_support_tokens_are_visible_to_both_sides(backend: Backend) {
