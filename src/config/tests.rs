@@ -274,6 +274,13 @@ fn entra_keys_come_over_https_or_from_loopback_only() {
         "http://login.microsoftonline.com/common/discovery/v2.0/keys",
         "http://127.0.0.1.evil.example/jwks.json",
         "ftp://127.0.0.1/jwks.json",
+        // Userinfo: the host is what follows the `@`, not a loopback name before it.
+        "http://localhost:1@other-host/jwks",
+        "http://127.0.0.1@evil.example/jwks.json",
+        "http://[::1]@evil.example/jwks.json",
+        // Nor over TLS: a credential in a URL ends up in logs.
+        "https://user:secret@login.microsoftonline.com/common/discovery/v2.0/keys",
+        "not a url",
     ] {
         let err = with_url(bad).unwrap_err();
         assert!(err.to_string().contains("entra.jwks_url"), "{bad}: {err}");

@@ -1,8 +1,6 @@
 //! The rules a parsed configuration must also meet: ranges between keys, formats. A single key's
 //! "at least 1" is its type (`NonZero*`), not a rule here.
 
-use std::net::IpAddr;
-
 use secrecy::ExposeSecret;
 
 use super::{is_valid_key_env, Config, DatabaseBackend};
@@ -108,7 +106,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         if !is_https_or_loopback(&entra.jwks_url) {
             return Err(invalid(
                 "entra.jwks_url",
-                "must be an https:// URL (http:// only to a loopback address, for tests)",
+                "must be an https:// URL without userinfo (http:// only to a loopback address, for tests)",
             ));
         }
         if entra.key_max_age_seconds < entra.refresh_seconds.get() {
@@ -143,18 +141,22 @@ fn kek_file_bytes(material: &[u8]) -> Option<Vec<u8>> {
         .filter(|bytes| bytes.len() == 32)
 }
 
-/// Keys are fetched over TLS only; plain HTTP is for a local stand-in (tests, benchmarks).
+/// Keys are fetched over TLS only; plain HTTP is for a local stand-in (tests, benchmarks). The
+/// URL is parsed as the fetch parses it, so the host checked is the host fetched from; userinfo
+/// is refused (`http://localhost:1@other-host/` is other-host, and a credential in a URL ends up
+/// in logs).
 fn is_https_or_loopback(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Ok(url) = url::Url::parse(url) else {
         return false;
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Domain(name))) => name == "localhost",
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        _ => false,
+    }
 }
