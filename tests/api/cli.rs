@@ -807,6 +807,41 @@ async fn the_cli_speaks_json_for_scripts(backend: Backend) {
     assert!(completions.stdout.contains("signing-key"), "{completions}");
 }
 
+/// A database password is never printed, whether it is in the URL's userinfo or in a
+/// `password` query parameter: not by `config show`, not in a start-up error (a database that
+/// refuses connections), where the rest of the URL still says which database it was.
+#[tokio::test]
+async fn a_database_password_is_redacted_everywhere() {
+    for url in [
+        "postgres://neo:hunter2@127.0.0.1:1/neo",
+        "postgres://neo@127.0.0.1:1/neo?password=hunter2&sslmode=disable",
+        "postgres://neo@127.0.0.1:1/neo?sslmode=disable&password=hunter2",
+        "postgresql://127.0.0.1:1/neo?user=neo&password=hunter2",
+    ] {
+        let cli = Cli {
+            database_url: url.to_owned(),
+            data_dir: tempfile::tempdir().expect("dir"),
+            work_dir: tempfile::tempdir().expect("dir"),
+        };
+        let shown = cli.run(&["config", "show"]).await;
+        shown.assert_success();
+        assert!(!shown.stdout.contains("hunter2"), "{url}: {shown}");
+        assert!(!shown.stderr.contains("hunter2"), "{url}: {shown}");
+        let config: Value = serde_json::from_str(&shown.stdout).expect("JSON");
+        assert!(
+            config["database"]["url"]
+                .as_str()
+                .is_some_and(|shown| shown.contains("127.0.0.1:1/neo")),
+            "{url}: {shown}"
+        );
+
+        let migrate = cli.run(&["migrate"]).await;
+        migrate.assert_failure();
+        assert!(!migrate.stderr.contains("hunter2"), "{url}: {migrate}");
+        assert!(migrate.stderr.contains("127.0.0.1:1"), "{url}: {migrate}");
+    }
+}
+
 backend_tests!(
     the_cli_speaks_json_for_scripts,
     errors_name_their_object_once,
