@@ -842,6 +842,46 @@ async fn a_database_password_is_redacted_everywhere() {
     }
 }
 
+/// CI's schemathesis run (`.ci/schemathesis.sh`) serves the binary cargo built, wherever
+/// `CARGO_TARGET_DIR` puts it, not `./target`. The fuzzer is a stand-in here (a `schemathesis`
+/// package first on `PYTHONPATH`) that fetches the document the script points it at, as the
+/// real one does first.
+#[tokio::test]
+async fn the_schemathesis_script_finds_the_binary_in_cargo_target_dir() {
+    let binary = std::path::Path::new(crate::support::cli::BIN);
+    let target_dir = binary
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the binary lies in <target>/debug");
+    let fake = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(fake.path().join("schemathesis")).expect("mkdir");
+    std::fs::write(fake.path().join("schemathesis/__init__.py"), "").expect("write");
+    std::fs::write(
+        fake.path().join("schemathesis/cli.py"),
+        "import sys, urllib.request\n\
+         url = sys.argv[sys.argv.index('run') + 1]\n\
+         document = urllib.request.urlopen(url, timeout=10).read()\n\
+         sys.exit(0 if b'\"openapi\"' in document else 1)\n",
+    )
+    .expect("write");
+    let script = format!("{}/.ci/schemathesis.sh", env!("CARGO_MANIFEST_DIR"));
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(&script)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("PYTHONPATH", fake.path());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run bash");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 backend_tests!(
     the_cli_speaks_json_for_scripts,
     errors_name_their_object_once,
