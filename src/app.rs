@@ -7,13 +7,20 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 
 use axum::{
-    body::Bytes, extract::DefaultBodyLimit, http::StatusCode, middleware::from_fn_with_state,
+    body::Bytes,
+    extract::DefaultBodyLimit,
+    http::{
+        header::{CACHE_CONTROL, X_CONTENT_TYPE_OPTIONS},
+        HeaderValue, StatusCode,
+    },
+    middleware::from_fn_with_state,
     Extension, Router,
 };
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::{
-    catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, timeout::TimeoutLayer,
+    catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
 };
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -358,8 +365,19 @@ pub fn router(state: Arc<AppState>) -> Router {
     let document = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
 
     let layers = ServiceBuilder::new()
-        // Outermost, so that it sees every response: the request id, the span every log line of
-        // the request carries, one log line per request, and the envelope for every error the
+        // Outermost, so that every answer has them, errors included. Tokens and claims must
+        // not be kept by a cache or a browser: an answer is `no-store` unless its handler chose
+        // a policy (the key set and the discovery document are cacheable).
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        // Then, so that it sees every response: the request id, the span every log line of the
+        // request carries, one log line per request, and the envelope for every error the
         // layers below produce (their own 404/405/413/415/503 and panics included).
         .layer(from_fn_with_state(
             Arc::clone(&state),
@@ -401,5 +419,9 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
                 },
             ),
         )
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(state)
 }

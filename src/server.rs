@@ -138,7 +138,7 @@ pub async fn serve_connections(
 async fn refuse(mut stream: TcpStream) {
     const BODY: &str = r#"{"error":{"code":"too_many_connections","message":"The server has too many open connections; retry shortly."},"meta":{"request_id":null}}"#;
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

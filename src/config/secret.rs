@@ -44,18 +44,38 @@ impl Serialize for Secret {
     }
 }
 
-/// `scheme://user:password@host/db` → `scheme://user:***@host/db`; anything unparsable is hidden whole.
+/// A URL as it may be printed: its password (`user:password@`, and any query parameter whose
+/// name says password, as `?password=` that PostgreSQL takes) replaced by `***`, the rest kept so
+/// that an error still says which database; anything that does not parse as a URL is hidden
+/// whole. Parsed as the database drivers parse it (the `url` crate), so what is hidden is what
+/// they would send.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "***".to_owned();
+    const HIDDEN: &str = "***";
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return HIDDEN.to_owned();
     };
-    match rest.rsplit_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => format!("{scheme}://{rest}"),
+    if parsed.password().is_some() && parsed.set_password(Some(HIDDEN)).is_err() {
+        return HIDDEN.to_owned();
     }
+    let secret_parameter = |name: &str| name.to_ascii_lowercase().contains("password");
+    if parsed
+        .query_pairs()
+        .any(|(name, _)| secret_parameter(&name))
+    {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret_parameter(&name) {
+                    HIDDEN.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.into()
 }
 
 #[cfg(test)]
@@ -72,6 +92,24 @@ mod tests {
             ("redis://:s3cret@cache:6379", "redis://:***@cache:6379"),
             ("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "***"),
             ("redis://cache:6379", "redis://cache:6379"),
+            (
+                "postgres://neo@db/neo?sslmode=require&password=hunter2",
+                "postgres://neo@db/neo?sslmode=require&password=***",
+            ),
+            (
+                "postgres://db/neo?user=neo&PassWord=hunter2&sslpassword=x",
+                "postgres://db/neo?user=neo&PassWord=***&sslpassword=***",
+            ),
+            // An unencoded `@` in the password: the host is after the last one.
+            (
+                "postgres://neo:hun@ter2@db/neo",
+                "postgres://neo:***@db/neo",
+            ),
+            (
+                "sqlite:///var/lib/neo/neo.db",
+                "sqlite:///var/lib/neo/neo.db",
+            ),
+            ("not a url hunter2", "***"),
         ] {
             let secret = Secret::from(value.to_owned());
             assert_eq!(format!("{secret:?}"), format!("{shown:?}"));

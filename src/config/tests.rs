@@ -274,6 +274,13 @@ fn entra_keys_come_over_https_or_from_loopback_only() {
         "http://login.microsoftonline.com/common/discovery/v2.0/keys",
         "http://127.0.0.1.evil.example/jwks.json",
         "ftp://127.0.0.1/jwks.json",
+        // Userinfo: the host is what follows the `@`, not a loopback name before it.
+        "http://localhost:1@other-host/jwks",
+        "http://127.0.0.1@evil.example/jwks.json",
+        "http://[::1]@evil.example/jwks.json",
+        // Nor over TLS: a credential in a URL ends up in logs.
+        "https://user:secret@login.microsoftonline.com/common/discovery/v2.0/keys",
+        "not a url",
     ] {
         let err = with_url(bad).unwrap_err();
         assert!(err.to_string().contains("entra.jwks_url"), "{bad}: {err}");
@@ -288,4 +295,44 @@ fn api_key_envs() {
     assert!(!is_valid_key_env("Live"));
     assert!(!is_valid_key_env("a_b"));
     assert!(!is_valid_key_env("abcdefghijklmnopq"));
+}
+
+/// Both KEK sources set: the variable wins, so a file that says another key is a conflict the
+/// operator must hear of at start (not a replica sealing with a key the others do not have).
+/// The same key in both (base64 with a newline, or 32 raw bytes) is no conflict.
+#[test]
+fn two_different_key_encryption_keys_are_refused() {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kek");
+    let with_file = |contents: &[u8], variable: &str| {
+        std::fs::write(&path, contents).unwrap();
+        Config::load(
+            None,
+            env(&[
+                ("NEO_KEY_ENCRYPTION_KEY", variable),
+                ("NEO_KEY_ENCRYPTION_KEY_FILE", path.to_str().unwrap()),
+            ]),
+        )
+    };
+    let (a, b) = ([7u8; 32], [9u8; 32]);
+
+    let err = with_file(format!("{}\n", b64(&b)).as_bytes(), &b64(&a)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("signing.key_encryption_key_file")
+            && message.contains("signing.key_encryption_key ")
+            && !message.contains(&b64(&a))
+            && !message.contains(&b64(&b)),
+        "{message}"
+    );
+    let err = with_file(&b, &b64(&a)).unwrap_err();
+    assert!(
+        err.to_string().contains("signing.key_encryption_key_file"),
+        "{err}"
+    );
+
+    assert!(with_file(format!("{}\n", b64(&a)).as_bytes(), &b64(&a)).is_ok());
+    assert!(with_file(&a, &b64(&a)).is_ok());
 }

@@ -1,8 +1,6 @@
 //! The rules a parsed configuration must also meet: ranges between keys, formats. A single key's
 //! "at least 1" is its type (`NonZero*`), not a rule here.
 
-use std::net::IpAddr;
-
 use secrecy::ExposeSecret;
 
 use super::{is_valid_key_env, Config, DatabaseBackend};
@@ -65,11 +63,30 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if let Some(key) = &signing.key_encryption_key {
         use base64::Engine;
         let decoded = base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
-        if decoded.map(|bytes| bytes.len()) != Ok(32) {
+        let Some(key) = decoded.ok().filter(|bytes| bytes.len() == 32) else {
             return Err(invalid(
                 "signing.key_encryption_key",
                 "must be the base64 of exactly 32 bytes (e.g. `openssl rand -base64 32`)",
             ));
+        };
+        // The variable wins; a file naming another key would be ignored without a word, and a
+        // replica given only the file would seal with a key the others cannot open.
+        if let Some(path) = &signing.key_encryption_key_file {
+            let file_key = std::fs::read(path)
+                .ok()
+                .and_then(|material| kek_file_bytes(&material));
+            let Some(file_key) = file_key else {
+                return Err(invalid(
+                    "signing.key_encryption_key_file",
+                    "cannot be read or holds no key (32 raw bytes or their base64), and signing.key_encryption_key is set too: set one of them, or both to the same key",
+                ));
+            };
+            if file_key != key {
+                return Err(invalid(
+                    "signing.key_encryption_key_file",
+                    "does not hold the same key as signing.key_encryption_key (which wins when both are set): set one of them, or both to the same key",
+                ));
+            }
         }
     }
     if config.server.body_limit_bytes < 1024 {
@@ -89,7 +106,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         if !is_https_or_loopback(&entra.jwks_url) {
             return Err(invalid(
                 "entra.jwks_url",
-                "must be an https:// URL (http:// only to a loopback address, for tests)",
+                "must be an https:// URL without userinfo (http:// only to a loopback address, for tests)",
             ));
         }
         if entra.key_max_age_seconds < entra.refresh_seconds.get() {
@@ -110,18 +127,36 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Keys are fetched over TLS only; plain HTTP is for a local stand-in (tests, benchmarks).
-fn is_https_or_loopback(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
+/// A key-encryption key file as the sealing reads it: 32 raw bytes, or their base64 (whitespace
+/// around it ignored).
+fn kek_file_bytes(material: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    if material.len() == 32 {
+        return Some(material.to_vec());
     }
-    let Some(rest) = url.strip_prefix("http://") else {
+    let text = std::str::from_utf8(material).ok()?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .filter(|bytes| bytes.len() == 32)
+}
+
+/// Keys are fetched over TLS only; plain HTTP is for a local stand-in (tests, benchmarks). The
+/// URL is parsed as the fetch parses it, so the host checked is the host fetched from; userinfo
+/// is refused (`http://localhost:1@other-host/` is other-host, and a credential in a URL ends up
+/// in logs).
+fn is_https_or_loopback(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
         return false;
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Domain(name))) => name == "localhost",
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        _ => false,
+    }
 }

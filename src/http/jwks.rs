@@ -16,8 +16,8 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
-use crate::tokens::PublicJwk;
+use super::{envelope::ErrorEnvelope, error::ApiError, AppState};
+use crate::{store::StoreError, tokens::PublicJwk};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JwkSet {
@@ -38,10 +38,24 @@ pub struct JwkSet {
                 ("ETag" = String, description = "Changes whenever the published keys do."),
             )),
         (status = 304, description = "`If-None-Match` names the current `ETag`."),
+        (status = 503, description = "`database_unavailable`: no signing key is loaded yet (the database has not answered since start). Sent with `Retry-After` and `Cache-Control: no-store`, never as an empty, cacheable key set.", body = ErrorEnvelope,
+            headers(
+                ("Retry-After" = u64, description = "Seconds to wait before retrying."),
+                ("Cache-Control" = String, description = "`no-store`"),
+            )),
     )
 )]
 pub async fn jwks(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let published = state.issuer.published_jwks();
+    if published.is_empty() {
+        // The keys live in the database, which has not answered since start. An empty set
+        // must not be cached: verifiers would refuse every token for `max-age`.
+        let mut response = ApiError::DatabaseUnavailable(StoreError::Unavailable).into_response();
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
     let cache_control = HeaderValue::from_str(&format!(
         "public, max-age={}",
         state.config.signing.jwks_max_age_seconds

@@ -1,6 +1,7 @@
 //! The outermost layer: request id, tracing span, error envelope, one log line per request.
 
 use std::{
+    borrow::Cow,
     cell::RefCell,
     net::SocketAddr,
     pin::Pin,
@@ -68,6 +69,19 @@ const PROBE_ROUTES: [&str; 3] = ["/public-api/health", "/public-api/health/live"
 /// characters, printable ASCII only.
 const MAX_CLIENT_REQUEST_ID: usize = 64;
 
+/// A request method as logged: at most this many characters, then `…`. HTTP allows a method of
+/// any length, and every request is logged before it is authenticated.
+const MAX_LOGGED_METHOD: usize = 32;
+
+/// `method` as a log line copies it: whole when short (every standard method), else a prefix.
+fn logged_method(method: &str) -> Cow<'_, str> {
+    if method.len() <= MAX_LOGGED_METHOD {
+        return Cow::Borrowed(method);
+    }
+    let prefix: String = method.chars().take(MAX_LOGGED_METHOD).collect();
+    Cow::Owned(format!("{prefix}…"))
+}
+
 /// Keeps an incoming UUID `X-Request-Id`, replaces anything else (logged as `client_request_id`),
 /// and makes it the request's span, response header and `meta.request_id`. Resolves the client
 /// address once (after trusted proxies) for the log and the failed-auth limit. Every error
@@ -86,6 +100,7 @@ pub async fn request_context(
     let started = Instant::now();
     let method = request.method().clone();
     let minting = method == axum::http::Method::POST;
+    let logged_method = logged_method(method.as_str());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -120,7 +135,7 @@ pub async fn request_context(
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %method,
+        method = %logged_method,
         route = %route,
         client_ip = %client_ip,
         client_request_id = client_request_id.as_deref(),
@@ -199,7 +214,7 @@ pub async fn request_context(
                 $level,
                 "request",
                 request_id = %request_id,
-                method = %method,
+                method = %logged_method,
                 route = %route,
                 client_ip = %client_ip,
                 client_request_id = client_request_id.as_deref(),

@@ -202,7 +202,7 @@ pub struct IntrospectionEnvelope {
     operation_id = "public_api.session_token_introspect",
     tag = "Chat",
     summary = "Is this token active? (RFC 7662, for service accounts)",
-    description = "`active: true` with the claims for a token of ours that verifies, is recorded, is not revoked and belongs to the caller's tenant (or is a Neo Support token the platform key minted); `active: false` for anything else: revoked, expired, foreign, forged or malformed.",
+    description = "`active: true` with the claims for a token of ours that verifies, is recorded, is neither revoked nor expired (no leeway: `active: false` from the second `exp` passes) and belongs to the caller's tenant (or is a Neo Support token the platform key minted); `active: false` for anything else: revoked, expired, foreign, forged or malformed.",
     request_body(content = IntrospectionRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The answer.", body = IntrospectionEnvelope),
@@ -248,7 +248,13 @@ pub async fn introspect_session_token(
     let row = timings
         .time("db", state.store.find_mint(claims.jti))
         .await?;
-    let active = row.is_some_and(|row| row.revoked_at.is_none() && visible(&principal, &row));
+    // No leeway on expiry: verification tolerates clock skew between machines, introspection
+    // answers from the one clock that issued the token, as the record does.
+    let now = Utc::now();
+    let active = claims.exp > now.timestamp()
+        && row.is_some_and(|row| {
+            row.revoked_at.is_none() && row.expires_at > now && visible(&principal, &row)
+        });
     let answer = if active {
         Introspection {
             active: true,

@@ -176,6 +176,13 @@ pub struct PublishedJwks {
     kids: Vec<String>,
 }
 
+impl PublishedJwks {
+    /// No key is published: the keys have not been loaded yet.
+    pub fn is_empty(&self) -> bool {
+        self.kids.is_empty()
+    }
+}
+
 pub struct TokenIssuer {
     ring: RwLock<Arc<KeyRing>>,
     issuer: String,

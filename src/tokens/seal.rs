@@ -102,7 +102,8 @@ impl Kek {
         Self::from_bytes(&decoded, source)
     }
 
-    /// The configured KEK (`signing.key_encryption_key`, else `signing.key_encryption_key_file`),
+    /// The configured KEK (`signing.key_encryption_key`, else `signing.key_encryption_key_file`;
+    /// config validation refuses both set to different keys),
     /// else the one generated earlier in `data_dir`, else a new one generated there (mode 0600).
     pub fn load_or_generate(config: &SigningConfig, data_dir: &Path) -> Result<Self, SealError> {
         if let Some(key) = &config.key_encryption_key {

@@ -807,6 +807,81 @@ async fn the_cli_speaks_json_for_scripts(backend: Backend) {
     assert!(completions.stdout.contains("signing-key"), "{completions}");
 }
 
+/// A database password is never printed, whether it is in the URL's userinfo or in a
+/// `password` query parameter: not by `config show`, not in a start-up error (a database that
+/// refuses connections), where the rest of the URL still says which database it was.
+#[tokio::test]
+async fn a_database_password_is_redacted_everywhere() {
+    for url in [
+        "postgres://neo:hunter2@127.0.0.1:1/neo",
+        "postgres://neo@127.0.0.1:1/neo?password=hunter2&sslmode=disable",
+        "postgres://neo@127.0.0.1:1/neo?sslmode=disable&password=hunter2",
+        "postgresql://127.0.0.1:1/neo?user=neo&password=hunter2",
+    ] {
+        let cli = Cli {
+            database_url: url.to_owned(),
+            data_dir: tempfile::tempdir().expect("dir"),
+            work_dir: tempfile::tempdir().expect("dir"),
+        };
+        let shown = cli.run(&["config", "show"]).await;
+        shown.assert_success();
+        assert!(!shown.stdout.contains("hunter2"), "{url}: {shown}");
+        assert!(!shown.stderr.contains("hunter2"), "{url}: {shown}");
+        let config: Value = serde_json::from_str(&shown.stdout).expect("JSON");
+        assert!(
+            config["database"]["url"]
+                .as_str()
+                .is_some_and(|shown| shown.contains("127.0.0.1:1/neo")),
+            "{url}: {shown}"
+        );
+
+        let migrate = cli.run(&["migrate"]).await;
+        migrate.assert_failure();
+        assert!(!migrate.stderr.contains("hunter2"), "{url}: {migrate}");
+        assert!(migrate.stderr.contains("127.0.0.1:1"), "{url}: {migrate}");
+    }
+}
+
+/// CI's schemathesis run (`.ci/schemathesis.sh`) serves the binary cargo built, wherever
+/// `CARGO_TARGET_DIR` puts it, not `./target`. The fuzzer is a stand-in here (a `schemathesis`
+/// package first on `PYTHONPATH`) that fetches the document the script points it at, as the
+/// real one does first.
+#[tokio::test]
+async fn the_schemathesis_script_finds_the_binary_in_cargo_target_dir() {
+    let binary = std::path::Path::new(crate::support::cli::BIN);
+    let target_dir = binary
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the binary lies in <target>/debug");
+    let fake = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(fake.path().join("schemathesis")).expect("mkdir");
+    std::fs::write(fake.path().join("schemathesis/__init__.py"), "").expect("write");
+    std::fs::write(
+        fake.path().join("schemathesis/cli.py"),
+        "import sys, urllib.request\n\
+         url = sys.argv[sys.argv.index('run') + 1]\n\
+         document = urllib.request.urlopen(url, timeout=10).read()\n\
+         sys.exit(0 if b'\"openapi\"' in document else 1)\n",
+    )
+    .expect("write");
+    let script = format!("{}/.ci/schemathesis.sh", env!("CARGO_MANIFEST_DIR"));
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(&script)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("PYTHONPATH", fake.path());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run bash");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 backend_tests!(
     the_cli_speaks_json_for_scripts,
     errors_name_their_object_once,

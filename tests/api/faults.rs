@@ -131,6 +131,50 @@ async fn a_database_down_at_start_is_waited_for_in_the_background() {
     assert_eq!(app.get("/public-api/health").await.status(), StatusCode::OK);
 }
 
+/// A replica that started while PostgreSQL was down holds no signing key: its JWKS is a 503
+/// `database_unavailable` with `Retry-After` and `no-store`, never a cacheable `{"keys": []}`
+/// that a cache in front would hold for `max-age` (every verifier refusing every token); once
+/// the keys are loaded it is the cacheable key set again.
+#[tokio::test]
+async fn an_empty_key_set_is_never_served_as_cacheable() {
+    let mut postgres = OwnPostgres::start().await;
+    let name = "neo_no_keys";
+    let db = postgres.seeded_database(name).await;
+    postgres.kill();
+    let app = TestApp::builder(Backend::Postgres)
+        .database(db)
+        .spawn()
+        .await;
+
+    let response = app.get("/.well-known/jwks.json").await;
+    assert_eq!(
+        header(&response, "cache-control").as_deref(),
+        Some("no-store"),
+        "{} {:?}",
+        response.status(),
+        header(&response, "cache-control")
+    );
+    assert!(header(&response, "retry-after").is_some());
+    assert!(header(&response, "etag").is_none());
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+
+    postgres.restart().await;
+    assert!(
+        app.mints_again(ACME_KEY, BODY(), 300).await,
+        "the service connects once PostgreSQL is up"
+    );
+    let response = app.get("/.well-known/jwks.json").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(header(&response, "cache-control").is_some_and(|v| v.contains("max-age")));
+    let jwks: Value = response.json().await.expect("JSON");
+    assert!(!jwks["keys"].as_array().expect("keys").is_empty(), "{jwks}");
+}
+
 /// The embedded database on a full disk (a 4 MiB tmpfs the test fills): mints are a 503
 /// `database_unavailable`, readiness reports the recorder failing, and once space is freed
 /// mints succeed again.

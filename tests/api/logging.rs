@@ -114,6 +114,18 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .await
         .unwrap();
     assert_eq!(probe.status(), 200);
+    // A request method of 8 KiB (a valid token, any length is): the line copies a bounded
+    // prefix of it.
+    let long_method = format!("LONG{}", "X".repeat(8 * 1024));
+    let response = client
+        .request(
+            reqwest::Method::from_bytes(long_method.as_bytes()).expect("a token"),
+            format!("http://{address}/public-api/openapi.json"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -142,7 +154,7 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .collect();
     assert_eq!(
         completed.len(),
-        5,
+        6,
         "one line per request, probes not at INFO:\n{log}"
     );
     for line in &completed {
@@ -177,6 +189,17 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
     assert!(client_request_id.starts_with("relay-x"));
     assert_eq!(client_request_id.len(), 64);
     assert!(uuid::Uuid::try_parse(completed[4]["span"]["request_id"].as_str().unwrap()).is_ok());
+    let method = completed[5]["span"]["method"].as_str().expect("method");
+    assert!(method.starts_with("LONGXXX"), "{method}");
+    assert!(
+        method.len() <= 64,
+        "the method copied whole: {} bytes",
+        method.len()
+    );
+    assert!(
+        !log.contains(&"X".repeat(100)),
+        "the method reached the log whole"
+    );
     assert!(lines.iter().any(|l| l.contains("shut down")), "{log}");
 }
 

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, Backend, TestApp, ACME_KEY, GLOBEX_KEY, NEO_KEY};
+use crate::support::{assert_error, header, Backend, TestApp, ACME_KEY, GLOBEX_KEY, NEO_KEY};
 
 async fn minted(app: &TestApp, credential: &str, body: Value) -> (String, String) {
     let (data, _) = app.mint_ok(credential, body).await;
@@ -201,6 +201,17 @@ async fn an_expired_token_is_not_active(backend: Backend) {
     .await;
     assert_eq!(
         introspect(&app, ACME_KEY, &expired).await,
+        json!({"active": false})
+    );
+    // Expired a few seconds ago, well within the verification leeway (30 s): introspection
+    // tolerates no clock skew, it says what the record says.
+    let just_expired = crate::verify::signed(
+        &app,
+        json!({"jti": jti, "exp": now - 5, "iat": now - 65, "nbf": now - 65}),
+    )
+    .await;
+    assert_eq!(
+        introspect(&app, ACME_KEY, &just_expired).await,
         json!({"active": false})
     );
 }
@@ -556,8 +567,82 @@ async fn listing_pages_through_every_token_once(backend: Backend) {
     }
 }
 
+/// Every answer that carries a token or claims (the mint, introspection, records, the list,
+/// the feed, a revoke) is `Cache-Control: no-store`, and so is any answer without a caching
+/// policy of its own (errors, health); the key set keeps its `max-age`. Every answer, cacheable
+/// or not, is `X-Content-Type-Options: nosniff`.
+async fn no_token_or_claims_is_stored_and_no_answer_is_sniffed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mint = app
+        .mint(
+            ACME_KEY,
+            json!({"session_id": "s-acme-1", "end_user": "pat"}),
+        )
+        .await;
+    let mut answers = vec![("mint".to_owned(), mint)];
+    let (jti, token) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+    answers.push((
+        "introspect".into(),
+        post_json(
+            &app,
+            ACME_KEY,
+            "/public-api/sessions/introspect",
+            json!({ "token": token }),
+        )
+        .await,
+    ));
+    answers.push(("record".into(), record(&app, ACME_KEY, &jti).await));
+    answers.push((
+        "list".into(),
+        app.request(Method::GET, "/public-api/sessions", Some(ACME_KEY))
+            .await,
+    ));
+    answers.push(("revoke".into(), revoke(&app, ACME_KEY, &jti).await));
+    answers.push((
+        "feed".into(),
+        app.request(
+            Method::GET,
+            "/public-api/sessions/revocations?since=2020-01-01T00:00:00Z",
+            Some(ACME_KEY),
+        )
+        .await,
+    ));
+    answers.push((
+        "error".into(),
+        app.request(Method::GET, "/public-api/sessions", None).await,
+    ));
+    answers.push(("health".into(), app.get("/public-api/health").await));
+    for (what, response) in &answers {
+        assert!(
+            response.status().is_success() || what == "error",
+            "{what}: {}",
+            response.status()
+        );
+        assert_eq!(
+            header(response, "cache-control").as_deref(),
+            Some("no-store"),
+            "{what}"
+        );
+        assert_eq!(
+            header(response, "x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{what}"
+        );
+    }
+    let jwks = app.get("/.well-known/jwks.json").await;
+    assert!(
+        header(&jwks, "cache-control").is_some_and(|v| v.starts_with("public, max-age=")),
+        "the key set stays cacheable"
+    );
+    assert_eq!(
+        header(&jwks, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+}
+
 backend_tests!(
     listing_pages_through_every_token_once,
+    no_token_or_claims_is_stored_and_no_answer_is_sniffed,
     a_sessions_tokens_are_revoked_together_and_fed_to_verifiers,
     a_record_is_read_and_revoked_by_its_tenant_only,
     introspection_says_active_only_for_live_tokens_of_the_callers_tenant,
