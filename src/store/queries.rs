@@ -221,7 +221,7 @@ impl Store {
                 concat!(
                     "SELECT CAST(jti AS TEXT) AS jti, expires_at, revoked_at, revoked_seq
                      FROM session_token_mints
-                     WHERE revoked_seq IS NOT NULL AND revoked_seq < $1
+                     WHERE revoked_seq IS NOT NULL AND revoked_seq < $1 AND revoked_at IS NOT NULL
                        AND ($2 IS NULL OR revoked_seq > $2 OR (revoked_seq = $2 AND jti > $3))
                        AND ($4 IS NULL OR revoked_at > $4 OR (revoked_at = $4 AND jti > $5))
                        AND expires_at > COALESCE($6, CURRENT_TIMESTAMP)

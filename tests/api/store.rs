@@ -32,7 +32,7 @@ fn mint(session_id: &str, issued_at: DateTime<Utc>) -> MintRecord {
 }
 
 async fn a_token_revocation_is_one_statement_that_keeps_the_first(backend: Backend) {
-    let (_db, store) = seeded_store(backend).await;
+    let (db, store) = seeded_store(backend).await;
     let record = mint("s-acme-1", Utc::now().trunc_subsecs(6));
     store
         .record_mints(std::slice::from_ref(&record))
@@ -119,6 +119,19 @@ async fn a_token_revocation_is_one_statement_that_keeps_the_first(backend: Backe
         .await
         .unwrap();
     assert!(after.is_empty(), "{after:?}");
+
+    // Un-revoked by hand (in SQL): out of the feed, not an error.
+    sqlx::query("UPDATE session_token_mints SET revoked_at = NULL WHERE CAST(jti AS TEXT) = $1")
+        .bind(record.jti.to_string())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let horizon = store.revocation_horizon().await.unwrap();
+    let fed = store
+        .revocations_after(None, horizon, None, None, 10)
+        .await
+        .unwrap();
+    assert!(fed.is_empty(), "{fed:?}");
 }
 
 async fn an_api_key_is_revoked_once(backend: Backend) {
