@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     auth::Principal,
-    store::MintRow,
+    store::{FeedPosition, MintRow},
     tokens::{SessionClaims, SESSION_TOKEN_TYP},
 };
 
@@ -426,16 +426,17 @@ const FEED_PAGE: u32 = 1000;
     operation_id = "public_api.session_token_revocations",
     tag = "Chat",
     summary = "Revoked tokens that have not expired yet (a verifier's deny-list feed)",
-    description = "Revocations after `since` (RFC 3339; default: all), oldest first, at most 1000 per call. A verifier keeps the jtis in memory until their `expires_at` and polls with `next_since` and `next_after`. A tenant's key sees its tenant's tokens; the platform key sees every tenant's (the chat service verifies them all).",
+    description = "Revoked tokens that have not expired, at most 1000 per call, each handed out once it has committed and no revocation that could sort before it is still in flight. Follow the feed by passing the answer's `next_cursor` as `cursor` each time (ask again at once while `has_more`): every revocation reaches a verifier that does, whatever order they commit in. The first poll has no `cursor` (everything, or `since` a time). `next_since`/`next_after` are deprecated: followed instead of the cursor, a revocation that commits after a later one can be missed. A verifier keeps the jtis in memory until their `expires_at`. A tenant's key sees its tenant's tokens; the platform key sees every tenant's (the chat service verifies them all).",
     params(
-        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time; revocations after it (absent: all)."),
-        ("after" = Option<String>, Query, format = Uuid, description = "With `since`: the last jti already seen at that time (`next_after`); revocations at exactly `since` with a greater jti are included."),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous answer, as it was (opaque); not with `since` or `after`."),
+        ("since" = Option<String>, Query, format = DateTime, description = "First poll only: RFC 3339 time; revocations after it (absent: all)."),
+        ("after" = Option<String>, Query, format = Uuid, description = "Deprecated, with `since`: the last jti already seen at that time (`next_after`); revocations at exactly `since` with a greater jti are included."),
     ),
     responses(
         (status = 200, description = "The revocations.", body = RevocationFeedEnvelope),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
         (status = 403, description = "An end-user token may not read the feed.", body = ErrorEnvelope),
-        (status = 422, description = "`since` is not an RFC 3339 time, or `after` not a UUID.", body = ErrorEnvelope),
+        (status = 422, description = "`cursor` is not one this feed answered or comes with `since`/`after`, `since` is not an RFC 3339 time, or `after` not a UUID.", body = ErrorEnvelope),
         (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
         (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
     ),
@@ -447,57 +448,220 @@ pub async fn revocations(
     MintingPrincipal(principal): MintingPrincipal,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Success<RevocationFeed>>, ApiError> {
+    let invalid = |field: &str, message: &str| {
+        let mut errors = serde_json::Map::new();
+        errors.insert(field.into(), message.into());
+        ApiError::Validation(errors)
+    };
+    let cursor = match query.get("cursor") {
+        None => None,
+        Some(text) => Some(
+            text.parse::<Cursor>()
+                .map_err(|()| invalid("cursor", "must be a `next_cursor` this feed answered"))?,
+        ),
+    };
     let since = match query.get("since") {
-        None => DateTime::<Utc>::UNIX_EPOCH,
-        Some(text) => DateTime::parse_from_rfc3339(text)
-            .map(|at| at.with_timezone(&Utc))
-            .map_err(|_| {
-                let mut errors = serde_json::Map::new();
-                errors.insert(
-                    "since".into(),
-                    "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z".into(),
-                );
-                ApiError::Validation(errors)
-            })?,
+        None => None,
+        Some(text) => Some(
+            DateTime::parse_from_rfc3339(text)
+                .map(|at| at.with_timezone(&Utc))
+                .map_err(|_| {
+                    invalid(
+                        "since",
+                        "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z",
+                    )
+                })?,
+        ),
     };
     let after = match query.get("after") {
         None => None,
-        Some(text) => Some(uuid::Uuid::try_parse(text).map_err(|_| {
-            let mut errors = serde_json::Map::new();
-            errors.insert("after".into(), "must be a jti (a UUID)".into());
-            ApiError::Validation(errors)
-        })?),
+        Some(text) => Some(
+            uuid::Uuid::try_parse(text).map_err(|_| invalid("after", "must be a jti (a UUID)"))?,
+        ),
     };
+    if cursor.is_some() && (since.is_some() || after.is_some()) {
+        return Err(invalid(
+            "cursor",
+            "follows the feed on its own: send `since`/`after` without it, on a first poll",
+        ));
+    }
+    // A first poll (no cursor) goes by time, from `since` (default: the start of time), as the
+    // feed always did: a verifier that follows `next_since` pages as before.
+    let since = since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     let tenant = (!principal.is_platform()).then(|| principal.tenant_id());
     let mut timings = Timings::default();
+    // By position from a position cursor; by time on a first poll, or from a time cursor,
+    // which keeps the horizon of the run's first page so that the run ends where a position
+    // cursor takes over.
+    let (horizon, from, by_time) = match cursor {
+        Some(Cursor::Time { horizon, at, jti }) => (horizon, None, Some((at, Some(jti)))),
+        given => {
+            let horizon = timings.time("db", state.store.revocation_horizon()).await?;
+            let from = match given {
+                Some(Cursor::Position(position)) => Some(position),
+                _ => None,
+            };
+            let by_time = from.is_none().then_some((since, after));
+            (horizon, from, by_time)
+        }
+    };
     let feed = state
         .store
-        .revocations_since(tenant, since, after, FEED_PAGE + 1);
+        .revocations_after(tenant, horizon, from, by_time, FEED_PAGE + 1);
     let rows = timings.time("db", feed).await?;
     let has_more = rows.len() > FEED_PAGE as usize;
-    let revocations: Vec<RevokedToken> = rows
+    let revocations: Vec<(RevokedToken, i64)> = rows
         .into_iter()
         .take(FEED_PAGE as usize)
-        .map(|r| RevokedToken {
-            jti: r.jti,
-            expires_at: r.expires_at,
-            revoked_at: r.revoked_at,
+        .map(|r| {
+            let token = RevokedToken {
+                jti: r.jti,
+                expires_at: r.expires_at,
+                revoked_at: r.revoked_at,
+            };
+            (token, r.revoked_seq)
         })
         .collect();
-    let next_since = revocations.last().map_or(since, |r| r.revoked_at);
-    let next_after = revocations
+    let last = revocations
         .last()
+        .and_then(|(r, seq)| Some((r.revoked_at, *seq, uuid::Uuid::try_parse(&r.jti).ok()?)));
+    // A full page goes on after its last row. Otherwise every revocation below the horizon
+    // after the cursor is in this answer: the next poll starts at the horizon (never before
+    // the position given).
+    let at_horizon = FeedPosition {
+        seq: horizon.saturating_sub(1),
+        jti: None,
+    };
+    let next = match (has_more, last) {
+        (true, Some((at, _, jti))) if by_time.is_some() => Cursor::Time { horizon, at, jti },
+        (true, Some((_, seq, jti))) => Cursor::Position(FeedPosition {
+            seq,
+            jti: Some(jti),
+        }),
+        _ => Cursor::Position(from.map_or(at_horizon, |given| given.max(at_horizon))),
+    };
+    let revocations: Vec<RevokedToken> = revocations.into_iter().map(|(r, _)| r).collect();
+    // Deprecated, for verifiers that follow the feed by time.
+    let since = by_time.map_or(DateTime::<Utc>::UNIX_EPOCH, |(at, _)| at);
+    let next_since = revocations
+        .iter()
+        .map(|r| r.revoked_at)
+        .max()
+        .map_or(since, |at| at.max(since));
+    let next_after = revocations
+        .iter()
+        .filter(|r| r.revoked_at == next_since)
         .map(|r| r.jti.clone())
-        .or(after.map(|jti| jti.to_string()));
+        .max()
+        .or(by_time.and_then(|(_, jti)| jti).map(|jti| jti.to_string()));
     Ok(Success::new(
         RevocationFeed {
             revocations,
+            next_cursor: next.to_string(),
             next_since,
             next_after,
             has_more,
         },
         SuccessMeta::new(ctx, timings, Vec::new()),
     ))
+}
+
+/// The feed's cursor: opaque to clients. `<seq>` or `<seq>.<jti>`: a position in the feed's
+/// order; `t<horizon>.<microseconds>.<jti>`: inside a run by time (from `since`) that reads up
+/// to `horizon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    Position(FeedPosition),
+    Time {
+        horizon: i64,
+        at: DateTime<Utc>,
+        jti: uuid::Uuid,
+    },
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Position(FeedPosition { seq, jti: None }) => write!(f, "{seq}"),
+            Self::Position(FeedPosition {
+                seq,
+                jti: Some(jti),
+            }) => write!(f, "{seq}.{jti}"),
+            Self::Time { horizon, at, jti } => {
+                write!(f, "t{horizon}.{}.{jti}", at.timestamp_micros())
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let number = |text: &str| text.parse::<i64>().ok().filter(|n| *n >= -1).ok_or(());
+        let jti = |text: &str| uuid::Uuid::try_parse(text).map_err(|_| ());
+        if let Some(time) = text.strip_prefix('t') {
+            let mut fields = time.splitn(3, '.');
+            let (Some(horizon), Some(at), Some(last)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(());
+            };
+            let at = at.parse::<i64>().map_err(|_| ())?;
+            return Ok(Self::Time {
+                horizon: number(horizon)?,
+                at: DateTime::from_timestamp_micros(at).ok_or(())?,
+                jti: jti(last)?,
+            });
+        }
+        Ok(Self::Position(match text.split_once('.') {
+            Some((seq, last)) => FeedPosition {
+                seq: number(seq)?,
+                jti: Some(jti(last)?),
+            },
+            None => FeedPosition {
+                seq: number(text)?,
+                jti: None,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_as_written_and_garbage_is_refused() {
+        let jti = uuid::Uuid::new_v4();
+        let at = DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap_or_default();
+        for cursor in [
+            Cursor::Position(FeedPosition { seq: 0, jti: None }),
+            Cursor::Position(FeedPosition {
+                seq: 42,
+                jti: Some(jti),
+            }),
+            Cursor::Time {
+                horizon: 7,
+                at,
+                jti,
+            },
+        ] {
+            assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
+        }
+        for garbage in [
+            "",
+            "x",
+            "-5",
+            "1.",
+            "1.nope",
+            "t1.2",
+            "t1.x.y",
+            "9999999999999999999",
+        ] {
+            assert_eq!(garbage.parse::<Cursor>(), Err(()), "{garbage}");
+        }
+    }
 }
 
 /// The tokens listed per page by default, and at most.

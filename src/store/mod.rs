@@ -350,6 +350,32 @@ pub struct Revocation {
     pub jti: String,
     pub expires_at: DateTime<Utc>,
     pub revoked_at: DateTime<Utc>,
+    /// Its place in the feed's order (with `jti`): see [`FeedPosition`].
+    pub revoked_seq: i64,
+}
+
+/// A place in the revocation feed, which is ordered by `(revoked_seq, jti)`: the feed goes on
+/// with the revocations after it. `revoked_seq` is in commit order (PostgreSQL: the revoking
+/// transaction's id, handed out only below the oldest transaction still in flight; SQLite: a
+/// counter taken by the single writer), so a revocation that commits late still sorts after
+/// every position handed out before it committed. `jti: None` stands after every token of
+/// `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPosition {
+    pub seq: i64,
+    pub jti: Option<Uuid>,
+}
+
+impl FeedPosition {
+    /// The later of two positions.
+    pub fn max(self, other: Self) -> Self {
+        let key = |p: &Self| (p.seq, p.jti.is_none(), p.jti);
+        if key(&other) > key(&self) {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// One migration and whether it is applied.
@@ -521,6 +547,12 @@ impl Store {
             "existing_agents",
             existing_agents(tenant_id, agent_ids)
         )
+    }
+
+    /// The revocation feed's horizon: every revocation with a `revoked_seq` below it has
+    /// committed (or rolled back), and every revocation still to commit gets one at or above it.
+    pub async fn revocation_horizon(&self) -> StoreResult<i64> {
+        per_dialect!(self, "revocation_horizon", revocation_horizon())
     }
 
     /// Deletes at most `limit` mint records that were issued and expired before

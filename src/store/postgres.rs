@@ -159,6 +159,17 @@ pub(super) async fn watch_changes(pool: &PgPool, freshness: &Freshness) -> Store
     Err(outcome)
 }
 
+pub(super) async fn revocation_horizon(pool: &PgPool) -> StoreResult<i64> {
+    // The oldest transaction id still in flight (the next one to be handed out when none is):
+    // every id below it has ended, and a transaction that revokes later gets an id at or above
+    // it (migration 8 stores the revoking transaction's id as `revoked_seq`).
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 pub(super) async fn prune_mints(
     pool: &PgPool,
     expired_before: DateTime<Utc>,

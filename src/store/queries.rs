@@ -8,9 +8,9 @@ use uuid::Uuid;
 
 use super::{
     codec::{Jti, Now, Ts},
-    ApiKeyListing, ApiKeyRow, IdempotencyClaim, MigrationStatus, MintQuery, MintRow, NewApiKey,
-    Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError, StoreResult,
-    TenantRow,
+    ApiKeyListing, ApiKeyRow, FeedPosition, IdempotencyClaim, MigrationStatus, MintQuery, MintRow,
+    NewApiKey, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
+    StoreResult, TenantRow,
 };
 
 /// The columns of a [`MintRow`], the token id read back as text on both backends.
@@ -202,31 +202,57 @@ impl Store {
         .rows_affected())
     }
 
-    /// Revoked tokens that have not expired, revoked after `since`, oldest revocation first, at
-    /// most `limit`; of `tenant_id`'s tokens, or of every tenant's with `None`.
-    /// (`after`: the last jti already seen at `since`, so a page boundary inside one timestamp,
-    /// as a bulk revoke writes, loses nothing.)
-    pub async fn revocations_since(
+    /// Revoked tokens that have not expired, at most `limit`; of `tenant_id`'s tokens, or of
+    /// every tenant's with `None`; only those below `horizon` ([`Store::revocation_horizon`]:
+    /// those above may still be joined by one that commits late). By position (`from: Some`
+    /// or no `since`): in the feed's order `(revoked_seq, jti)`, after `from` when given. By
+    /// time (`since`, the feed's first poll by time): in `(revoked_at, jti)` order, after this
+    /// `(revoked_at, jti)` (`jti: None` is before every jti).
+    pub async fn revocations_after(
         &self,
         tenant_id: Option<&str>,
-        since: DateTime<Utc>,
-        after: Option<Uuid>,
+        horizon: i64,
+        from: Option<FeedPosition>,
+        since: Option<(DateTime<Utc>, Option<Uuid>)>,
         limit: u32,
     ) -> StoreResult<Vec<Revocation>> {
-        run!(self, "revocations_since", |pool| sqlx::query_as(
-            "SELECT CAST(jti AS TEXT) AS jti, expires_at, revoked_at FROM session_token_mints
-             WHERE (revoked_at > $1 OR (revoked_at = $1 AND jti > $4))
-               AND expires_at > COALESCE($5, CURRENT_TIMESTAMP)
-               AND ($2 IS NULL OR tenant_id = $2)
-             ORDER BY revoked_at, jti LIMIT $3",
-        )
-        .bind(Ts(since))
-        .bind(tenant_id)
-        .bind(i64::from(limit))
-        .bind(after.map(Jti))
-        .bind(Now)
-        .fetch_all(pool)
-        .await?)
+        macro_rules! feed_query {
+            ($order:literal) => {
+                concat!(
+                    "SELECT CAST(jti AS TEXT) AS jti, expires_at, revoked_at, revoked_seq
+                     FROM session_token_mints
+                     WHERE revoked_seq IS NOT NULL AND revoked_seq < $1 AND revoked_at IS NOT NULL
+                       AND ($2 IS NULL OR revoked_seq > $2 OR (revoked_seq = $2 AND jti > $3))
+                       AND ($4 IS NULL OR revoked_at > $4 OR (revoked_at = $4 AND jti > $5))
+                       AND expires_at > COALESCE($6, CURRENT_TIMESTAMP)
+                       AND ($7 IS NULL OR tenant_id = $7)
+                     ORDER BY ",
+                    $order,
+                    " LIMIT $8"
+                )
+            };
+        }
+        let (from, since) = match from {
+            Some(from) => (Some(from), None),
+            None => (None, since),
+        };
+        let sql = if since.is_some() {
+            feed_query!("revoked_at, jti")
+        } else {
+            feed_query!("revoked_seq, jti")
+        };
+        let (since_at, since_jti) = since.unzip();
+        run!(self, "revocations_after", |pool| sqlx::query_as(sql)
+            .bind(horizon)
+            .bind(from.map(|p| p.seq))
+            .bind(from.and_then(|p| p.jti).map(Jti))
+            .bind(since_at.map(Ts))
+            .bind(since_jti.flatten().map(Jti))
+            .bind(Now)
+            .bind(tenant_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?)
     }
 
     /// Claims `(principal, key)` for a mint with `request_hash`, replacing a claim older than

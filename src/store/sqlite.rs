@@ -136,6 +136,16 @@ pub(super) async fn watch_changes(pool: &SqlitePool, freshness: &Freshness) -> S
     }
 }
 
+pub(super) async fn revocation_horizon(pool: &SqlitePool) -> StoreResult<i64> {
+    // One writer at a time: the next number the counter hands out (migration 8) is above every
+    // committed revocation, and every revocation still to commit gets it or a later one.
+    Ok(
+        sqlx::query_scalar("SELECT value + 1 FROM revocation_counter WHERE id = 1")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 pub(super) async fn prune_mints(
     pool: &SqlitePool,
     expired_before: DateTime<Utc>,

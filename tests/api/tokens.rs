@@ -272,11 +272,30 @@ async fn feed_response(
         .expect("request")
 }
 
-async fn feed(app: &TestApp, credential: &str, since: Option<&str>) -> Value {
+/// The feed's answer once it holds at least `expected` revocations (within 10 s): a revocation
+/// is handed out once no transaction older than its own is in flight, on the whole PostgreSQL
+/// server (other tests' included).
+async fn feed_holding(
+    app: &TestApp,
+    credential: &str,
+    query: &[(&str, &str)],
+    expected: usize,
+) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let response = feed_response(app, credential, query).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let page = response.json::<Value>().await.expect("json")["data"].clone();
+        if jtis(&page).len() >= expected || started.elapsed() > std::time::Duration::from_secs(10) {
+            return page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn feed(app: &TestApp, credential: &str, since: Option<&str>, expected: usize) -> Value {
     let query: Vec<(&str, &str)> = since.map(|since| ("since", since)).into_iter().collect();
-    let response = feed_response(app, credential, &query).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json::<Value>().await.expect("json")["data"].clone()
+    feed_holding(app, credential, &query, expected).await
 }
 
 fn jtis(feed: &Value) -> Vec<String> {
@@ -286,6 +305,46 @@ fn jtis(feed: &Value) -> Vec<String> {
         .iter()
         .filter_map(|r| r["jti"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// Follows Acme's feed from its start, by `next_cursor` (or by `next_since`/`next_after`), until
+/// it has `expected` revocations or 10 s have passed; every jti handed out, in order.
+async fn follow(app: &TestApp, by_time: bool, expected: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut time: Option<(String, String)> = None;
+    let started = std::time::Instant::now();
+    while seen.len() < expected && started.elapsed() < std::time::Duration::from_secs(10) {
+        let query = match (&cursor, &time) {
+            (Some(cursor), _) => vec![("cursor", cursor.as_str())],
+            (None, Some((since, after))) => {
+                vec![("since", since.as_str()), ("after", after.as_str())]
+            }
+            (None, None) => Vec::new(),
+        };
+        let response = feed_response(app, ACME_KEY, &query).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let page = response.json::<Value>().await.expect("json")["data"].clone();
+        seen.extend(jtis(&page));
+        if by_time {
+            if let (Some(since), Some(after)) =
+                (page["next_since"].as_str(), page["next_after"].as_str())
+            {
+                time = Some((since.to_owned(), after.to_owned()));
+            }
+        } else {
+            cursor = Some(
+                page["next_cursor"]
+                    .as_str()
+                    .expect("next_cursor")
+                    .to_owned(),
+            );
+        }
+        if page["has_more"] != true {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    seen
 }
 
 /// Revoking a chat session's tokens leaves other sessions' tokens active, says when nothing was
@@ -322,27 +381,20 @@ async fn a_bulk_revoke_larger_than_a_feed_page_is_fed_whole(backend: Backend) {
     .await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    let mut seen = Vec::new();
-    let mut cursor: Option<(String, String)> = None;
-    for _ in 0..5 {
-        let query = match &cursor {
-            Some((since, after)) => vec![("since", since.as_str()), ("after", after.as_str())],
-            None => Vec::new(),
-        };
-        let response = feed_response(&app, ACME_KEY, &query).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let page = response.json::<Value>().await.expect("json")["data"].clone();
-        seen.extend(jtis(&page));
-        if page["has_more"] != true {
-            break;
-        }
-        let since = page["next_since"].as_str().expect("next_since").to_owned();
-        let after = page["next_after"].as_str().expect("next_after").to_owned();
-        cursor = Some((since, after));
+    // Followed by its cursor, and by time as verifiers before the cursor did: each once.
+    for by_time in [false, true] {
+        let seen = follow(&app, by_time, minted_jtis.len()).await;
+        let unique: std::collections::HashSet<String> = seen.iter().cloned().collect();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "a revocation fed twice (by time: {by_time})"
+        );
+        assert_eq!(
+            unique, minted_jtis,
+            "the feed lost or invented revocations (by time: {by_time})"
+        );
     }
-    let unique: std::collections::HashSet<String> = seen.iter().cloned().collect();
-    assert_eq!(unique.len(), seen.len(), "a revocation fed twice");
-    assert_eq!(unique, minted_jtis, "the feed lost or invented revocations");
 
     // A malformed `after` is refused.
     let response = feed_response(&app, ACME_KEY, &[("after", "nope")]).await;
@@ -429,7 +481,7 @@ async fn a_sessions_tokens_are_revoked_together_and_fed_to_verifiers(backend: Ba
     .await;
 
     // The feed: Acme's two revocations, with their expiry; none for Globex; all for the platform.
-    let acme = feed(&app, ACME_KEY, None).await;
+    let acme = feed(&app, ACME_KEY, None, 2).await;
     let mut revoked = jtis(&acme);
     revoked.sort();
     let mut expected = vec![a.clone(), b.clone()];
@@ -437,25 +489,44 @@ async fn a_sessions_tokens_are_revoked_together_and_fed_to_verifiers(backend: Ba
     assert_eq!(revoked, expected);
     assert!(acme["revocations"][0]["expires_at"].is_string());
     assert_eq!(acme["has_more"], false);
-    assert!(jtis(&feed(&app, GLOBEX_KEY, None).await).is_empty());
-    assert_eq!(jtis(&feed(&app, NEO_KEY, None).await).len(), 2);
+    assert!(jtis(&feed(&app, GLOBEX_KEY, None, 0).await).is_empty());
+    assert_eq!(jtis(&feed(&app, NEO_KEY, None, 2).await).len(), 2);
 
-    // Polling from next_since returns only what came after.
+    // Polling from next_cursor (or, as before it, next_since) returns only what came after.
+    let cursor = acme["next_cursor"]
+        .as_str()
+        .expect("next_cursor")
+        .to_owned();
     let next = acme["next_since"].as_str().expect("next_since").to_owned();
-    assert!(jtis(&feed(&app, ACME_KEY, Some(&next)).await).is_empty());
+    let query = [("cursor", cursor.as_str())];
+    assert!(jtis(&feed_holding(&app, ACME_KEY, &query, 0).await).is_empty());
+    assert!(jtis(&feed(&app, ACME_KEY, Some(&next), 0).await).is_empty());
     assert_eq!(
         revoke(&app, ACME_KEY, &other).await.status(),
         StatusCode::OK
     );
-    assert_eq!(jtis(&feed(&app, ACME_KEY, Some(&next)).await), [other]);
+    let after = feed_holding(&app, ACME_KEY, &query, 1).await;
+    assert_eq!(jtis(&after), std::slice::from_ref(&other));
+    assert_eq!(jtis(&feed(&app, ACME_KEY, Some(&next), 1).await), [other]);
+    let query = [(
+        "cursor",
+        after["next_cursor"].as_str().expect("next_cursor"),
+    )];
+    assert!(jtis(&feed_holding(&app, ACME_KEY, &query, 0).await).is_empty());
 
-    let response = feed_response(&app, ACME_KEY, &[("since", "not a time")]).await;
-    assert_error(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    for query in [
+        [("since", "not a time")].as_slice(),
+        &[("cursor", "not a cursor")],
+        &[("cursor", cursor.as_str()), ("since", next.as_str())],
+    ] {
+        let response = feed_response(&app, ACME_KEY, query).await;
+        assert_error(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
 }
 
 async fn list(app: &TestApp, credential: &str, query: &[(&str, &str)]) -> (Vec<Value>, Value) {

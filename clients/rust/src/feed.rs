@@ -19,15 +19,19 @@ pub struct RevokedToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct RevocationFeed {
-    /// Oldest revocation first.
+    /// Oldest first: by `revoked_at` on a first poll, then in the order the feed hands them out.
     pub revocations: Vec<RevokedToken>,
-    /// Pass as `since` next time (the last revocation's time, or the `since` given).
+    /// Pass as `cursor` next time: the feed goes on from there, and delivers every revocation
+    /// after it, however late it commits. Opaque: pass it back as it is.
+    pub next_cursor: String,
+    /// Deprecated (use `next_cursor`): the latest revocation time of the answer, or the
+    /// `since` given. A revocation that commits after a later one can be missed by following it.
     pub next_since: DateTime<Utc>,
-    /// Pass as `after` next time, with `next_since` (the last revocation's jti, or the `after`
-    /// given): one bulk revoke gives many tokens the same `revoked_at`.
+    /// Deprecated (use `next_cursor`): with `next_since`, the greatest jti revoked at exactly
+    /// `next_since` in the answer, or the `after` given.
     #[cfg_attr(feature = "schema", schema(value_type = Option<String>))]
     pub next_after: Option<String>,
-    /// More revocations wait: ask again at once with `next_since` and `next_after`.
+    /// More revocations wait: ask again at once with `next_cursor`.
     pub has_more: bool,
 }
 

@@ -133,8 +133,8 @@ pub enum VerifyError {
 #[derive(Default)]
 struct DenyList {
     revoked: HashMap<Uuid, DateTime<Utc>>,
-    since: Option<DateTime<Utc>>,
-    after: Option<String>,
+    /// Where the feed goes on (`next_cursor`); `None` before the first page.
+    cursor: Option<String>,
     refreshed_at: Option<Instant>,
 }
 
@@ -221,20 +221,11 @@ impl Verifier {
         let feed_error = |e: &dyn std::fmt::Display| VerifyError::RevocationFeed(e.to_string());
         let _one_at_a_time = self.refreshing.lock().await;
         for _ in 0..MAX_FEED_PAGES {
-            let (since, after) = {
+            let cursor = {
                 let deny = self.deny.read().unwrap_or_else(|p| p.into_inner());
-                (deny.since, deny.after.clone())
+                deny.cursor.clone()
             };
-            let mut query: Vec<(&str, String)> = Vec::new();
-            if let Some(since) = since {
-                query.push((
-                    "since",
-                    since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                ));
-            }
-            if let Some(after) = after {
-                query.push(("after", after));
-            }
+            let query: Vec<(&str, String)> = cursor.into_iter().map(|c| ("cursor", c)).collect();
             let response = self
                 .client
                 .get(&feed.url)
@@ -264,8 +255,7 @@ impl Verifier {
                     deny.revoked.insert(jti, expires_at);
                 }
             }
-            deny.since = Some(page.next_since);
-            deny.after = page.next_after;
+            deny.cursor = Some(page.next_cursor);
             if !page.has_more {
                 break;
             }
