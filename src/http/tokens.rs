@@ -304,7 +304,7 @@ pub struct SessionRevocationEnvelope {
     operation_id = "public_api.session_tokens_revoke",
     tag = "Chat",
     summary = "Revoke every token of a chat session",
-    description = "Revokes the session's tokens issued before `issued_before` (default now). The session must be the caller's tenant's; a platform key may also revoke the tokens of another tenant's Neo Support session. A call that revoked nothing says so in `meta.warnings`.",
+    description = "Revokes the session's tokens issued before `issued_before` (default now) that the caller may revoke one by one: its tenant's tokens; a platform key also those it minted into another tenant's Neo Support session. The session must be the caller's tenant's (or, for a platform key, a Neo Support session). A call that revoked nothing says so in `meta.warnings`.",
     request_body(content = RevokeSessionRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "How many were revoked.", body = SessionRevocationEnvelope),
@@ -341,9 +341,14 @@ pub async fn revoke_session_tokens(
     let revoked = timings
         .time(
             "db",
-            state
-                .store
-                .revoke_session_mints(&session.id, issued_before, &principal.id()),
+            state.store.revoke_session_mints(
+                &session.id,
+                issued_before,
+                &principal.id(),
+                // The rule of `visible`, for many tokens at once.
+                principal.tenant_id(),
+                principal.is_platform().then(|| principal.tenant_id()),
+            ),
         )
         .await?;
     let warnings = if revoked == 0 {

@@ -181,22 +181,28 @@ impl Store {
     }
 
     /// Revokes every token of `session_id` issued before `issued_before` that is not revoked
-    /// yet; how many.
+    /// yet and that the caller may act on: `tenant_id`'s tokens, and, for a platform caller
+    /// (`minted_by_tenant: Some`), the tokens it minted into other tenants; how many.
     pub async fn revoke_session_mints(
         &self,
         session_id: &str,
         issued_before: DateTime<Utc>,
         revoked_by: &str,
+        tenant_id: &str,
+        minted_by_tenant: Option<&str>,
     ) -> StoreResult<u64> {
         run!(self, "revoke_session_mints", |pool| sqlx::query(
             "UPDATE session_token_mints
              SET revoked_at = COALESCE($3, CURRENT_TIMESTAMP), revoked_by = $4
-             WHERE session_id = $1 AND issued_at < $2 AND revoked_at IS NULL",
+             WHERE session_id = $1 AND issued_at < $2 AND revoked_at IS NULL
+               AND (tenant_id = $5 OR minted_by_tenant = $6)",
         )
         .bind(session_id)
         .bind(Ts(issued_before))
         .bind(Now)
         .bind(revoked_by)
+        .bind(tenant_id)
+        .bind(minted_by_tenant)
         .execute(pool)
         .await?
         .rows_affected())

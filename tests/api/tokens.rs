@@ -711,7 +711,72 @@ async fn no_token_or_claims_is_stored_and_no_answer_is_sniffed(backend: Backend)
     );
 }
 
+/// One authorization rule for one token and for a session's tokens: the platform key may
+/// bulk-revoke, in a tenant's Neo Support session, only the tokens it minted there (the ones it
+/// may revoke one by one), never the tenant's own.
+async fn the_platform_bulk_revokes_only_the_support_tokens_it_minted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (platform_jti, _) = minted(
+        &app,
+        NEO_KEY,
+        json!({"session_id": "s-acme-support", "client_id": "acme"}),
+    )
+    .await;
+    let (acme_jti, _) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-support"})).await;
+    assert_error(
+        revoke(&app, NEO_KEY, &acme_jti).await,
+        StatusCode::NOT_FOUND,
+        "token_not_found",
+    )
+    .await;
+
+    let response = post_json(
+        &app,
+        NEO_KEY,
+        "/public-api/sessions/revoke",
+        json!({"session_id": "s-acme-support"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["data"]["revoked"], 1, "{body}");
+
+    let platforms = record(&app, ACME_KEY, &platform_jti).await;
+    let platforms: Value = platforms.json().await.expect("json");
+    assert!(platforms["data"]["revoked_at"].is_string(), "{platforms}");
+    let acmes = record(&app, ACME_KEY, &acme_jti).await;
+    let acmes: Value = acmes.json().await.expect("json");
+    assert!(acmes["data"]["revoked_at"].is_null(), "{acmes}");
+}
+
+/// Every revoke filters by tenant: after a session moved to another tenant, that tenant's bulk
+/// revoke neither touches nor counts the tokens the first tenant minted into it.
+async fn a_bulk_revoke_never_reaches_another_tenants_tokens(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (acme_jti, _) = minted(&app, ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+    sqlx::query("UPDATE chat_sessions SET tenant_id = 'globex' WHERE id = 's-acme-1'")
+        .execute(&app.db.pool)
+        .await
+        .expect("move the session");
+
+    let response = post_json(
+        &app,
+        GLOBEX_KEY,
+        "/public-api/sessions/revoke",
+        json!({"session_id": "s-acme-1"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["data"]["revoked"], 0, "{body}");
+    let acmes = record(&app, ACME_KEY, &acme_jti).await;
+    let acmes: Value = acmes.json().await.expect("json");
+    assert!(acmes["data"]["revoked_at"].is_null(), "{acmes}");
+}
+
 backend_tests!(
+    the_platform_bulk_revokes_only_the_support_tokens_it_minted,
+    a_bulk_revoke_never_reaches_another_tenants_tokens,
     listing_pages_through_every_token_once,
     no_token_or_claims_is_stored_and_no_answer_is_sniffed,
     a_sessions_tokens_are_revoked_together_and_fed_to_verifiers,
