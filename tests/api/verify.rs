@@ -22,6 +22,16 @@ fn verifier_for(app: &TestApp) -> VerifierConfig {
     config
 }
 
+/// Revokes one token as Acme (`DELETE /public-api/sessions/{jti}`).
+async fn revoke(app: &TestApp, jti: &str) -> reqwest::Response {
+    app.request(
+        reqwest::Method::DELETE,
+        &format!("/public-api/sessions/{jti}"),
+        Some(ACME_KEY),
+    )
+    .await
+}
+
 async fn minted(app: &TestApp) -> String {
     let (data, _) = app
         .mint_ok(
@@ -230,13 +240,7 @@ async fn the_verify_module_refuses_revoked_tokens_from_the_feed(backend: Backend
     verifier.verify(&first, "s-acme-1").await.expect("valid");
 
     let jti = jti_of(&app, &first).await;
-    let response = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/public-api/sessions/{jti}"),
-            Some(ACME_KEY),
-        )
-        .await;
+    let response = revoke(&app, &jti).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     assert_revoked(&verifier, &first, "s-acme-1", "the revoked token").await;
     assert_eq!(verifier.refresh_revocations().await.expect("feed"), 1);
@@ -250,12 +254,7 @@ async fn the_verify_module_refuses_revoked_tokens_from_the_feed(backend: Backend
         .spawn_revocation_polling()
         .expect("a feed is configured");
     let jti = jti_of(&app, &second).await;
-    app.request(
-        reqwest::Method::DELETE,
-        &format!("/public-api/sessions/{jti}"),
-        Some(ACME_KEY),
-    )
-    .await;
+    revoke(&app, &jti).await;
     let started = std::time::Instant::now();
     while verifier.verify(&second, "s-acme-1").await.is_ok() {
         assert!(
@@ -375,13 +374,7 @@ async fn a_revocation_that_commits_late_still_reaches_a_verifier_following_the_f
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let response = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/public-api/sessions/{b_jti}"),
-            Some(ACME_KEY),
-        )
-        .await;
+    let response = revoke(&app, &b_jti).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     // The verifier polls while the bulk revoke is in flight (today's code hands B out here and
     // moves its cursor past A's time; a feed with a horizon may hold B back until it is safe).
@@ -407,13 +400,7 @@ async fn a_revocation_that_commits_late_still_reaches_a_verifier_following_the_f
 async fn a_revocation_stamped_before_one_already_fed_still_reaches_the_verifier(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (verifier, [(a, a_jti), (b, b_jti)]) = feed_and_two_tokens(&app).await;
-    let response = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/public-api/sessions/{b_jti}"),
-            Some(ACME_KEY),
-        )
-        .await;
+    let response = revoke(&app, &b_jti).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let body: Value = response.json().await.expect("json");
     let b_revoked_at =
