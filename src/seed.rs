@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::{
-    auth::api_key,
+    auth::{api_key, principal::Scopes},
     store::{
         SeedAgent, SeedApiKey, SeedEndCompany, SeedPlan, SeedTenant, SessionKind, SessionRow,
         SessionStatus,
@@ -72,6 +72,10 @@ pub struct FixtureApiKey {
     pub revoked: bool,
     #[serde(default)]
     pub secret: Option<String>,
+    /// What the key may do (`sessions:mint`, `tokens:manage`, `revocations:read`,
+    /// `directory:write`); absent: the first three, what keys could do before scopes.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,8 +181,14 @@ impl Fixture {
                     (secret, false)
                 }
             };
+            let scopes = match &k.scopes {
+                None => Scopes::LEGACY,
+                Some(names) => Scopes::parse_names(names.iter().map(String::as_str))
+                    .map_err(|why| FixtureError(format!("API key {}: {why}", k.id)))?,
+            };
             plan.api_keys.push(SeedApiKey {
                 key_hash: api_key::hash(&secret),
+                scopes,
                 id: k.id,
                 tenant_id: k.tenant_id,
                 name: k.name,
