@@ -472,6 +472,7 @@ pub struct SeedTenant {
     pub name: String,
     pub platform: bool,
     pub entra_tenant_id: Option<String>,
+    pub rate_limit: RateLimitChange,
 }
 
 #[derive(Debug, Clone)]
@@ -486,6 +487,45 @@ pub struct SeedAgent {
     pub id: i64,
     pub tenant_id: String,
     pub name: String,
+}
+
+/// What a written tenant does to its quota override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateLimitChange {
+    /// Leaves it as it is.
+    #[default]
+    Keep,
+    /// Removes it: the default applies.
+    Clear,
+    Set(TenantRateLimit),
+}
+
+/// A tenant as the directory reads it, with its quota override.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TenantRecord {
+    pub id: String,
+    pub name: String,
+    pub platform: bool,
+    pub entra_tenant_id: Option<String>,
+    pub per_minute: Option<i64>,
+    pub burst: Option<i64>,
+}
+
+impl TenantRecord {
+    pub fn rate_limit(&self) -> Option<TenantRateLimit> {
+        let saturate = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        Some(TenantRateLimit {
+            per_minute: saturate(self.per_minute?),
+            burst: saturate(self.burst?),
+        })
+    }
+}
+
+/// A tenant's own per-principal quota (`tenant_rate_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantRateLimit {
+    pub per_minute: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]

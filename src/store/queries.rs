@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::{
     codec::{Jti, Now, Ts},
     ApiKeyListing, ApiKeyRow, FeedPosition, IdempotencyClaim, MigrationStatus, MintQuery, MintRow,
-    NewApiKey, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
-    StoreResult, TenantRow,
+    NewApiKey, RateLimitChange, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow,
+    Store, StoreError, StoreResult, TenantRow,
 };
 
 /// The columns of a [`MintRow`], the token id read back as text on both backends.
@@ -522,6 +522,28 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| StoreError::seed("tenant", &t.id, e))?;
+                match t.rate_limit {
+                    RateLimitChange::Keep => {}
+                    RateLimitChange::Clear => {
+                        sqlx::query("DELETE FROM tenant_rate_limits WHERE tenant_id = $1")
+                            .bind(&t.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    RateLimitChange::Set(limit) => {
+                        sqlx::query(
+                            "INSERT INTO tenant_rate_limits (tenant_id, per_minute, burst)
+                             VALUES ($1, $2, $3)
+                             ON CONFLICT (tenant_id) DO UPDATE
+                             SET per_minute = excluded.per_minute, burst = excluded.burst",
+                        )
+                        .bind(&t.id)
+                        .bind(i64::from(limit.per_minute))
+                        .bind(i64::from(limit.burst))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
             }
             for c in &plan.end_companies {
                 sqlx::query(
