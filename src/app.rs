@@ -34,8 +34,8 @@ use crate::{
     config::{self, Config},
     freshness::Freshness,
     http::{
-        authenticate, health, jwks, openapi, prometheus, rate_limit, request_context, sessions,
-        tokens,
+        authenticate, directory, health, jwks, openapi, prometheus, rate_limit, request_context,
+        sessions, tokens,
     },
     metrics::Metrics,
     mint::{Minter, TtlBounds},
@@ -335,6 +335,30 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tokens::introspect_session_token))
         .routes(routes!(tokens::revoke_session_tokens))
         .routes(routes!(tokens::revocations))
+        .routes(routes!(directory::list_tenants))
+        .routes(routes!(
+            directory::put_tenant,
+            directory::get_tenant,
+            directory::delete_tenant
+        ))
+        .routes(routes!(directory::list_end_companies))
+        .routes(routes!(
+            directory::put_end_company,
+            directory::get_end_company,
+            directory::delete_end_company
+        ))
+        .routes(routes!(directory::list_agents))
+        .routes(routes!(
+            directory::put_agent,
+            directory::get_agent,
+            directory::delete_agent
+        ))
+        .routes(routes!(directory::list_sessions))
+        .routes(routes!(
+            directory::put_session,
+            directory::get_session,
+            directory::delete_session
+        ))
         .route_layer(from_fn_with_state(
             Arc::clone(state),
             rate_limit::per_principal,

@@ -40,6 +40,7 @@ macro_rules! per_dialect {
 }
 
 mod codec;
+mod directory;
 mod guard;
 mod postgres;
 mod queries;
@@ -53,6 +54,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use directory::{DirectoryRefusal, DirectoryResult, Written};
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
 pub use session_cache::SessionCache;
@@ -313,8 +315,23 @@ pub struct MintRecord {
     pub end_user: Option<String>,
     /// The end company the token is scoped to (rule 5).
     pub end_company_id: Option<String>,
+    /// The agents the token names, as [`MintRecord::agents_column`] writes them.
+    pub allowed_agent_ids: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+impl MintRecord {
+    /// `,101,102,` (`,` for none): `LIKE '%,101,%'` finds the records of tokens that name 101.
+    pub fn agents_column(agent_ids: &[i64]) -> String {
+        use std::fmt::Write;
+        let mut column = String::with_capacity(1 + agent_ids.len() * 8);
+        column.push(',');
+        for id in agent_ids {
+            let _ = write!(column, "{id},");
+        }
+        column
+    }
 }
 
 /// A mint record as read back: the record, and its revocation.
@@ -475,14 +492,14 @@ pub struct SeedTenant {
     pub rate_limit: RateLimitChange,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SeedEndCompany {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SeedAgent {
     pub id: i64,
     pub tenant_id: String,

@@ -70,6 +70,7 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
     let mut minted_by_tenant = Vec::with_capacity(records.len());
     let mut end_user = Vec::with_capacity(records.len());
     let mut end_company_id = Vec::with_capacity(records.len());
+    let mut agents = Vec::with_capacity(records.len());
     let mut issued_at = Vec::with_capacity(records.len());
     let mut expires_at = Vec::with_capacity(records.len());
     for r in records {
@@ -81,16 +82,17 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
         minted_by_tenant.push(r.minted_by_tenant.as_str());
         end_user.push(r.end_user.as_deref());
         end_company_id.push(r.end_company_id.as_deref());
+        agents.push(r.allowed_agent_ids.as_str());
         issued_at.push(r.issued_at);
         expires_at.push(r.expires_at);
     }
     sqlx::query(
         "INSERT INTO session_token_mints
            (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
-            expires_at, minted_by_tenant, end_company_id)
+            expires_at, minted_by_tenant, end_company_id, allowed_agent_ids)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                               $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                              $10::text[])",
+                              $10::text[], $11::text[])",
     )
     .bind(jti)
     .bind(session_id)
@@ -102,6 +104,7 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
     .bind(expires_at)
     .bind(minted_by_tenant)
     .bind(end_company_id)
+    .bind(agents)
     .execute(pool)
     .await?;
     Ok(())
