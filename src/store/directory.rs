@@ -87,7 +87,7 @@ macro_rules! revoke_live {
 
 impl Store {
     pub async fn directory_tenant(&self, id: &str) -> StoreResult<Option<TenantRecord>> {
-        run!(self, "directory_tenant", |pool| sqlx::query_as(
+        run!(self, "directory_tenant", Safe, |pool| sqlx::query_as(
             "SELECT t.id, t.name, t.platform, t.entra_tenant_id, r.per_minute, r.burst
              FROM tenants t LEFT JOIN tenant_rate_limits r ON r.tenant_id = t.id
              WHERE t.id = $1",
@@ -104,7 +104,7 @@ impl Store {
         limit: u32,
         only: Option<&str>,
     ) -> StoreResult<Vec<TenantRecord>> {
-        run!(self, "directory_tenants", |pool| sqlx::query_as(
+        run!(self, "directory_tenants", Safe, |pool| sqlx::query_as(
             "SELECT t.id, t.name, t.platform, t.entra_tenant_id, r.per_minute, r.burst
              FROM tenants t LEFT JOIN tenant_rate_limits r ON r.tenant_id = t.id
              WHERE t.id > $1 AND ($3 IS NULL OR t.id = $3)
@@ -125,7 +125,7 @@ impl Store {
         may_set_platform: bool,
     ) -> DirectoryResult<Written<TenantRecord>> {
         let lock = self.pool.lock_rows();
-        run!(self, "put_tenant", |pool| {
+        run!(self, "put_tenant", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let existing: Option<TenantRecord> = sqlx::query_as(&format!(
                 "SELECT t.id, t.name, t.platform, t.entra_tenant_id, r.per_minute, r.burst
@@ -211,7 +211,7 @@ impl Store {
     /// record (those are the audit trail: they go with retention). Never the platform tenant.
     pub async fn delete_tenant(&self, id: &str) -> DirectoryResult<()> {
         let lock = self.pool.lock_rows();
-        run!(self, "delete_tenant", |pool| {
+        run!(self, "delete_tenant", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let platform: Option<bool> =
                 sqlx::query_scalar(&format!("SELECT platform FROM tenants WHERE id = $1{lock}"))
@@ -261,7 +261,7 @@ impl Store {
         tenant_id: &str,
         id: &str,
     ) -> StoreResult<Option<SeedEndCompany>> {
-        run!(self, "directory_end_company", |pool| sqlx::query_as(
+        run!(self, "directory_end_company", Safe, |pool| sqlx::query_as(
             "SELECT id, tenant_id, name FROM end_companies WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
@@ -276,7 +276,7 @@ impl Store {
         after: &str,
         limit: u32,
     ) -> StoreResult<Vec<SeedEndCompany>> {
-        run!(self, "directory_end_companies", |pool| sqlx::query_as(
+        run!(self, "directory_end_companies", Safe, |pool| sqlx::query_as(
             "SELECT id, tenant_id, name FROM end_companies
              WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
@@ -292,7 +292,7 @@ impl Store {
         row: &SeedEndCompany,
     ) -> DirectoryResult<Written<SeedEndCompany>> {
         let lock = self.pool.lock_rows();
-        run!(self, "put_end_company", |pool| {
+        run!(self, "put_end_company", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let tenant: Option<String> =
                 sqlx::query_scalar(&format!("SELECT id FROM tenants WHERE id = $1{lock}"))
@@ -335,7 +335,7 @@ impl Store {
         id: &str,
         revoked_by: &str,
     ) -> DirectoryResult<u64> {
-        run!(self, "delete_end_company", |pool| {
+        run!(self, "delete_end_company", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let deleted = sqlx::query("DELETE FROM end_companies WHERE tenant_id = $1 AND id = $2")
                 .bind(tenant_id)
@@ -378,7 +378,7 @@ impl Store {
         tenant_id: &str,
         id: i64,
     ) -> StoreResult<Option<SeedAgent>> {
-        run!(self, "directory_agent", |pool| sqlx::query_as(
+        run!(self, "directory_agent", Safe, |pool| sqlx::query_as(
             "SELECT id, tenant_id, name FROM agents WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
@@ -393,7 +393,7 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> StoreResult<Vec<SeedAgent>> {
-        run!(self, "directory_agents", |pool| sqlx::query_as(
+        run!(self, "directory_agents", Safe, |pool| sqlx::query_as(
             "SELECT id, tenant_id, name FROM agents
              WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
@@ -406,7 +406,7 @@ impl Store {
 
     pub async fn put_agent(&self, row: &SeedAgent) -> DirectoryResult<Written<SeedAgent>> {
         let lock = self.pool.lock_rows();
-        run!(self, "put_agent", |pool| {
+        run!(self, "put_agent", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let tenant: Option<String> =
                 sqlx::query_scalar(&format!("SELECT id FROM tenants WHERE id = $1{lock}"))
@@ -455,7 +455,7 @@ impl Store {
         id: i64,
         revoked_by: &str,
     ) -> DirectoryResult<u64> {
-        run!(self, "delete_agent", |pool| {
+        run!(self, "delete_agent", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let deleted = sqlx::query("DELETE FROM agents WHERE tenant_id = $1 AND id = $2")
                 .bind(tenant_id)
@@ -488,7 +488,7 @@ impl Store {
         after: &str,
         limit: u32,
     ) -> StoreResult<Vec<SessionRow>> {
-        run!(self, "directory_sessions", |pool| sqlx::query_as(
+        run!(self, "directory_sessions", Safe, |pool| sqlx::query_as(
             "SELECT id, tenant_id, kind, status, end_company_id FROM chat_sessions
              WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
@@ -508,7 +508,7 @@ impl Store {
         revoked_by: &str,
     ) -> DirectoryResult<Written<SessionRow>> {
         let lock = self.pool.lock_rows();
-        run!(self, "put_session", |pool| {
+        run!(self, "put_session", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             // The tenant's row lock serialises writes of its sessions (the Neo Support rule).
             let tenant: Option<String> =
@@ -606,7 +606,7 @@ impl Store {
 
     /// Deletes a session, revoking its live tokens; their records stay (the audit trail).
     pub async fn delete_session(&self, id: &str, revoked_by: &str) -> DirectoryResult<u64> {
-        run!(self, "delete_session", |pool| {
+        run!(self, "delete_session", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let tenant: Option<String> =
                 sqlx::query_scalar("DELETE FROM chat_sessions WHERE id = $1 RETURNING tenant_id")

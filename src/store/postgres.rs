@@ -1,7 +1,7 @@
 //! PostgreSQL: the connection, and the statements its dialect writes its own way (arrays for
 //! batches and id lists, the change feed by LISTEN/NOTIFY, pruning along `ctid`).
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
@@ -9,7 +9,7 @@ use sqlx::{
     PgPool,
 };
 
-use super::{MintRecord, StoreError, StoreResult};
+use super::{guard::ConnectionLosses, MintRecord, StoreError, StoreResult};
 use crate::freshness::{Freshness, Topic};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -17,29 +17,42 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// A pooled connection idle for this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-pub(super) async fn connect(url: &str, max_connections: u32) -> StoreResult<PgPool> {
+pub(super) async fn connect(
+    url: &str,
+    max_connections: u32,
+    losses: Arc<ConnectionLosses>,
+) -> StoreResult<PgPool> {
     let options = PgConnectOptions::from_str(url)?.application_name("neo-sessions");
-    Ok(pool_options(max_connections).connect_with(options).await?)
+    Ok(pool_options(max_connections, losses)
+        .connect_with(options)
+        .await?)
 }
 
 /// A pool that connects on first use: for a server that is not reachable yet.
-pub(super) fn connect_lazy(url: &str, max_connections: u32) -> StoreResult<PgPool> {
+pub(super) fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    losses: Arc<ConnectionLosses>,
+) -> StoreResult<PgPool> {
     let options = PgConnectOptions::from_str(url)?.application_name("neo-sessions");
-    Ok(pool_options(max_connections).connect_lazy_with(options))
+    Ok(pool_options(max_connections, losses).connect_lazy_with(options))
 }
 
-fn pool_options(max_connections: u32) -> PgPoolOptions {
+fn pool_options(max_connections: u32, losses: Arc<ConnectionLosses>) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         // sqlx pings every connection it hands out by default: a round trip in front of every
         // query. A connection that answered less than a second ago is handed out as it is;
         // one idle for longer (the server may have gone since) is still pinged, and a broken
-        // one is replaced. sqlx pings each connection on release as well, whatever this says.
+        // one is replaced. So is one that sat idle while another pooled connection was found
+        // dead (the server may have ended them all at once: see `guard.rs`, retry once).
+        // sqlx pings each connection on release as well, whatever this says.
         .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
+        .before_acquire(move |connection, meta| {
+            let suspect = losses.may_have_died(meta.idle_for);
             Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE_FOR {
+                if suspect || meta.idle_for >= PING_IF_IDLE_FOR {
                     sqlx::Connection::ping(connection).await?;
                 }
                 Ok(true)
