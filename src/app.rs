@@ -151,8 +151,11 @@ const CHANGE_FEED_RETRY: Duration = Duration::from_secs(1);
 /// the signing key, and builds the state the router serves.
 async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let metrics = Arc::new(Metrics::new());
+    // The keys' secrets first: a missing key-encryption key stops start-up before the database
+    // is touched.
+    let key_source = signing::KeySource::load(&config).context("cannot load the signing keys")?;
     let store = open_store_for_serving(&config, Arc::clone(&metrics)).await?;
-    let issuer = signing::start(&config, Arc::clone(&store))
+    let issuer = signing::start(&config, key_source, Arc::clone(&store))
         .await
         .context("cannot load the signing keys")?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {

@@ -491,6 +491,24 @@ impl Store {
             == 1)
     }
 
+    /// Deletes signing key `kid` if it starts signing after `not_before` (a `next` key that has
+    /// not signed); false when there is no such row.
+    pub async fn delete_next_signing_key(
+        &self,
+        kid: &str,
+        not_before: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        run!(self, "delete_next_signing_key", |pool| sqlx::query(
+            "DELETE FROM signing_keys WHERE kid = $1 AND activates_at > $2",
+        )
+        .bind(kid)
+        .bind(Ts(not_before))
+        .execute(pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
     /// Deletes at most `limit` idempotency claims made before `created_before`; how many.
     pub async fn prune_idempotency(
         &self,
