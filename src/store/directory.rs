@@ -276,15 +276,17 @@ impl Store {
         after: &str,
         limit: u32,
     ) -> StoreResult<Vec<SeedEndCompany>> {
-        run!(self, "directory_end_companies", Safe, |pool| sqlx::query_as(
-            "SELECT id, tenant_id, name FROM end_companies
+        run!(self, "directory_end_companies", Safe, |pool| {
+            sqlx::query_as(
+                "SELECT id, tenant_id, name FROM end_companies
              WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(tenant_id)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?)
+            )
+            .bind(tenant_id)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        })
     }
 
     pub async fn put_end_company(

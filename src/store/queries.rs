@@ -498,7 +498,7 @@ impl Store {
         kid: &str,
         not_before: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        run!(self, "delete_next_signing_key", |pool| sqlx::query(
+        run!(self, "delete_next_signing_key", Never, |pool| sqlx::query(
             "DELETE FROM signing_keys WHERE kid = $1 AND activates_at > $2",
         )
         .bind(kid)
