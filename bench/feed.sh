@@ -72,7 +72,7 @@ SELECT gen_random_uuid(), s.id, s.tenant_id, 'api_key', 'k-bench', s.tenant_id,
        'user-' || (g % 5000), t.issued_at, t.issued_at + interval '15 minutes',
        CASE WHEN revoked THEN t.issued_at + interval '1 minute' END,
        CASE WHEN revoked THEN 'api_key:k-bench' END,
-       CASE WHEN revoked THEN 1 + g * ($horizon_now - 2) / $ROWS END
+       CASE WHEN revoked THEN 1 + g::bigint * ($horizon_now - 2) / $ROWS END
 FROM generate_series(1, $ROWS) g
 CROSS JOIN LATERAL (
   SELECT now() - interval '24 hours' + g * (interval '24 hours' / $ROWS) AS issued_at,
