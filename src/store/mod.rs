@@ -41,6 +41,7 @@ macro_rules! per_dialect {
 
 mod codec;
 mod guard;
+mod import;
 mod postgres;
 mod queries;
 mod recorder;
@@ -53,6 +54,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use import::{
+    BatchOutcome, ImportBatch, ImportRefusal, KindCounts, RefusedRow, IMPORT_REVOKER,
+};
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
 pub use session_cache::SessionCache;
