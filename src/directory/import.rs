@@ -150,7 +150,9 @@ pub async fn import(
 #[derive(Default)]
 struct Batch {
     rows: ImportBatch,
+    /// The first and last line of the batch that the database is to see.
     first_line: Option<u64>,
+    last_line: u64,
     /// The keys in `rows`: a repeated key starts a new batch, so that a file applies line after
     /// line (one upsert statement cannot write a row twice).
     tenants: HashSet<String>,
@@ -180,6 +182,7 @@ impl Batch {
     /// Checks the entry as the API checks a body; a good one joins the batch.
     fn push(&mut self, line: u64, parsed: DirectoryLine, summary: &mut ImportSummary) {
         self.first_line.get_or_insert(line);
+        self.last_line = line;
         let refused = match parsed {
             DirectoryLine::Tenant(t) => match t.check() {
                 Ok(row) => {
@@ -232,15 +235,15 @@ impl Batch {
         summary: &mut ImportSummary,
         refused: &mut impl FnMut(&Refusal),
     ) -> Result<(), ImportError> {
-        let first = self.first_line.take().unwrap_or(summary.lines);
-        if !self.rows.is_empty() {
+        if let (false, Some(first)) = (self.rows.is_empty(), self.first_line) {
+            let last = self.last_line;
             let outcome =
                 store
                     .import_batch(&self.rows)
                     .await
                     .map_err(|source| ImportError::Store {
                         first,
-                        last: summary.lines,
+                        last,
                         source,
                     })?;
             summary.add(&outcome);

@@ -150,6 +150,9 @@ pub(super) struct Revoke<'a> {
     end_company_id: Option<&'a str>,
 }
 
+/// Export pages are keyset pages along each table's primary key; the first page starts after the
+/// empty string (ids are 1 character or more) or the smallest integer, so one plan serves every
+/// page.
 impl Store {
     /// Applies `batch` in one transaction (see the module's documentation); the rows the rules
     /// refuse are reported and nothing of them is written.
@@ -171,10 +174,10 @@ impl Store {
         run!(self, "export_tenants", |pool| sqlx::query_as(
             "SELECT t.id, t.name, t.platform, t.entra_tenant_id, r.per_minute, r.burst
              FROM tenants t LEFT JOIN tenant_rate_limits r ON r.tenant_id = t.id
-             WHERE $1 IS NULL OR t.id > $1
+             WHERE t.id > $1
              ORDER BY t.id LIMIT $2",
         )
-        .bind(after)
+        .bind(after.unwrap_or_default())
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?)
@@ -189,11 +192,11 @@ impl Store {
         let rows: Vec<(String, String, String)> = run!(self, "export_end_companies", |pool| {
             sqlx::query_as(
                 "SELECT tenant_id, id, name FROM end_companies
-                 WHERE $1 IS NULL OR (tenant_id, id) > ($1, $2)
+                 WHERE (tenant_id, id) > ($1, $2)
                  ORDER BY tenant_id, id LIMIT $3",
             )
-            .bind(after.map(|(tenant, _)| tenant))
-            .bind(after.map(|(_, id)| id))
+            .bind(after.map_or("", |(tenant, _)| tenant))
+            .bind(after.map_or("", |(_, id)| id))
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?
@@ -217,9 +220,9 @@ impl Store {
         let rows: Vec<(i64, String, String)> = run!(self, "export_agents", |pool| {
             sqlx::query_as(
                 "SELECT id, tenant_id, name FROM agents
-                 WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                 WHERE id > $1 ORDER BY id LIMIT $2",
             )
-            .bind(after)
+            .bind(after.unwrap_or(i64::MIN))
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?
@@ -242,9 +245,9 @@ impl Store {
     ) -> StoreResult<Vec<SessionRow>> {
         run!(self, "export_sessions", |pool| sqlx::query_as(
             "SELECT id, tenant_id, kind, status, end_company_id FROM chat_sessions
-             WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
+             WHERE id > $1 ORDER BY id LIMIT $2",
         )
-        .bind(after)
+        .bind(after.unwrap_or_default())
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?)
