@@ -6,7 +6,7 @@
 #
 #   bash bench/import.sh
 #   SESSIONS=200000 bash bench/import.sh
-#   NEO_BIN=/path/to/neo-sessions bash bench/import.sh   # another build (skips cargo build)
+#   IMPORT_BIN=/path/to/neo-sessions bash bench/import.sh   # another build (skips cargo build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +18,9 @@ PGUSER=${PGUSER:-postgres}
 DB=${DB:-neo_bench_import}
 export PGHOST PGPORT PGUSER
 
-if [[ -z "${NEO_BIN:-}" ]]; then
+if [[ -z "${IMPORT_BIN:-}" ]]; then
   cargo build --release --locked --bin neo-sessions
-  NEO_BIN=${CARGO_TARGET_DIR:-target}/release/neo-sessions
+  IMPORT_BIN=${CARGO_TARGET_DIR:-target}/release/neo-sessions
 fi
 
 work=$(mktemp -d)
@@ -58,7 +58,7 @@ echo "file: $lines lines ($(du -h "$file" | cut -f1)), $SESSIONS sessions, $TENA
 
 psql -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 export NEO_DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
-"$NEO_BIN" migrate > /dev/null
+"$IMPORT_BIN" migrate > /dev/null
 
 run() {
   local name=$1; shift
@@ -70,10 +70,10 @@ run() {
     "$started" "$ended" "$lines"
 }
 
-run "import into an empty database" "$NEO_BIN" directory import "$file" > "$work/first.txt"
+run "import into an empty database" "$IMPORT_BIN" directory import "$file" > "$work/first.txt"
 tail -3 "$work/first.txt"
-run "import again (every row unchanged)" "$NEO_BIN" directory import "$file" > "$work/second.txt"
+run "import again (every row unchanged)" "$IMPORT_BIN" directory import "$file" > "$work/second.txt"
 tail -3 "$work/second.txt"
-run "export" "$NEO_BIN" directory export "$work/export.jsonl" 2> /dev/null
+run "export" "$IMPORT_BIN" directory export "$work/export.jsonl" 2> /dev/null
 echo "export: $(wc -l < "$work/export.jsonl") lines"
 psql -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
