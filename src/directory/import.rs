@@ -3,7 +3,8 @@
 //! the API checks a body and applied in one transaction by [`Store::import_batch`]; a line that
 //! is not understood or breaks a rule is refused (its line number and why) and the rest goes in.
 //! An export writes every row, tenants first, then end companies, agents and sessions, each in
-//! keyset pages of [`EXPORT_PAGE`] rows, so neither holds the directory in memory.
+//! keyset pages of [`EXPORT_PAGE`] rows read in one transaction, so neither holds the directory
+//! in memory.
 
 use std::{
     collections::HashSet,
@@ -11,7 +12,7 @@ use std::{
 };
 
 use super::{AgentEntry, DirectoryLine, EndCompanyEntry, SessionEntry, TenantEntry};
-use crate::store::{BatchOutcome, ImportBatch, KindCounts, Store, StoreError};
+use crate::store::{BatchOutcome, ExportPage, ImportBatch, KindCounts, Store, StoreError};
 
 /// Lines per transaction.
 pub const BATCH_LINES: usize = 5_000;
@@ -280,73 +281,54 @@ pub enum ExportError {
 }
 
 /// Writes every row of the directory to `output` as JSON Lines: tenants, end companies, agents,
-/// sessions, each by id, page by page. Rows written while it runs may or may not be in it (each
-/// page is read as it is then).
+/// sessions, each by id, page by page, all as of one moment (one read transaction).
 pub async fn export(store: &Store, output: &mut impl Write) -> Result<ExportCounts, ExportError> {
-    fn line(output: &mut impl Write, line: &DirectoryLine) -> std::io::Result<()> {
-        serde_json::to_writer(&mut *output, line)?;
-        output.write_all(b"\n")
+    fn lines(
+        output: &mut impl Write,
+        rows: impl ExactSizeIterator<Item = DirectoryLine>,
+    ) -> std::io::Result<u64> {
+        let count = rows.len() as u64;
+        for line in rows {
+            serde_json::to_writer(&mut *output, &line)?;
+            output.write_all(b"\n")?;
+        }
+        Ok(count)
     }
     let mut counts = ExportCounts::default();
-
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.export_tenants(after.as_deref(), EXPORT_PAGE).await?;
-        for row in &page {
-            line(output, &DirectoryLine::Tenant(TenantEntry::of(row)))?;
-        }
-        counts.tenants += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == EXPORT_PAGE as usize => after = Some(last.id.clone()),
-            _ => break,
-        }
-    }
-
-    let mut after: Option<(String, String)> = None;
-    loop {
-        let page = store
-            .export_end_companies(
-                after.as_ref().map(|(t, id)| (t.as_str(), id.as_str())),
-                EXPORT_PAGE,
-            )
-            .await?;
-        for row in &page {
-            line(output, &DirectoryLine::EndCompany(EndCompanyEntry::of(row)))?;
-        }
-        counts.end_companies += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == EXPORT_PAGE as usize => {
-                after = Some((last.tenant_id.clone(), last.id.clone()));
+    store
+        .export_directory(EXPORT_PAGE, |page| {
+            match page {
+                ExportPage::Tenants(rows) => {
+                    counts.tenants += lines(
+                        output,
+                        rows.iter()
+                            .map(|r| DirectoryLine::Tenant(TenantEntry::of(r))),
+                    )?;
+                }
+                ExportPage::EndCompanies(rows) => {
+                    counts.end_companies += lines(
+                        output,
+                        rows.iter()
+                            .map(|r| DirectoryLine::EndCompany(EndCompanyEntry::of(r))),
+                    )?;
+                }
+                ExportPage::Agents(rows) => {
+                    counts.agents += lines(
+                        output,
+                        rows.iter().map(|r| DirectoryLine::Agent(AgentEntry::of(r))),
+                    )?;
+                }
+                ExportPage::Sessions(rows) => {
+                    counts.sessions += lines(
+                        output,
+                        rows.iter()
+                            .map(|r| DirectoryLine::Session(SessionEntry::of(r))),
+                    )?;
+                }
             }
-            _ => break,
-        }
-    }
-
-    let mut after: Option<i64> = None;
-    loop {
-        let page = store.export_agents(after, EXPORT_PAGE).await?;
-        for row in &page {
-            line(output, &DirectoryLine::Agent(AgentEntry::of(row)))?;
-        }
-        counts.agents += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == EXPORT_PAGE as usize => after = Some(last.id),
-            _ => break,
-        }
-    }
-
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.export_sessions(after.as_deref(), EXPORT_PAGE).await?;
-        for row in &page {
-            line(output, &DirectoryLine::Session(SessionEntry::of(row)))?;
-        }
-        counts.sessions += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == EXPORT_PAGE as usize => after = Some(last.id.clone()),
-            _ => break,
-        }
-    }
+            Ok::<_, std::io::Error>(())
+        })
+        .await??;
     output.flush()?;
     Ok(counts)
 }

@@ -168,93 +168,137 @@ impl Store {
         })
     }
 
-    /// At most `limit` tenants (with their rate-limit override) after `after`, by id.
-    pub async fn export_tenants(
+    /// Hands every row of the directory to `sink`, page by page (at most `page` rows each):
+    /// tenants (with their rate-limit override), end companies, agents, sessions, each in key
+    /// order, all read in one transaction, so the pages are one consistent picture (PostgreSQL:
+    /// a read-only repeatable-read transaction, which takes no transaction id and so does not
+    /// hold back the revocation feed's horizon; SQLite: one read snapshot).
+    /// Stops at the first error of `sink`, which it returns.
+    pub async fn export_directory<E>(
         &self,
-        after: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<TenantRecord>> {
-        run!(self, "export_tenants", |pool| sqlx::query_as(
-            "SELECT t.id, t.name, t.platform, t.entra_tenant_id, r.per_minute, r.burst
-             FROM tenants t LEFT JOIN tenant_rate_limits r ON r.tenant_id = t.id
-             WHERE t.id > $1
-             ORDER BY t.id LIMIT $2",
-        )
-        .bind(after.unwrap_or_default())
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?)
+        page: u32,
+        mut sink: impl FnMut(ExportPage) -> Result<(), E>,
+    ) -> StoreResult<Result<(), E>> {
+        let limit = i64::from(page);
+        let full = |rows: usize| rows == page as usize;
+        run!(self, "export_directory", |pool| {
+            let mut tx = pool.begin().await?;
+            tx.read_only_snapshot().await?;
+            let mut after = String::new();
+            loop {
+                let rows: Vec<TenantRecord> = sqlx::query_as(
+                    "SELECT t.id, t.name, t.platform, t.entra_tenant_id, r.per_minute, r.burst
+                     FROM tenants t LEFT JOIN tenant_rate_limits r ON r.tenant_id = t.id
+                     WHERE t.id > $1 ORDER BY t.id LIMIT $2",
+                )
+                .bind(&after)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let next = rows
+                    .last()
+                    .filter(|_| full(rows.len()))
+                    .map(|r| r.id.clone());
+                if let Err(error) = sink(ExportPage::Tenants(rows)) {
+                    return Ok(Err(error));
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            let mut after = (String::new(), String::new());
+            loop {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT tenant_id, id, name FROM end_companies
+                     WHERE (tenant_id, id) > ($1, $2) ORDER BY tenant_id, id LIMIT $3",
+                )
+                .bind(&after.0)
+                .bind(&after.1)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let next = rows
+                    .last()
+                    .filter(|_| full(rows.len()))
+                    .map(|(tenant, id, _)| (tenant.clone(), id.clone()));
+                let rows = rows
+                    .into_iter()
+                    .map(|(tenant_id, id, name)| SeedEndCompany {
+                        id,
+                        tenant_id,
+                        name,
+                    })
+                    .collect();
+                if let Err(error) = sink(ExportPage::EndCompanies(rows)) {
+                    return Ok(Err(error));
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            let mut after = i64::MIN;
+            loop {
+                let rows: Vec<(i64, String, String)> = sqlx::query_as(
+                    "SELECT id, tenant_id, name FROM agents WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let next = rows.last().filter(|_| full(rows.len())).map(|a| a.0);
+                let rows = rows
+                    .into_iter()
+                    .map(|(id, tenant_id, name)| SeedAgent {
+                        id,
+                        tenant_id,
+                        name,
+                    })
+                    .collect();
+                if let Err(error) = sink(ExportPage::Agents(rows)) {
+                    return Ok(Err(error));
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            let mut after = String::new();
+            loop {
+                let rows: Vec<SessionRow> = sqlx::query_as(
+                    "SELECT id, tenant_id, kind, status, end_company_id FROM chat_sessions
+                     WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(&after)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let next = rows
+                    .last()
+                    .filter(|_| full(rows.len()))
+                    .map(|s| s.id.clone());
+                if let Err(error) = sink(ExportPage::Sessions(rows)) {
+                    return Ok(Err(error));
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
+}
 
-    /// At most `limit` end companies after `after` (`(tenant_id, id)`), in that order.
-    pub async fn export_end_companies(
-        &self,
-        after: Option<(&str, &str)>,
-        limit: u32,
-    ) -> StoreResult<Vec<SeedEndCompany>> {
-        let rows: Vec<(String, String, String)> = run!(self, "export_end_companies", |pool| {
-            sqlx::query_as(
-                "SELECT tenant_id, id, name FROM end_companies
-                 WHERE (tenant_id, id) > ($1, $2)
-                 ORDER BY tenant_id, id LIMIT $3",
-            )
-            .bind(after.map_or("", |(tenant, _)| tenant))
-            .bind(after.map_or("", |(_, id)| id))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|(tenant_id, id, name)| SeedEndCompany {
-                id,
-                tenant_id,
-                name,
-            })
-            .collect())
-    }
-
-    /// At most `limit` agents after `after`, by id.
-    pub async fn export_agents(
-        &self,
-        after: Option<i64>,
-        limit: u32,
-    ) -> StoreResult<Vec<SeedAgent>> {
-        let rows: Vec<(i64, String, String)> = run!(self, "export_agents", |pool| {
-            sqlx::query_as(
-                "SELECT id, tenant_id, name FROM agents
-                 WHERE id > $1 ORDER BY id LIMIT $2",
-            )
-            .bind(after.unwrap_or(i64::MIN))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, tenant_id, name)| SeedAgent {
-                id,
-                tenant_id,
-                name,
-            })
-            .collect())
-    }
-
-    /// At most `limit` sessions after `after`, by id.
-    pub async fn export_sessions(
-        &self,
-        after: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<SessionRow>> {
-        run!(self, "export_sessions", |pool| sqlx::query_as(
-            "SELECT id, tenant_id, kind, status, end_company_id FROM chat_sessions
-             WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after.unwrap_or_default())
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?)
-    }
+/// One page of [`Store::export_directory`].
+#[derive(Debug, Clone)]
+pub enum ExportPage {
+    Tenants(Vec<TenantRecord>),
+    EndCompanies(Vec<SeedEndCompany>),
+    Agents(Vec<SeedAgent>),
+    Sessions(Vec<SessionRow>),
 }
 
 /// Applies `batch` on `conn` (inside the caller's transaction): `import_batch`, and `seed`'s
@@ -552,6 +596,8 @@ pub(super) trait ImportConnection {
     /// `synchronous_commit = off` for it alone): a batch that revoked nothing, which an import
     /// run again after a crash writes again. Still atomic; one fsync wait less per batch.
     async fn commit_without_waiting(&mut self) -> StoreResult<()>;
+    /// Makes this (new) transaction a read-only snapshot.
+    async fn read_only_snapshot(&mut self) -> StoreResult<()>;
 }
 
 /// `import_tenant`, one body for both backends (`$conn`: the connection).
@@ -832,6 +878,13 @@ impl ImportConnection for PgConnection {
         Ok(())
     }
 
+    async fn read_only_snapshot(&mut self) -> StoreResult<()> {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
     async fn revoke(&mut self, revokes: &[Revoke<'_>]) -> StoreResult<u64> {
         // The revoked rows get their feed position from the trigger of migration 8.
         Ok(sqlx::query(
@@ -1014,6 +1067,11 @@ impl ImportConnection for SqliteConnection {
 
     async fn commit_without_waiting(&mut self) -> StoreResult<()> {
         // One writer, full fsync per commit: the embedded database keeps its durability.
+        Ok(())
+    }
+
+    async fn read_only_snapshot(&mut self) -> StoreResult<()> {
+        // A transaction of the WAL journal reads one snapshot, from its first read on.
         Ok(())
     }
 

@@ -55,7 +55,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use import::{
-    BatchOutcome, ImportBatch, ImportRefusal, KindCounts, RefusedRow, IMPORT_REVOKER,
+    BatchOutcome, ExportPage, ImportBatch, ImportRefusal, KindCounts, RefusedRow, IMPORT_REVOKER,
 };
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};

@@ -325,12 +325,13 @@ async fn closing_or_rescoping_a_session_by_import_revokes_its_tokens(backend: Ba
 async fn an_export_imports_into_a_fresh_database_as_the_same_export(backend: Backend) {
     let db = TestDatabase::seeded(backend).await;
     let cli = Cli::new(&db);
-    // Something of every shape: a rate-limit override, many sessions (more than one batch).
+    // Something of every shape: a rate-limit override, and more sessions than a batch (5,000
+    // lines) and an export page (10,000 rows) hold.
     let mut lines = vec![Line::Json(
         json!({"tenant": {"id": "initrode", "name": "Initrode",
         "rate_limit": {"per_minute": 120, "burst": 10}}}),
     )];
-    for n in 0..6_001 {
+    for n in 0..12_001 {
         lines.push(Line::Json(
             json!({"session": {"id": format!("s-bulk-{n:05}"),
                                                  "tenant_id": "initrode"}}),
@@ -339,10 +340,10 @@ async fn an_export_imports_into_a_fresh_database_as_the_same_export(backend: Bac
     let path = write_lines(&cli, "bulk.jsonl", &lines);
     let run = import(&cli, &path).await;
     run.assert_success();
-    assert_eq!(counts(&run, "sessions"), [6_001, 0, 0, 0]);
+    assert_eq!(counts(&run, "sessions"), [12_001, 0, 0, 0]);
 
     let exported = export(&cli, "first.jsonl").await;
-    assert_eq!(exported.lines().count(), 4 + 3 + 3 + 7 + 6_001);
+    assert_eq!(exported.lines().count(), 4 + 3 + 3 + 7 + 12_001);
     assert!(
         exported.starts_with(r#"{"tenant":{"id":"acme""#),
         "{}",
@@ -354,7 +355,7 @@ async fn an_export_imports_into_a_fresh_database_as_the_same_export(backend: Bac
     fresh_cli.run(&["migrate"]).await.assert_success();
     let run = import(&fresh_cli, &cli.work_dir.path().join("first.jsonl")).await;
     run.assert_success();
-    assert_eq!(counts(&run, "sessions"), [6_008, 0, 0, 0]);
+    assert_eq!(counts(&run, "sessions"), [12_008, 0, 0, 0]);
     assert_eq!(export(&fresh_cli, "second.jsonl").await, exported);
 
     // The export imported where it came from: everything unchanged.
@@ -364,7 +365,7 @@ async fn an_export_imports_into_a_fresh_database_as_the_same_export(backend: Bac
         ("tenants", 4),
         ("end companies", 3),
         ("agents", 3),
-        ("sessions", 6_008),
+        ("sessions", 12_008),
     ] {
         assert_eq!(counts(&run, kind), [0, 0, rows, 0], "{kind}");
     }
