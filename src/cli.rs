@@ -1,4 +1,5 @@
-//! The `neo-sessions` command line: serve, migrate, seed, api-key, healthcheck.
+//! The `neo-sessions` command line: serve, migrate, seed, directory import/export, api-key,
+//! healthcheck.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -16,6 +17,7 @@ use crate::{
         principal::{Scope, Scopes},
     },
     config::{Config, SigningAlgorithm},
+    directory,
     seed::Fixture,
     signing,
     store::NewApiKey,
@@ -54,6 +56,9 @@ pub enum Command {
     },
     /// Upsert tenants, end companies, agents, sessions and API keys from a JSON fixture.
     Seed { file: PathBuf },
+    /// The directory (tenants, end companies, agents, sessions) in bulk, as JSON Lines.
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
     /// Manage API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
@@ -76,6 +81,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Upsert the rows of a JSON Lines file (`-`: stdin), one `{"tenant"|"end_company"|"agent"|
+    /// "session": {...}}` per line, in transactions of 5,000 lines. A line that is not
+    /// understood or breaks a rule is refused (line number and reason on stdout), the rest is
+    /// imported. Exit 0: every line imported; 1: some refused (or the database failed); 2: the
+    /// file cannot be read.
+    Import { file: PathBuf },
+    /// Write every row of the directory as JSON Lines (the format `import` reads) to FILE, or to
+    /// stdout.
+    Export { file: Option<PathBuf> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +231,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve { demo } => serve_command(config, demo).await,
         Command::Migrate { status, output } => migrate(&config, status, output).await,
         Command::Seed { file } => seed(&config, file).await,
+        Command::Directory(command) => directory_command(&config, command).await,
         Command::ApiKey(command) => api_key_command(&config, command).await,
         Command::RateLimit(command) => rate_limit_command(&config, command).await,
         Command::SigningKey(command) => signing_key_command(&config, command).await,
@@ -340,6 +359,103 @@ async fn seed(config: &Config, file: PathBuf) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code of an import some of whose lines were refused, and of an unreadable file.
+const EXIT_REFUSED: u8 = 1;
+const EXIT_UNREADABLE: u8 = 2;
+
+async fn directory_command(config: &Config, command: DirectoryCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    match command {
+        DirectoryCommand::Import { file } => {
+            let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
+            } else {
+                match std::fs::File::open(&file) {
+                    Ok(opened) => Box::new(std::io::BufReader::with_capacity(1 << 20, opened)),
+                    Err(error) => {
+                        eprintln!("neo-sessions: cannot read {}: {error}", file.display());
+                        return Ok(ExitCode::from(EXIT_UNREADABLE));
+                    }
+                }
+            };
+            let store = connect_store(config).await?;
+            let started = std::time::Instant::now();
+            let mut stdout = std::io::stdout();
+            let outcome = directory::import::import(
+                &store,
+                input,
+                |refusal| {
+                    let _ = writeln!(stdout, "line {}: {}", refusal.line, refusal.reason);
+                },
+                |so_far| {
+                    eprintln!(
+                        "directory import: {} lines read, {} rows imported, {} refused ({:.1} s)",
+                        so_far.lines,
+                        so_far.imported(),
+                        so_far.refused(),
+                        started.elapsed().as_secs_f64()
+                    );
+                },
+            )
+            .await;
+            let summary = match outcome {
+                Ok(summary) => summary,
+                Err(error @ directory::import::ImportError::Read { .. }) => {
+                    eprintln!("neo-sessions: {}: {error}", file.display());
+                    return Ok(ExitCode::from(EXIT_UNREADABLE));
+                }
+                Err(error) => return Err(error.into()),
+            };
+            println!(
+                "{:<14} {:>10} {:>10} {:>10} {:>10}",
+                "", "created", "updated", "unchanged", "refused"
+            );
+            for (kind, c) in summary.kinds() {
+                println!(
+                    "{kind:<14} {:>10} {:>10} {:>10} {:>10}",
+                    c.created, c.updated, c.unchanged, c.refused
+                );
+            }
+            if summary.unparsed > 0 {
+                println!("{:<14} {:>43}", "not understood", summary.unparsed);
+            }
+            println!("tokens revoked: {}", summary.tokens_revoked);
+            println!(
+                "{} lines in {:.1} s: {} rows imported, {} lines refused",
+                summary.lines,
+                started.elapsed().as_secs_f64(),
+                summary.imported(),
+                summary.refused()
+            );
+            Ok(if summary.refused() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_REFUSED)
+            })
+        }
+        DirectoryCommand::Export { file } => {
+            let store = connect_store(config).await?;
+            let counts = match &file {
+                Some(path) => {
+                    let created = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut output = std::io::BufWriter::with_capacity(1 << 20, created);
+                    directory::import::export(&store, &mut output).await?
+                }
+                None => {
+                    let mut output = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+                    directory::import::export(&store, &mut output).await?
+                }
+            };
+            eprintln!(
+                "exported {} tenants, {} end companies, {} agents, {} sessions",
+                counts.tenants, counts.end_companies, counts.agents, counts.sessions
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Result<ExitCode> {

@@ -58,6 +58,7 @@ macro_rules! per_dialect {
 mod codec;
 mod directory;
 mod guard;
+mod import;
 mod postgres;
 mod queries;
 mod recorder;
@@ -73,6 +74,9 @@ use uuid::Uuid;
 pub use directory::{DirectoryRefusal, DirectoryResult, Written};
 use guard::ConnectionLosses;
 pub(crate) use guard::Retry;
+pub use import::{
+    BatchOutcome, ExportPage, ImportBatch, ImportRefusal, KindCounts, RefusedRow, IMPORT_REVOKER,
+};
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
 pub use session_cache::SessionCache;

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::{
     codec::{Jti, Now, Ts},
-    ApiKeyListing, ApiKeyRow, FeedPosition, IdempotencyClaim, MigrationStatus, MintQuery, MintRow,
-    NewApiKey, RateLimitChange, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow,
+    ApiKeyListing, ApiKeyRow, FeedPosition, IdempotencyClaim, ImportBatch, MigrationStatus,
+    MintQuery, MintRow, NewApiKey, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow,
     Store, StoreError, StoreResult, TenantRow,
 };
 
@@ -526,89 +526,19 @@ impl Store {
         .rows_affected())
     }
 
-    /// Upserts the whole plan in one transaction.
+    /// Upserts the whole plan in one transaction: nothing when a row is refused.
     pub async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
         run!(self, "apply_seed", Never, |pool| {
             let mut tx = pool.begin().await?;
-            for t in &plan.tenants {
-                sqlx::query(
-                    "INSERT INTO tenants (id, name, platform, entra_tenant_id)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (id) DO UPDATE
-                     SET name = excluded.name, platform = excluded.platform,
-                         entra_tenant_id = excluded.entra_tenant_id",
-                )
-                .bind(&t.id)
-                .bind(&t.name)
-                .bind(t.platform)
-                .bind(&t.entra_tenant_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::seed("tenant", &t.id, e))?;
-                match t.rate_limit {
-                    RateLimitChange::Keep => {}
-                    RateLimitChange::Clear => {
-                        sqlx::query("DELETE FROM tenant_rate_limits WHERE tenant_id = $1")
-                            .bind(&t.id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    RateLimitChange::Set(limit) => {
-                        sqlx::query(
-                            "INSERT INTO tenant_rate_limits (tenant_id, per_minute, burst)
-                             VALUES ($1, $2, $3)
-                             ON CONFLICT (tenant_id) DO UPDATE
-                             SET per_minute = excluded.per_minute, burst = excluded.burst",
-                        )
-                        .bind(&t.id)
-                        .bind(i64::from(limit.per_minute))
-                        .bind(i64::from(limit.burst))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-            }
-            for c in &plan.end_companies {
-                sqlx::query(
-                    "INSERT INTO end_companies (tenant_id, id, name) VALUES ($1, $2, $3)
-                     ON CONFLICT (tenant_id, id) DO UPDATE SET name = excluded.name",
-                )
-                .bind(&c.tenant_id)
-                .bind(&c.id)
-                .bind(&c.name)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::seed("end company", &c.id, e))?;
-            }
-            for a in &plan.agents {
-                sqlx::query(
-                    "INSERT INTO agents (id, tenant_id, name) VALUES ($1, $2, $3)
-                     ON CONFLICT (id) DO UPDATE
-                     SET tenant_id = excluded.tenant_id, name = excluded.name",
-                )
-                .bind(a.id)
-                .bind(&a.tenant_id)
-                .bind(&a.name)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::seed("agent", &a.id.to_string(), e))?;
-            }
-            for s in &plan.sessions {
-                sqlx::query(
-                    "INSERT INTO chat_sessions (id, tenant_id, kind, status, end_company_id)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (id) DO UPDATE
-                     SET tenant_id = excluded.tenant_id, kind = excluded.kind,
-                         status = excluded.status, end_company_id = excluded.end_company_id",
-                )
-                .bind(&s.id)
-                .bind(&s.tenant_id)
-                .bind(s.kind)
-                .bind(s.status)
-                .bind(&s.end_company_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::seed("session", &s.id, e))?;
+            // The directory's rows go the way of `directory import`, under the same rules; a
+            // refused row fails the whole fixture.
+            let outcome = super::import::import_rows(&mut *tx, &ImportBatch::of_plan(plan)).await?;
+            if let Some(refused) = outcome.refused.into_iter().next() {
+                return Err(StoreError::Seed {
+                    what: refused.what,
+                    id: refused.id,
+                    problem: refused.why.to_string(),
+                });
             }
             let mut outcome = SeedOutcome::default();
             for k in &plan.api_keys {

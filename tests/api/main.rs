@@ -27,6 +27,7 @@ mod cli;
 mod connections;
 mod demo;
 mod directory;
+mod directory_import;
 mod entra;
 mod faults;
 mod hostile;

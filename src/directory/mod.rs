@@ -2,6 +2,9 @@
 //! as the platform describes them. One object per row, in the field names and defaults of the
 //! seed fixture: a `PUT` body of the directory API, a line of `directory import` and an entry of
 //! a `seed` fixture are the same object, checked by the same code into the rows the store writes.
+//! `import` reads and writes the JSON Lines files of `directory import` and `directory export`.
+
+pub mod import;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -276,6 +279,65 @@ impl SessionEntry {
     }
 }
 
+/// One line of a `directory import` / `directory export` file: an object whose single key names
+/// the kind of row and whose value is the entry, e.g. `{"session": {"id": "s-1", "tenant_id":
+/// "acme"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectoryLine {
+    Tenant(TenantEntry),
+    EndCompany(EndCompanyEntry),
+    Agent(AgentEntry),
+    Session(SessionEntry),
+}
+
+/// The kinds of a [`DirectoryLine`], as its key spells them.
+pub const LINE_KINDS: [&str; 4] = ["tenant", "end_company", "agent", "session"];
+
+impl DirectoryLine {
+    /// Parses one line (blank lines and `#` comments are the caller's to skip). The error says
+    /// why in an operator's words: not JSON, not one key, an unknown kind, or the entry's
+    /// problem.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match serde_json::from_str(text) {
+            Ok(line) => Ok(line),
+            // Only a refused line pays for the second parse that explains it.
+            Err(error) => Err(Self::explain(text, &error)),
+        }
+    }
+
+    fn explain(text: &str, error: &serde_json::Error) -> String {
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(_) => return format!("not JSON: {error}"),
+        };
+        let expected = "a line is one object with one key: tenant, end_company, agent or session";
+        let Some(object) = value.as_object() else {
+            return expected.to_owned();
+        };
+        let mut keys = object.keys();
+        let (Some(kind), None) = (keys.next(), keys.next()) else {
+            return expected.to_owned();
+        };
+        if !LINE_KINDS.contains(&kind.as_str()) {
+            return format!(
+                "unknown kind {kind:?} (expected tenant, end_company, agent or session)"
+            );
+        }
+        format!("{kind}: {error}")
+    }
+
+    /// The line's kind, as its key spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Tenant(_) => "tenant",
+            Self::EndCompany(_) => "end_company",
+            Self::Agent(_) => "agent",
+            Self::Session(_) => "session",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +384,27 @@ mod tests {
         assert_eq!(
             take_path_id("id", &mut id, "globex").unwrap_err().field,
             "id"
+        );
+    }
+    #[test]
+    fn a_line_names_its_kind_by_its_single_key() {
+        let line =
+            DirectoryLine::parse(r#"{"agent": {"id": 7, "tenant_id": "acme", "name": "A"}}"#)
+                .unwrap();
+        assert!(matches!(&line, DirectoryLine::Agent(a) if a.id == 7));
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.starts_with(r#"{"agent":{"#), "{text}");
+        assert_eq!(DirectoryLine::parse(&text).unwrap(), line);
+
+        let why = |text: &str| DirectoryLine::parse(text).unwrap_err();
+        assert!(why("{not json").starts_with("not JSON"));
+        assert!(why(r#"{"robot": {}}"#).starts_with("unknown kind \"robot\""));
+        assert!(why(r#"[1]"#).contains("one key"));
+        assert!(why(r#"{"tenant": {"id": "a", "name": "A"}, "agent": {}}"#).contains("one key"));
+        let typo = why(r#"{"tenant": {"id": "a", "name": "A", "platfrom": true}}"#);
+        assert!(
+            typo.starts_with("tenant: ") && typo.contains("platfrom"),
+            "{typo}"
         );
     }
 }
