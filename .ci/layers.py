@@ -25,7 +25,7 @@ LAYERS = [
     ["signing"],  # the signing keys' life cycle: store rows <-> the tokens' key ring
     ["auth"],
     ["ratelimit"],
-    ["mint"],  # the mint rules, the Idempotency-Key protocol and the recording of a mint
+    ["mint", "directory"],  # the mint rules and Idempotency-Key; the directory's rows and rules
     ["seed", "telemetry"],
     ["http"],
     ["server"],  # the connection loop

@@ -11,7 +11,10 @@ use tokio::{
 
 use crate::{
     app::{connect_store, App},
-    auth::api_key,
+    auth::{
+        api_key,
+        principal::{Scope, Scopes},
+    },
     config::{Config, SigningAlgorithm},
     seed::Fixture,
     signing,
@@ -175,9 +178,15 @@ pub enum ApiKeyCommand {
         tenant: String,
         #[arg(long)]
         name: String,
-        /// Required, and only allowed, for a key of the platform tenant (it can mint for others).
+        /// Confirms a key of the platform tenant that can mint or manage tokens (it can do so in
+        /// other tenants' Neo Support sessions); refused for any other tenant.
         #[arg(long)]
         platform: bool,
+        /// What the key may do, repeatable or comma-separated: sessions:mint, tokens:manage,
+        /// revocations:read (a verifier's key: the feed and nothing else), directory:write (the
+        /// platform tenant only). Default: the first three.
+        #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',')]
+        scopes: Vec<String>,
     },
     /// List a tenant's keys (never their secrets).
     List {
@@ -333,13 +342,31 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
             tenant,
             name,
             platform,
+            scopes,
         } => {
+            let scopes = if scopes.is_empty() {
+                Scopes::LEGACY
+            } else {
+                match Scopes::parse_names(scopes.iter().map(String::as_str)) {
+                    Ok(scopes) => scopes,
+                    Err(why) => bail!("--scope: {why}"),
+                }
+            };
             let Some(row) = store.find_tenant(&tenant).await? else {
                 bail!("no tenant {tenant:?}");
             };
+            if scopes.contains(Scope::WriteDirectory) && !row.platform {
+                bail!(
+                    "--scope directory:write is for the platform tenant's keys only; tenant {tenant:?} is not the platform"
+                );
+            }
+            // A platform key that can mint or manage tokens acts in other tenants: confirm it.
+            let reaches_other_tenants =
+                scopes.contains(Scope::Mint) || scopes.contains(Scope::ManageTokens);
             match (row.platform, platform) {
-                (true, false) => bail!(
-                    "tenant {tenant:?} is the platform tenant: its keys can mint for other tenants; pass --platform to confirm"
+                (true, false) if reaches_other_tenants => bail!(
+                    "tenant {tenant:?} is the platform tenant: a key of it with {} can act in other tenants' Neo Support sessions; pass --platform to confirm",
+                    scopes.to_stored()
                 ),
                 (false, true) => bail!("tenant {tenant:?} is not a platform tenant; drop --platform"),
                 _ => {}
@@ -355,10 +382,12 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
                     tenant_id: row.id,
                     name,
                     key_hash: api_key::hash(&secret),
+                    scopes,
                 })
                 .await?;
             eprintln!(
-                "created API key {id} for tenant {tenant}; the key is shown once, store it now:"
+                "created API key {id} for tenant {tenant} with scopes {}; the key is shown once, store it now:",
+                scopes.to_stored()
             );
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
@@ -376,6 +405,7 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
                             "id": k.id, "tenant_id": k.tenant_id, "name": k.name,
                             "created_at": k.created_at, "last_used_at": k.last_used_at,
                             "revoked_at": k.revoked_at,
+                            "scopes": k.scopes().iter().map(|s| s.name()).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
@@ -383,18 +413,19 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<20} {:<12} {:<24} {:<20} {:<20} REVOKED",
-                "ID", "TENANT", "NAME", "CREATED", "LAST USED"
+                "{:<20} {:<12} {:<24} {:<20} {:<20} {:<20} SCOPES",
+                "ID", "TENANT", "NAME", "CREATED", "LAST USED", "REVOKED"
             );
             for k in keys {
                 println!(
-                    "{:<20} {:<12} {:<24} {:<20} {:<20} {}",
+                    "{:<20} {:<12} {:<24} {:<20} {:<20} {:<20} {}",
                     k.id,
                     k.tenant_id,
                     k.name,
                     time(Some(k.created_at)),
                     time(k.last_used_at),
-                    time(k.revoked_at)
+                    time(k.revoked_at),
+                    k.scopes().to_stored()
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod directory;
 pub mod freshness;
 pub mod http;
 pub mod metrics;

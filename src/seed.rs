@@ -5,61 +5,19 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::{
-    auth::api_key,
-    store::{
-        SeedAgent, SeedApiKey, SeedEndCompany, SeedPlan, SeedTenant, SessionKind, SessionRow,
-        SessionStatus,
-    },
+    auth::{api_key, principal::Scopes},
+    directory::{check_text, AgentEntry, EndCompanyEntry, EntryError, SessionEntry, TenantEntry},
+    store::{SeedApiKey, SeedPlan},
 };
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Fixture {
-    pub tenants: Vec<FixtureTenant>,
-    pub end_companies: Vec<FixtureEndCompany>,
-    pub agents: Vec<FixtureAgent>,
-    pub sessions: Vec<FixtureSession>,
+    pub tenants: Vec<TenantEntry>,
+    pub end_companies: Vec<EndCompanyEntry>,
+    pub agents: Vec<AgentEntry>,
+    pub sessions: Vec<SessionEntry>,
     pub api_keys: Vec<FixtureApiKey>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureTenant {
-    pub id: String,
-    pub name: String,
-    #[serde(default)]
-    pub platform: bool,
-    #[serde(default)]
-    pub entra_tenant_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureEndCompany {
-    pub id: String,
-    pub tenant_id: String,
-    pub name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureAgent {
-    pub id: i64,
-    pub tenant_id: String,
-    pub name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureSession {
-    pub id: String,
-    pub tenant_id: String,
-    #[serde(default)]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub status: Option<String>,
-    #[serde(default)]
-    pub end_company_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +30,10 @@ pub struct FixtureApiKey {
     pub revoked: bool,
     #[serde(default)]
     pub secret: Option<String>,
+    /// What the key may do (`sessions:mint`, `tokens:manage`, `revocations:read`,
+    /// `directory:write`); absent: the first three, what keys could do before scopes.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,73 +56,28 @@ impl Fixture {
         let mut plan = SeedPlan::default();
         let mut generated_secrets = HashMap::new();
 
+        // The directory's rows, checked as `directory import` checks them.
+        let refused = |what: &str, id: &dyn std::fmt::Display, e: EntryError| {
+            FixtureError(format!("{what} {id}: {e}"))
+        };
         for t in self.tenants {
-            check_id("tenant id", &t.id)?;
-            let entra_tenant_id = match t.entra_tenant_id {
-                None => None,
-                Some(tid) => Some(
-                    uuid::Uuid::try_parse(&tid)
-                        .map_err(|_| {
-                            FixtureError(format!("tenant {}: entra_tenant_id must be a GUID", t.id))
-                        })?
-                        .to_string(),
-                ),
-            };
-            plan.tenants.push(SeedTenant {
-                id: t.id,
-                name: t.name,
-                platform: t.platform,
-                entra_tenant_id,
-            });
+            plan.tenants
+                .push(t.check().map_err(|e| refused("tenant", &t.id, e))?);
         }
         for c in self.end_companies {
-            check_id("end company id", &c.id)?;
-            plan.end_companies.push(SeedEndCompany {
-                id: c.id,
-                tenant_id: c.tenant_id,
-                name: c.name,
-            });
+            plan.end_companies
+                .push(c.check().map_err(|e| refused("end company", &c.id, e))?);
         }
         for a in self.agents {
-            plan.agents.push(SeedAgent {
-                id: a.id,
-                tenant_id: a.tenant_id,
-                name: a.name,
-            });
+            plan.agents
+                .push(a.check().map_err(|e| refused("agent", &a.id, e))?);
         }
         for s in self.sessions {
-            check_id("session id", &s.id)?;
-            let kind = match s.kind.as_deref() {
-                None => SessionKind::Standard,
-                Some(word) => SessionKind::ALL
-                    .into_iter()
-                    .find(|kind| kind.as_str() == word)
-                    .ok_or_else(|| {
-                        FixtureError(format!(
-                            "session {}: kind must be standard or neo_support",
-                            s.id
-                        ))
-                    })?,
-            };
-            let status = match s.status.as_deref() {
-                None => SessionStatus::Active,
-                Some(word) => SessionStatus::ALL
-                    .into_iter()
-                    .find(|status| status.as_str() == word)
-                    .ok_or_else(|| {
-                        FixtureError(format!("session {}: status must be active or closed", s.id))
-                    })?,
-            };
-            plan.sessions.push(SessionRow {
-                id: s.id,
-                tenant_id: s.tenant_id,
-                kind,
-                status,
-                end_company_id: s.end_company_id,
-            });
+            plan.sessions
+                .push(s.check().map_err(|e| refused("session", &s.id, e))?);
         }
         for k in self.api_keys {
-            check_id("API key id", &k.id)?;
+            check_text("id", &k.id).map_err(|e| refused("API key", &k.id, e))?;
             let (secret, replace_existing_hash) = match k.secret {
                 Some(secret) => {
                     if api_key::key_env(&secret).is_none() {
@@ -177,8 +94,14 @@ impl Fixture {
                     (secret, false)
                 }
             };
+            let scopes = match &k.scopes {
+                None => Scopes::LEGACY,
+                Some(names) => Scopes::parse_names(names.iter().map(String::as_str))
+                    .map_err(|why| FixtureError(format!("API key {}: {why}", k.id)))?,
+            };
             plan.api_keys.push(SeedApiKey {
                 key_hash: api_key::hash(&secret),
+                scopes,
                 id: k.id,
                 tenant_id: k.tenant_id,
                 name: k.name,
@@ -191,15 +114,6 @@ impl Fixture {
             generated_secrets,
         })
     }
-}
-
-fn check_id(what: &str, id: &str) -> Result<(), FixtureError> {
-    if id.is_empty() || id.chars().count() > 255 || id.chars().any(char::is_control) {
-        return Err(FixtureError(format!(
-            "{what} {id:?} must be 1 to 255 characters without control characters"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

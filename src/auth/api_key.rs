@@ -147,6 +147,7 @@ impl ApiKeyVerifier {
             tenant_id: row.tenant_id.clone(),
             key_id: row.id.clone(),
             platform: row.tenant_platform,
+            scopes: row.scopes(),
         })
     }
 }

@@ -273,6 +273,7 @@ mod tests {
                     tenant_id: "acme".into(),
                     key_id: "k-acme".into(),
                     platform: false,
+                    scopes: principal::Scopes::LEGACY,
                 }
             );
             assert!(is_invalid(&authenticate(&f, REVOKED_KEY).await));
@@ -298,7 +299,7 @@ mod tests {
                     jti: minted.jti,
                 }
             );
-            assert!(!principal.may_mint());
+            assert_eq!(principal.scopes(), principal::Scopes::NONE);
 
             // Claims swapped for another tenant's, signature kept: forged.
             let parts: Vec<&str> = minted.token.split('.').collect();

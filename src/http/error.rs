@@ -9,7 +9,10 @@ use axum::{
 use serde_json::{json, Map, Value};
 
 use crate::{
-    auth::AuthError, mint::MintRefusal, ratelimit::whole_seconds, store::StoreError,
+    auth::{principal::Scope, AuthError},
+    mint::MintRefusal,
+    ratelimit::whole_seconds,
+    store::StoreError,
     tokens::KeyError,
 };
 
@@ -42,8 +45,10 @@ pub enum ApiError {
     InvalidCredentials { reason: &'static str },
     #[error("ambiguous credentials: {0}")]
     AmbiguousCredentials(&'static str),
-    #[error("the credential may not mint tokens")]
-    InsufficientScope,
+    #[error("insufficient scope")]
+    /// The credential lacks what the route needs: one of our scopes (an API key's, named), or
+    /// the Entra scope the configuration requires (`None`).
+    InsufficientScope { needed: Option<Scope> },
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
     #[error("session not found")]
@@ -151,7 +156,7 @@ impl ApiError {
             Self::MissingCredentials
             | Self::InvalidCredentials { .. }
             | Self::AmbiguousCredentials(_) => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::SessionNotFound | Self::TokenNotFound => StatusCode::NOT_FOUND,
             Self::SessionClosed | Self::IdempotencyKeyReused | Self::IdempotencyKeyInUse => {
                 StatusCode::CONFLICT
@@ -183,9 +188,14 @@ impl ApiError {
                 None,
             ),
             Self::AmbiguousCredentials(why) => ("invalid_credentials", format!("{why}."), None),
-            Self::InsufficientScope => (
+            Self::InsufficientScope { needed: Some(scope) } => (
                 "insufficient_scope",
-                "This credential may not mint session tokens.".into(),
+                format!("This credential does not hold the scope `{scope}` this request needs."),
+                Some(json!({ "required_scope": scope.name() })),
+            ),
+            Self::InsufficientScope { needed: None } => (
+                "insufficient_scope",
+                "This token lacks the scope this service requires.".into(),
                 None,
             ),
             Self::Forbidden(why) => ("forbidden", (*why).into(), None),
@@ -305,7 +315,10 @@ impl ApiError {
             Self::AmbiguousCredentials(_) => {
                 Some(format!("Bearer realm=\"{REALM}\", error=\"invalid_request\""))
             }
-            Self::InsufficientScope => {
+            Self::InsufficientScope { needed: Some(scope) } => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{scope}\""
+            )),
+            Self::InsufficientScope { needed: None } => {
                 Some(format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\""))
             }
             _ => None,
@@ -346,7 +359,7 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => Self::MissingCredentials,
             AuthError::Invalid { reason } => Self::InvalidCredentials { reason },
             AuthError::Ambiguous(why) => Self::AmbiguousCredentials(why),
-            AuthError::InsufficientScope => Self::InsufficientScope,
+            AuthError::InsufficientScope => Self::InsufficientScope { needed: None },
             AuthError::UnknownDirectory => {
                 Self::Forbidden("This Microsoft Entra directory is not registered with any tenant.")
             }
@@ -687,7 +700,10 @@ mod tests {
             ApiError::MissingCredentials,
             ApiError::InvalidCredentials { reason: "x" },
             ApiError::AmbiguousCredentials("x"),
-            ApiError::InsufficientScope,
+            ApiError::InsufficientScope { needed: None },
+            ApiError::InsufficientScope {
+                needed: Some(Scope::ReadRevocations),
+            },
             ApiError::Forbidden("x"),
             ApiError::SessionNotFound,
             ApiError::TokenNotFound,

@@ -1,5 +1,7 @@
 //! Extractors whose rejections come out in our envelope: `ApiJson` (axum's `Json` with 400, 413
-//! and 415 of ours) and `MintingPrincipal` (the caller, when it may mint).
+//! and 415 of ours) and `Authorized<S>` (the caller, when it holds the scope `S` names).
+
+use std::marker::PhantomData;
 
 use axum::{
     body::Bytes,
@@ -9,21 +11,57 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::auth::Principal;
+use crate::auth::{principal::Scope, Principal};
 
-/// A principal allowed to mint: service accounts and dashboard users. End users get 403.
-#[derive(Debug, Clone)]
-pub struct MintingPrincipal(pub Principal);
+/// A scope a route needs, named as a type so a handler's signature says it.
+pub trait Needs: Send + Sync + 'static {
+    const SCOPE: Scope;
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for MintingPrincipal {
+/// `POST /public-api/sessions`.
+pub struct Mint;
+/// The minted tokens' records: read, list, revoke, introspect.
+pub struct ManageTokens;
+/// The revocation feed.
+pub struct ReadRevocations;
+/// The directory of tenants, end companies, agents and sessions.
+pub struct WriteDirectory;
+
+impl Needs for Mint {
+    const SCOPE: Scope = Scope::Mint;
+}
+impl Needs for ManageTokens {
+    const SCOPE: Scope = Scope::ManageTokens;
+}
+impl Needs for ReadRevocations {
+    const SCOPE: Scope = Scope::ReadRevocations;
+}
+impl Needs for WriteDirectory {
+    const SCOPE: Scope = Scope::WriteDirectory;
+}
+
+/// The authenticated caller, when it holds the scope `S` names; 403 `insufficient_scope`
+/// (naming the scope) when it does not.
+#[derive(Debug)]
+pub struct Authorized<S> {
+    pub principal: Principal,
+    needs: PhantomData<fn() -> S>,
+}
+
+impl<S: Needs, St: Send + Sync> FromRequestParts<St> for Authorized<S> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
         match parts.extensions.get::<Principal>() {
             // Only reachable if a route forgot the bearer layer: refuse rather than serve anonymously.
             None => Err(ApiError::MissingCredentials),
-            Some(principal) if !principal.may_mint() => Err(ApiError::InsufficientScope),
-            Some(principal) => Ok(Self(principal.clone())),
+            Some(principal) if !principal.may(S::SCOPE) => Err(ApiError::InsufficientScope {
+                needed: Some(S::SCOPE),
+            }),
+            Some(principal) => Ok(Self {
+                principal: principal.clone(),
+                needs: PhantomData,
+            }),
         }
     }
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::{
     envelope::{ErrorEnvelope, Success, SuccessMeta, Timings},
     error::ApiError,
-    extract::{ApiJson, MintingPrincipal},
+    extract::{ApiJson, Authorized, Mint},
     request_context::log_jti,
     request_context::RequestContext,
     AppState,
@@ -127,7 +127,7 @@ pub struct MintSessionTokenEnvelope {
             })),
         (status = 400, description = "Bad request — malformed input.", body = ErrorEnvelope),
         (status = 401, description = "Unauthenticated — missing or invalid credentials.", body = ErrorEnvelope),
-        (status = 403, description = "Forbidden — authenticated but not allowed.", body = ErrorEnvelope),
+        (status = 403, description = "Forbidden — authenticated but not allowed: `insufficient_scope` (the credential lacks `sessions:mint`; an end-user token never has it), `forbidden` (`client_id` from a caller that is not the platform, or a platform mint into a session that is not Neo Support).", body = ErrorEnvelope),
         (status = 404, description = "Not found.", body = ErrorEnvelope),
         (status = 409, description = "Conflict — the resource is in a state that blocks this operation.", body = ErrorEnvelope),
         (status = 413, description = "Request body too large.", body = ErrorEnvelope),
@@ -142,7 +142,7 @@ pub struct MintSessionTokenEnvelope {
 pub async fn mint_session_token(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
-    MintingPrincipal(principal): MintingPrincipal,
+    Authorized { principal, .. }: Authorized<Mint>,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Success<MintSessionTokenResponse>>, ApiError> {

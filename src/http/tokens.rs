@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{
     envelope::{ErrorEnvelope, Success, SuccessMeta, Timings},
     error::ApiError,
-    extract::{ApiJson, MintingPrincipal},
+    extract::{ApiJson, Authorized, ManageTokens, ReadRevocations},
     request_context::RequestContext,
     AppState,
 };
@@ -113,7 +113,7 @@ async fn visible_record(
     responses(
         (status = 200, description = "The record.", body = SessionTokenRecordEnvelope),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
-        (status = 403, description = "An end-user token may not read records.", body = ErrorEnvelope),
+        (status = 403, description = "`insufficient_scope`: the credential lacks `tokens:manage` (an end-user token never has it).", body = ErrorEnvelope),
         (status = 404, description = "No such token for this caller.", body = ErrorEnvelope),
         (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
         (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
@@ -123,7 +123,7 @@ async fn visible_record(
 pub async fn get_session_token(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
-    MintingPrincipal(principal): MintingPrincipal,
+    Authorized { principal, .. }: Authorized<ManageTokens>,
     Path(jti): Path<String>,
 ) -> Result<Json<Success<SessionTokenRecord>>, ApiError> {
     let mut timings = Timings::default();
@@ -146,7 +146,7 @@ pub async fn get_session_token(
     responses(
         (status = 200, description = "The record, revoked.", body = SessionTokenRecordEnvelope),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
-        (status = 403, description = "An end-user token may not revoke.", body = ErrorEnvelope),
+        (status = 403, description = "`insufficient_scope`: the credential lacks `tokens:manage` (an end-user token never has it).", body = ErrorEnvelope),
         (status = 404, description = "No such token for this caller.", body = ErrorEnvelope),
         (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
         (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
@@ -156,7 +156,7 @@ pub async fn get_session_token(
 pub async fn revoke_session_token(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
-    MintingPrincipal(principal): MintingPrincipal,
+    Authorized { principal, .. }: Authorized<ManageTokens>,
     Path(jti): Path<String>,
 ) -> Result<Json<Success<SessionTokenRecord>>, ApiError> {
     let mut timings = Timings::default();
@@ -208,7 +208,7 @@ pub struct IntrospectionEnvelope {
         (status = 200, description = "The answer.", body = IntrospectionEnvelope),
         (status = 400, description = "The body is not JSON.", body = ErrorEnvelope),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
-        (status = 403, description = "Only service accounts (API keys) introspect.", body = ErrorEnvelope),
+        (status = 403, description = "`insufficient_scope`: the credential lacks `tokens:manage`; `forbidden`: only service accounts (API keys) introspect.", body = ErrorEnvelope),
         (status = 413, description = "Request body too large.", body = ErrorEnvelope),
         (status = 415, description = "Send application/json.", body = ErrorEnvelope),
         (status = 422, description = "`token` missing or not a string.", body = ErrorEnvelope),
@@ -220,7 +220,7 @@ pub struct IntrospectionEnvelope {
 pub async fn introspect_session_token(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
-    MintingPrincipal(principal): MintingPrincipal,
+    Authorized { principal, .. }: Authorized<ManageTokens>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<Success<Introspection>>, ApiError> {
     if !matches!(principal, Principal::ApiKey { .. }) {
@@ -310,7 +310,7 @@ pub struct SessionRevocationEnvelope {
         (status = 200, description = "How many were revoked.", body = SessionRevocationEnvelope),
         (status = 400, description = "The body is not JSON.", body = ErrorEnvelope),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
-        (status = 403, description = "An end-user token may not revoke.", body = ErrorEnvelope),
+        (status = 403, description = "`insufficient_scope`: the credential lacks `tokens:manage` (an end-user token never has it).", body = ErrorEnvelope),
         (status = 404, description = "No such session for this caller.", body = ErrorEnvelope),
         (status = 413, description = "Request body too large.", body = ErrorEnvelope),
         (status = 415, description = "Send application/json.", body = ErrorEnvelope),
@@ -323,7 +323,7 @@ pub struct SessionRevocationEnvelope {
 pub async fn revoke_session_tokens(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
-    MintingPrincipal(principal): MintingPrincipal,
+    Authorized { principal, .. }: Authorized<ManageTokens>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<Success<SessionRevocation>>, ApiError> {
     let request = RevokeSessionRequest::from_json(&body)?;
@@ -440,7 +440,7 @@ const FEED_PAGE: u32 = 1000;
     responses(
         (status = 200, description = "The revocations.", body = RevocationFeedEnvelope),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
-        (status = 403, description = "An end-user token may not read the feed.", body = ErrorEnvelope),
+        (status = 403, description = "`insufficient_scope`: the credential lacks `revocations:read` (an end-user token never has it).", body = ErrorEnvelope),
         (status = 422, description = "`cursor` is not one this feed answered or comes with `since`/`after`, `since` is not an RFC 3339 time, or `after` not a UUID.", body = ErrorEnvelope),
         (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
         (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
@@ -450,7 +450,7 @@ const FEED_PAGE: u32 = 1000;
 pub async fn revocations(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
-    MintingPrincipal(principal): MintingPrincipal,
+    Authorized { principal, .. }: Authorized<ReadRevocations>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Success<RevocationFeed>>, ApiError> {
     let invalid = |field: &str, message: &str| {
@@ -716,7 +716,7 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, uuid::Uuid)> {
     responses(
         (status = 200, description = "One page.", body = SessionTokenList),
         (status = 401, description = "Unauthenticated.", body = ErrorEnvelope),
-        (status = 403, description = "An end-user token may not list.", body = ErrorEnvelope),
+        (status = 403, description = "`insufficient_scope`: the credential lacks `tokens:manage` (an end-user token never has it).", body = ErrorEnvelope),
         (status = 422, description = "A query parameter is invalid.", body = ErrorEnvelope),
         (status = 429, description = "Rate limited — see Retry-After.", body = ErrorEnvelope),
         (status = 503, description = "The database cannot serve right now.", body = ErrorEnvelope),
@@ -726,7 +726,7 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, uuid::Uuid)> {
 pub async fn list_session_tokens(
     State(state): State<Arc<AppState>>,
     ctx: RequestContext,
-    MintingPrincipal(principal): MintingPrincipal,
+    Authorized { principal, .. }: Authorized<ManageTokens>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<SessionTokenList>, ApiError> {
     let active = match query.get("active").map(String::as_str) {

@@ -51,6 +51,7 @@ fn api_key(tenant_id: &str, key_id: &str, platform: bool) -> Principal {
         tenant_id: tenant_id.into(),
         key_id: key_id.into(),
         platform,
+        scopes: crate::auth::principal::Scopes::LEGACY,
     }
 }
 

@@ -57,7 +57,7 @@ pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
 pub use session_cache::SessionCache;
 
-use crate::{config::DatabaseBackend, freshness::Freshness};
+use crate::{auth::principal::Scopes, config::DatabaseBackend, freshness::Freshness};
 
 /// What can go wrong below the store; the layers above map it, the store never speaks HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +244,14 @@ pub struct ApiKeyRow {
     pub key_hash: Vec<u8>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub tenant_platform: bool,
+    /// As stored: `NULL` for a key made before scopes (see [`Scopes::from_stored`]).
+    pub scopes: Option<String>,
+}
+
+impl ApiKeyRow {
+    pub fn scopes(&self) -> Scopes {
+        Scopes::from_stored(self.scopes.as_deref())
+    }
 }
 
 /// An API key as listed for operators (never with its hash).
@@ -255,6 +263,13 @@ pub struct ApiKeyListing {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub scopes: Option<String>,
+}
+
+impl ApiKeyListing {
+    pub fn scopes(&self) -> Scopes {
+        Scopes::from_stored(self.scopes.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -438,6 +453,7 @@ pub struct NewApiKey {
     pub tenant_id: String,
     pub name: String,
     pub key_hash: [u8; 32],
+    pub scopes: Scopes,
 }
 
 /// What `seed` writes, already checked and with secrets reduced to hashes.
@@ -456,6 +472,7 @@ pub struct SeedTenant {
     pub name: String,
     pub platform: bool,
     pub entra_tenant_id: Option<String>,
+    pub rate_limit: RateLimitChange,
 }
 
 #[derive(Debug, Clone)]
@@ -472,12 +489,52 @@ pub struct SeedAgent {
     pub name: String,
 }
 
+/// What a written tenant does to its quota override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateLimitChange {
+    /// Leaves it as it is.
+    #[default]
+    Keep,
+    /// Removes it: the default applies.
+    Clear,
+    Set(TenantRateLimit),
+}
+
+/// A tenant as the directory reads it, with its quota override.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TenantRecord {
+    pub id: String,
+    pub name: String,
+    pub platform: bool,
+    pub entra_tenant_id: Option<String>,
+    pub per_minute: Option<i64>,
+    pub burst: Option<i64>,
+}
+
+impl TenantRecord {
+    pub fn rate_limit(&self) -> Option<TenantRateLimit> {
+        let saturate = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        Some(TenantRateLimit {
+            per_minute: saturate(self.per_minute?),
+            burst: saturate(self.burst?),
+        })
+    }
+}
+
+/// A tenant's own per-principal quota (`tenant_rate_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantRateLimit {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct SeedApiKey {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
     pub revoked: bool,
+    pub scopes: Scopes,
     pub key_hash: [u8; 32],
     /// False for a generated secret: an existing key keeps the hash it has, so seeding twice
     /// does not invalidate a key that was printed the first time.

@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::{
     codec::{Jti, Now, Ts},
     ApiKeyListing, ApiKeyRow, FeedPosition, IdempotencyClaim, MigrationStatus, MintQuery, MintRow,
-    NewApiKey, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow, Store, StoreError,
-    StoreResult, TenantRow,
+    NewApiKey, RateLimitChange, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow,
+    Store, StoreError, StoreResult, TenantRow,
 };
 
 /// The columns of a [`MintRow`], the token id read back as text on both backends.
@@ -56,7 +56,8 @@ impl Store {
         key_hash: &[u8; 32],
     ) -> StoreResult<Option<ApiKeyRow>> {
         run!(self, "find_api_key_by_hash", |pool| sqlx::query_as(
-            "SELECT k.id, k.tenant_id, k.key_hash, k.revoked_at, t.platform AS tenant_platform
+            "SELECT k.id, k.tenant_id, k.key_hash, k.revoked_at, t.platform AS tenant_platform,
+                    k.scopes
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
              WHERE k.key_hash = $1",
         )
@@ -339,14 +340,15 @@ impl Store {
     pub async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
         run!(self, "create_api_key", |pool| {
             sqlx::query(
-                "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at)
-                 VALUES ($1, $2, $3, $4, COALESCE($5, CURRENT_TIMESTAMP))",
+                "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at, scopes)
+                 VALUES ($1, $2, $3, $4, COALESCE($5, CURRENT_TIMESTAMP), $6)",
             )
             .bind(&key.id)
             .bind(&key.tenant_id)
             .bind(&key.name)
             .bind(&key.key_hash[..])
             .bind(Now)
+            .bind(key.scopes.to_stored())
             .execute(pool)
             .await?;
         })
@@ -354,7 +356,7 @@ impl Store {
 
     pub async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>> {
         run!(self, "list_api_keys", |pool| sqlx::query_as(
-            "SELECT id, tenant_id, name, created_at, last_used_at, revoked_at
+            "SELECT id, tenant_id, name, created_at, last_used_at, revoked_at, scopes
              FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
         )
         .bind(tenant_id)
@@ -520,6 +522,28 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| StoreError::seed("tenant", &t.id, e))?;
+                match t.rate_limit {
+                    RateLimitChange::Keep => {}
+                    RateLimitChange::Clear => {
+                        sqlx::query("DELETE FROM tenant_rate_limits WHERE tenant_id = $1")
+                            .bind(&t.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    RateLimitChange::Set(limit) => {
+                        sqlx::query(
+                            "INSERT INTO tenant_rate_limits (tenant_id, per_minute, burst)
+                             VALUES ($1, $2, $3)
+                             ON CONFLICT (tenant_id) DO UPDATE
+                             SET per_minute = excluded.per_minute, burst = excluded.burst",
+                        )
+                        .bind(&t.id)
+                        .bind(i64::from(limit.per_minute))
+                        .bind(i64::from(limit.burst))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
             }
             for c in &plan.end_companies {
                 sqlx::query(
@@ -573,7 +597,7 @@ impl Store {
                 let written = if exists {
                     sqlx::query(
                         "UPDATE api_keys
-                         SET tenant_id = $2, name = $3,
+                         SET tenant_id = $2, name = $3, scopes = $8,
                              key_hash = CASE WHEN $6 THEN $4 ELSE key_hash END,
                              revoked_at = CASE WHEN $5
                                           THEN COALESCE(revoked_at, $7, CURRENT_TIMESTAMP)
@@ -587,13 +611,15 @@ impl Store {
                     .bind(k.revoked)
                     .bind(k.replace_existing_hash)
                     .bind(Now)
+                    .bind(k.scopes.to_stored())
                     .execute(&mut *tx)
                     .await
                 } else {
                     sqlx::query(
-                        "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at, revoked_at)
+                        "INSERT INTO api_keys
+                             (id, tenant_id, name, key_hash, created_at, revoked_at, scopes)
                          VALUES ($1, $2, $3, $4, COALESCE($6, CURRENT_TIMESTAMP),
-                                 CASE WHEN $5 THEN COALESCE($6, CURRENT_TIMESTAMP) END)",
+                                 CASE WHEN $5 THEN COALESCE($6, CURRENT_TIMESTAMP) END, $7)",
                     )
                     .bind(&k.id)
                     .bind(&k.tenant_id)
@@ -601,6 +627,7 @@ impl Store {
                     .bind(&k.key_hash[..])
                     .bind(k.revoked)
                     .bind(Now)
+                    .bind(k.scopes.to_stored())
                     .execute(&mut *tx)
                     .await
                 };

@@ -38,6 +38,7 @@ mod openapi;
 mod rate_limit;
 mod retention;
 mod schema;
+mod scopes;
 mod session_cache;
 mod signing_keys;
 mod store;

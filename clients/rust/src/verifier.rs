@@ -49,7 +49,9 @@ pub struct VerifierConfig {
 pub struct RevocationFeedConfig {
     /// `<issuer>/public-api/sessions/revocations` by default.
     pub url: String,
-    /// An API key that may read the feed (`neo_sk_...`).
+    /// An API key that may read the feed (`neo_sk_...`): give it one that can do nothing else, a
+    /// platform key made with `api-key create --scope revocations:read` (it reads every tenant's
+    /// revocations; a tenant's key reads that tenant's only).
     pub api_key: String,
     /// How often [`Verifier::spawn_revocation_polling`] polls.
     pub interval: Duration,
