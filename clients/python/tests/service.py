@@ -19,10 +19,8 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[3]
-#: The demo fixture's keys (config/seed.example.json): Acme's, and the platform's (Neo), which
-#: reads every tenant's revocations.
+#: The demo fixture's Acme key (config/seed.example.json): it mints and revokes.
 ACME_KEY = "neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd"
-PLATFORM_KEY = "neo_sk_test_Np5Vw8Xc2Bz7Mq4Lt9Rf3Hs6"
 ISSUER = "https://api.neoagent.io"
 AUDIENCE = "https://api.neoagent.io/chat"
 
@@ -55,6 +53,9 @@ class Service:
     env: dict[str, str]
     process: subprocess.Popen[bytes]
     log: Path
+    #: A platform key that can only read the revocation feed (every tenant's), as a chat service
+    #: holds one: `api-key create --tenant neo --scope revocations:read`.
+    feed_key: str = ""
 
     @property
     def jwks_url(self) -> str:
@@ -136,6 +137,9 @@ def start() -> Iterator[Service]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not start:\n{service.server_log()}")
             time.sleep(0.1)
+        service.feed_key = service.cli(
+            "api-key", "create", "--tenant", "neo", "--name", "chat", "--scope", "revocations:read"
+        ).strip()
         yield service
     finally:
         process.terminate()

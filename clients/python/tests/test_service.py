@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
@@ -35,7 +36,7 @@ def feed_settings(service: svc.Service) -> dict[str, Any]:
         "audience": svc.AUDIENCE,
         "jwks_url": service.jwks_url,
         "revocations_url": service.revocations_url,
-        "revocations_api_key": svc.PLATFORM_KEY,
+        "revocations_api_key": service.feed_key,
         "revocations_interval": INTERVAL,
     }
 
@@ -96,6 +97,20 @@ def seconds_until_refused(verify: Any, token: str) -> float:
             return time.monotonic() - start
         time.sleep(0.05)
     raise AssertionError(f"still accepted {3 * INTERVAL} s after its revocation")
+
+
+def test_the_feed_key_reads_the_feed_and_can_mint_nothing(service: svc.Service) -> None:
+    assert service.feed_key.startswith("neo_sk_test_")
+    refused = httpx.post(
+        f"{service.url}/public-api/sessions",
+        headers={"authorization": f"Bearer {service.feed_key}"},
+        json={"session_id": "s-acme-1"},
+    )
+    assert refused.status_code == 403, refused.text
+    feed = httpx.get(
+        service.revocations_url, headers={"authorization": f"Bearer {service.feed_key}"}
+    )
+    assert feed.status_code == 200, feed.text
 
 
 def test_a_revoked_token_is_refused_within_two_poll_intervals(service: svc.Service) -> None:
