@@ -16,7 +16,8 @@ VECTORS = REPO / "tests" / "vectors" / "session-tokens.json"
 
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
-    return json.loads(VECTORS.read_text())
+    document: dict[str, Any] = json.loads(VECTORS.read_text())
+    return document
 
 
 class FakeJwks:

@@ -4,6 +4,7 @@ cool-down, served stale for a bounded time while the JWKS is down (as the Rust c
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from .conftest import FakeJwks
 from .keys import AUDIENCE, ISSUER, JWKS_URL, Clock, TestKey
 
 
-def verifier(fake: FakeJwks, clock: Clock, **settings: float) -> Verifier:
+def verifier(fake: FakeJwks, clock: Clock, **settings: Any) -> Verifier:
     made = Verifier(ISSUER, AUDIENCE, jwks_url=JWKS_URL, transport=httpx.MockTransport(fake), **settings)
     made._config.keys.clock = clock
     return made

@@ -82,7 +82,7 @@ def test_every_vector_gets_its_expected_answer_async(vectors: dict[str, Any]) ->
         async with AsyncVerifier(
             **settings(vectors), transport=httpx.MockTransport(fake)
         ) as verifier:
-            results = []
+            results: list[tuple[str, Any]] = []
             for vector in vectors["vectors"]:
                 try:
                     claims = await verifier.verify_at(

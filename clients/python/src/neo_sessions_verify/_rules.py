@@ -113,8 +113,9 @@ def _load_object(raw: bytes, names: frozenset[str] | None) -> dict[str, Any]:
     return value
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_int(value: Any, low: int, high: int) -> bool:
+    """A JSON integer (not a boolean, not a float) within [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _is_str_or_null(value: Any) -> bool:
@@ -179,12 +180,10 @@ def _claims_well_formed(claims: dict[str, Any]) -> bool:
     """The claims every session token carries, each of its type (what the Rust crate's
     ``SessionClaims`` accepts; further claims are ignored)."""
     for name in ("exp", "nbf"):
-        value = claims.get(name)
-        if not (_is_int(value) and 0 <= value <= _U64_MAX):
+        if not _is_int(claims.get(name), 0, _U64_MAX):
             return False
     for name in ("iat", "nbf", "exp"):
-        value = claims.get(name)
-        if not (_is_int(value) and _I64_MIN <= value <= _I64_MAX):
+        if not _is_int(claims.get(name), _I64_MIN, _I64_MAX):
             return False
     for name in ("iss", "aud", "sub", "session_id", "client_id", "scope"):
         if not isinstance(claims.get(name), str):
@@ -196,9 +195,7 @@ def _claims_well_formed(claims: dict[str, Any]) -> bool:
     if not (isinstance(jti, str) and _UUID.fullmatch(jti)):
         return False
     agents = claims.get("allowed_agent_ids")
-    return isinstance(agents, list) and all(
-        _is_int(a) and _I64_MIN <= a <= _I64_MAX for a in agents
-    )
+    return isinstance(agents, list) and all(_is_int(a, _I64_MIN, _I64_MAX) for a in agents)
 
 
 def jti_of(claims: dict[str, Any]) -> uuid.UUID:
