@@ -51,15 +51,12 @@ impl TokenRules {
     pub fn new(issuer: &str, audience: &str, leeway: Duration) -> Self {
         let validations = ALGORITHMS.map(|algorithm| {
             let mut validation = Validation::new(algorithm);
-            validation.set_issuer(&[issuer]);
-            validation.set_audience(&[audience]);
             validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-            // The signature, the required claims and their shape are jsonwebtoken's to check;
-            // time, issuer and audience are checked in `validate_at`, against the time given.
+            // The signature, the required claims and their types are jsonwebtoken's to check;
+            // time, issuer and audience are `validate_at`'s, against the time it is given.
             validation.validate_exp = false;
             validation.validate_nbf = false;
             validation.validate_aud = false;
-            validation.iss = None;
             (algorithm, validation)
         });
         Self {
