@@ -243,8 +243,10 @@ def _poll_in_thread(
             live.refresh_revocations()
         except VerifyError as error:
             log.warning("revocation feed not read; keeping the deny-list held: %s", error)
-        except RuntimeError:
-            return  # the client was closed under us
+        except Exception:  # noqa: BLE001 - polling goes on whatever one poll met
+            if stop.is_set():
+                return  # closed under us
+            log.exception("revocation feed poll failed; keeping the deny-list held")
         del live
         stop.wait(interval)
 
@@ -323,6 +325,8 @@ class AsyncVerifier:
                 await self.refresh_revocations()
             except VerifyError as error:
                 log.warning("revocation feed not read; keeping the deny-list held: %s", error)
+            except Exception:  # noqa: BLE001 - polling goes on whatever one poll met
+                log.exception("revocation feed poll failed; keeping the deny-list held")
             await asyncio.sleep(self._config.revocations_interval)
 
     async def verify(self, token: str, session_id: str) -> Claims:
