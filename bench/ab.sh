@@ -12,6 +12,7 @@ PORT=${PORT:-18191}
 work=$(mktemp -d)
 psql -q postgres://postgres@127.0.0.1:5432/postgres -c "DROP DATABASE IF EXISTS neo_ab WITH (FORCE)" 2>/dev/null
 export NEO_DATABASE_URL=postgres://postgres@127.0.0.1:5432/neo_ab NEO_DATA_DIR=$work/data NEO_LISTEN=127.0.0.1:$PORT
+export NEO_KEY_ENCRYPTION_KEY=${NEO_KEY_ENCRYPTION_KEY:-$(openssl rand -base64 32)}  # required on PostgreSQL
 export NEO_LOG_FORMAT=json NEO_LOG_FILTER=info NEO_AUDIT_RETENTION_DAYS=0
 export NEO_RATE_LIMIT_PER_MINUTE=1000000000 NEO_RATE_LIMIT_BURST=1000000
 if [ -n "$cfg" ]; then export NEO_CONFIG=$cfg; fi

@@ -50,6 +50,8 @@ python3 -m http.server "$JWKS_PORT" --bind 127.0.0.1 --directory "$work" >/dev/n
 pids+=($!)
 
 export NEO_DATABASE_URL=$DB_URL NEO_DATA_DIR=$work/data NEO_LISTEN=127.0.0.1:$PORT
+# Required on PostgreSQL; a throwaway one for this run.
+export NEO_KEY_ENCRYPTION_KEY=${NEO_KEY_ENCRYPTION_KEY:-$(openssl rand -base64 32)}
 export NEO_LOG_FORMAT=json NEO_LOG_FILTER=info
 export NEO_ENTRA_AUDIENCE=$AUDIENCE NEO_ENTRA_REQUIRED_SCOPE=$SCOPE
 export NEO_ENTRA_JWKS_URL=http://127.0.0.1:$JWKS_PORT/jwks.json

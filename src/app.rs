@@ -34,8 +34,8 @@ use crate::{
     config::{self, Config},
     freshness::Freshness,
     http::{
-        authenticate, health, jwks, openapi, prometheus, rate_limit, request_context, sessions,
-        tokens,
+        authenticate, directory, health, jwks, openapi, prometheus, rate_limit, request_context,
+        sessions, tokens,
     },
     metrics::Metrics,
     mint::{Minter, TtlBounds},
@@ -151,8 +151,11 @@ const CHANGE_FEED_RETRY: Duration = Duration::from_secs(1);
 /// the signing key, and builds the state the router serves.
 async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let metrics = Arc::new(Metrics::new());
+    // The keys' secrets first: a missing key-encryption key stops start-up before the database
+    // is touched.
+    let key_source = signing::KeySource::load(&config).context("cannot load the signing keys")?;
     let store = open_store_for_serving(&config, Arc::clone(&metrics)).await?;
-    let issuer = signing::start(&config, Arc::clone(&store))
+    let issuer = signing::start(&config, key_source, Arc::clone(&store))
         .await
         .context("cannot load the signing keys")?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
@@ -335,6 +338,30 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tokens::introspect_session_token))
         .routes(routes!(tokens::revoke_session_tokens))
         .routes(routes!(tokens::revocations))
+        .routes(routes!(directory::list_tenants))
+        .routes(routes!(
+            directory::put_tenant,
+            directory::get_tenant,
+            directory::delete_tenant
+        ))
+        .routes(routes!(directory::list_end_companies))
+        .routes(routes!(
+            directory::put_end_company,
+            directory::get_end_company,
+            directory::delete_end_company
+        ))
+        .routes(routes!(directory::list_agents))
+        .routes(routes!(
+            directory::put_agent,
+            directory::get_agent,
+            directory::delete_agent
+        ))
+        .routes(routes!(directory::list_sessions))
+        .routes(routes!(
+            directory::put_session,
+            directory::get_session,
+            directory::delete_session
+        ))
         .route_layer(from_fn_with_state(
             Arc::clone(state),
             rate_limit::per_principal,

@@ -60,7 +60,7 @@ pub enum Command {
     /// Per-tenant overrides of the per-principal rate limit.
     #[command(subcommand)]
     RateLimit(RateLimitCommand),
-    /// Signing keys in the database: rotate, list, import a PEM file.
+    /// Signing keys in the database: rotate, list, import a PEM file, discard a next key.
     #[command(subcommand)]
     SigningKey(SigningKeyCommand),
     /// The effective configuration (defaults < file < NEO_* variables).
@@ -129,6 +129,13 @@ pub enum SigningKeyCommand {
         /// The key's algorithm (default: signing.algorithm, NEO_SIGNING_ALGORITHM).
         #[arg(long, value_enum)]
         algorithm: Option<AlgorithmArg>,
+    },
+    /// Delete a `next` key that has not started signing (e.g. one sealed under the wrong
+    /// key-encryption key); replicas stop publishing it at their next reload. Needs no
+    /// key-encryption key. Active and retired keys are refused.
+    Discard {
+        /// The key's kid (see `signing-key list`).
+        kid: String,
     },
 }
 
@@ -525,12 +532,15 @@ async fn signing_key_command(
     config: &Config,
     command: SigningKeyCommand,
 ) -> anyhow::Result<ExitCode> {
-    let store = connect_store(config).await?;
     let algorithm = |arg: Option<AlgorithmArg>| arg.map_or(config.signing.algorithm, Into::into);
+    // A command that seals a key reads the key-encryption key before it touches the database:
+    // without one (off the embedded database) it writes nothing.
     match command {
         SigningKeyCommand::Rotate { algorithm: arg } => {
+            let kek = signing::key_encryption_key(config)?;
+            let store = connect_store(config).await?;
             let (kid, activates_at) =
-                signing::rotate(config, store.as_ref(), algorithm(arg)).await?;
+                signing::rotate(config, store.as_ref(), &kek, algorithm(arg)).await?;
             println!(
                 "added key {kid}: published now, signs from {} (replicas pick it up within {} s)",
                 activates_at.format("%Y-%m-%dT%H:%M:%SZ"),
@@ -541,15 +551,27 @@ async fn signing_key_command(
             file,
             algorithm: arg,
         } => {
+            let kek = signing::key_encryption_key(config)?;
+            let store = connect_store(config).await?;
             let (kid, activates_at) =
-                signing::import(config, store.as_ref(), &file, algorithm(arg)).await?;
+                signing::import(config, store.as_ref(), &kek, &file, algorithm(arg)).await?;
             println!(
                 "imported {} as key {kid}: signs from {}",
                 file.display(),
                 activates_at.format("%Y-%m-%dT%H:%M:%SZ")
             );
         }
+        SigningKeyCommand::Discard { kid } => {
+            let store = connect_store(config).await?;
+            let would_have_signed_from = signing::discard(config, store.as_ref(), &kid).await?;
+            println!(
+                "discarded key {kid} (it would have signed from {}); replicas stop publishing it within {} s",
+                would_have_signed_from.format("%Y-%m-%dT%H:%M:%SZ"),
+                config.signing.reload_seconds
+            );
+        }
         SigningKeyCommand::List { output } => {
+            let store = connect_store(config).await?;
             let keys = signing::list(config, store.as_ref()).await?;
             if output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);

@@ -1,19 +1,21 @@
 //! The connection loop: HTTP/1.1 over hyper with the timers `axum::serve` does not have. A
 //! connection may wait at most `header_timeout` for a request head once its first byte (or the
 //! connection itself) arrived, and at most `idle_timeout` between requests; at most
-//! `max_connections` are open at once (more are answered 503 and closed); on shutdown every
-//! connection finishes its request and closes, and whatever is still open after `shutdown_grace`
-//! is cut.
+//! `max_connections` are open at once, and at most `max_connections_per_address` from one client
+//! address (more are answered 503 and closed); a request head may take at most `max_header_bytes`
+//! of buffer (hyper answers a larger one 431 and closes); on shutdown every connection finishes
+//! its request and closes, and whatever is still open after `shutdown_grace` is cut.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicU8, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::Duration,
@@ -31,7 +33,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, MIN_MAX_HEADER_BYTES};
 
 /// The connection-level limits, from `server.*` in the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +41,11 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64) at most; 0: no such cap.
+    pub max_connections_per_address: usize,
+    /// hyper's read buffer, which must hold a whole request head: at least
+    /// [`MIN_MAX_HEADER_BYTES`] (the configuration refuses less; hyper would panic).
+    pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -48,6 +55,8 @@ impl ConnectionLimits {
             header_timeout: Duration::from_secs(server.header_timeout_seconds.get()),
             idle_timeout: Duration::from_secs(server.idle_timeout_seconds.get()),
             max_connections: server.max_connections.get(),
+            max_connections_per_address: server.max_connections_per_address,
+            max_header_bytes: server.max_header_bytes,
             shutdown_grace: Duration::from_secs(server.shutdown_grace_seconds),
         }
     }
@@ -66,6 +75,7 @@ pub async fn serve_connections(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(AddressSlots::new(limits.max_connections_per_address));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -88,6 +98,16 @@ pub async fn serve_connections(
         // Reap finished connection tasks so the set holds only live ones.
         while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
+        // The client address's slot first: a client at its own cap takes none of the shared ones.
+        let Some(address_slot) = AddressSlots::try_acquire(&per_address, peer.ip()) else {
+            refuse_over_cap(stream, &refusals);
+            tracing::warn!(
+                %peer,
+                max_connections_per_address = limits.max_connections_per_address,
+                "connection refused: too many open connections from this address"
+            );
+            continue;
+        };
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
                 let router = router.clone();
@@ -95,15 +115,12 @@ pub async fn serve_connections(
                 connections.spawn(async move {
                     serve_connection(stream, peer, router, limits, stop).await;
                     drop(slot);
+                    drop(address_slot);
                 });
             }
             Err(_) => {
-                if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
-                    tokio::spawn(async move {
-                        refuse(stream).await;
-                        drop(permit);
-                    });
-                }
+                drop(address_slot);
+                refuse_over_cap(stream, &refusals);
                 tracing::warn!(
                     max_connections = limits.max_connections,
                     "connection refused: too many open connections"
@@ -134,7 +151,91 @@ pub async fn serve_connections(
     Ok(())
 }
 
-/// The answer to a connection over the cap: a complete 503 in the envelope, then close.
+/// Answers a connection over a cap in the background, unless too many refusals are in flight
+/// already (then it is just closed).
+fn refuse_over_cap(stream: TcpStream, refusals: &Arc<Semaphore>) {
+    if let Ok(permit) = Arc::clone(refusals).try_acquire_owned() {
+        tokio::spawn(async move {
+            refuse(stream).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Open connections per client address, for `max_connections_per_address`. An address has an
+/// entry only while it has open connections, so the map is bounded by the open connections;
+/// one lock per accepted and per closed connection, nothing per request.
+struct AddressSlots {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressSlots {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The address a cap counts: an IPv4 address (also when IPv4-mapped), an IPv6 /64 (one
+    /// subscriber holds a whole /64), as the failed-authentication budget counts them.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !u128::from(u64::MAX);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+            v4 => v4,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        match self.open.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// One slot of `ip`'s address, or `None` when it has `max` open already. With no cap
+    /// (`max` 0) nothing is counted.
+    fn try_acquire(this: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        if this.max == 0 {
+            return Some(AddressSlot(None));
+        }
+        let key = Self::key(ip);
+        let mut open = this.lock();
+        let count = open.entry(key).or_insert(0);
+        if *count >= this.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot(Some((Arc::clone(this), key))))
+    }
+
+    fn release(&self, key: IpAddr) {
+        let mut open = self.lock();
+        if let Some(count) = open.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
+/// A connection's slot of its address; given back when dropped.
+struct AddressSlot(Option<(Arc<AddressSlots>, IpAddr)>);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((slots, key)) = &self.0 {
+            slots.release(*key);
+        }
+    }
+}
+
+/// The answer to a connection over a cap: a complete 503 in the envelope, then close.
 async fn refuse(mut stream: TcpStream) {
     const BODY: &str = r#"{"error":{"code":"too_many_connections","message":"The server has too many open connections; retry shortly."},"meta":{"request_id":null}}"#;
     let response = format!(
@@ -231,9 +332,16 @@ async fn serve_connection(
     let mut builder = http1::Builder::new();
     // Our watchdog does the header and idle timeouts; hyper's own header timer (which would
     // also cut idle keep-alive connections at the header timeout) is off.
+    // A request head larger than `max_header_bytes` is answered 431 by hyper (without a body)
+    // and the connection closed; the read buffer is capped at the same size (hyper's default
+    // is ~400 KB), so an unauthenticated client holds about that much memory per connection.
+    // hyper asserts a buffer of at least 8192: the configuration refuses less.
+    let header_bytes = limits.max_header_bytes.max(MIN_MAX_HEADER_BYTES);
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        .max_header_size(header_bytes)
+        .max_buf_size(header_bytes)
         .keep_alive(true);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
@@ -348,5 +456,43 @@ pub fn raise_open_files_limit() -> Option<u64> {
                 .ok()
                 .map(|(soft, _)| soft)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_cap_and_its_entry_only_while_open() {
+        let slots = Arc::new(AddressSlots::new(2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let first = AddressSlots::try_acquire(&slots, a).unwrap();
+        let second = AddressSlots::try_acquire(&slots, mapped).unwrap();
+        assert!(AddressSlots::try_acquire(&slots, a).is_none());
+        assert!(AddressSlots::try_acquire(&slots, "192.0.2.2".parse().unwrap()).is_some());
+        drop(first);
+        let third = AddressSlots::try_acquire(&slots, a).unwrap();
+        drop((second, third));
+        assert!(slots.lock().is_empty());
+
+        // One IPv6 /64 is one address.
+        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let _x = AddressSlots::try_acquire(&slots, x).unwrap();
+        let _y = AddressSlots::try_acquire(&slots, y).unwrap();
+        assert!(AddressSlots::try_acquire(&slots, x).is_none());
+        assert!(AddressSlots::try_acquire(&slots, "2001:db8:1:3::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn no_cap_counts_nothing() {
+        let slots = Arc::new(AddressSlots::new(0));
+        let held: Vec<_> = (0..10)
+            .map(|_| AddressSlots::try_acquire(&slots, "192.0.2.1".parse().unwrap()).unwrap())
+            .collect();
+        assert!(slots.lock().is_empty());
+        drop(held);
     }
 }

@@ -8,13 +8,18 @@
 //! replica reloads the keys every `signing.reload_seconds`.
 //!
 //! With `signing.key_file` there is one static key and nothing in the database.
+//!
+//! The private keys are sealed under the key-encryption key (KEK). Only the embedded SQLite
+//! database, which no other host shares, gets a KEK generated for it; on PostgreSQL it must be
+//! configured, and nothing is written with a KEK that cannot open the keys stored already. A
+//! `next` key that has not started signing can be discarded (e.g. one sealed under a wrong KEK).
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::{
-    config::{Config, SigningAlgorithm},
+    config::{Config, DatabaseBackend, SigningAlgorithm},
     store::{SigningKeyRow, Store, StoreError},
     tokens::{
         keys::{KeyError, SigningKey},
@@ -44,6 +49,46 @@ pub enum SigningError {
     Conflict,
     #[error("no signing key in the database signs now")]
     NoActiveKey,
+    #[error("no key-encryption key is configured, and one is generated only for the embedded SQLite database: set NEO_KEY_ENCRYPTION_KEY (base64 of 32 bytes: `openssl rand -base64 32`) or NEO_KEY_ENCRYPTION_KEY_FILE, the same on every replica{}", earlier_kek_hint(.generated))]
+    KekRequired {
+        /// A KEK an earlier version generated in the data directory, if there is one.
+        generated: Option<std::path::PathBuf>,
+    },
+    #[error("the configured key-encryption key ({source_name}) cannot open signing key {kid} stored in the database, so nothing was written: configure the key-encryption key the replicas use{}", discard_hint(.kid, *.next))]
+    WrongKek {
+        kid: String,
+        source_name: String,
+        /// Whether that key is a `next` key (which `signing-key discard` can remove).
+        next: bool,
+    },
+    #[error("no signing key {kid} in the database")]
+    NotFound { kid: String },
+    #[error("signing key {kid} is {state}: only a `next` key that has not started signing can be discarded (tokens it signed must keep verifying)")]
+    NotDiscardable { kid: String, state: &'static str },
+    #[error("signing key {kid} starts signing at {activates_at}, within {margin_seconds} s (a replica may not have reloaded by then, or its clock may run ahead): too late to discard; let it take over and rotate again")]
+    TooLateToDiscard {
+        kid: String,
+        activates_at: DateTime<Utc>,
+        margin_seconds: i64,
+    },
+}
+
+fn earlier_kek_hint(generated: &Option<std::path::PathBuf>) -> String {
+    match generated {
+        Some(path) => format!(
+            " (an earlier version generated one in {0}: if the stored keys were sealed with it, set NEO_KEY_ENCRYPTION_KEY_FILE={0})",
+            path.display()
+        ),
+        None => String::new(),
+    }
+}
+
+fn discard_hint(kid: &str, next: bool) -> String {
+    if next {
+        format!(" (if key {kid} was sealed with another key by mistake, `neo-sessions signing-key discard {kid}` removes it: it has not signed yet)")
+    } else {
+        String::new()
+    }
 }
 
 /// A key as `signing-key list` shows it (nothing secret).
@@ -78,21 +123,63 @@ fn algorithm_of(row: &SigningKeyRow) -> Result<SigningAlgorithm, SigningError> {
     }
 }
 
+/// The key-encryption key: the configured one (`NEO_KEY_ENCRYPTION_KEY` or
+/// `NEO_KEY_ENCRYPTION_KEY_FILE`); without one, on the embedded SQLite database only, the one
+/// generated in the data directory (generated now if need be). Any other database is shared by
+/// replicas that must all hold the same KEK, so there it is required: refused before anything
+/// is written.
+pub fn key_encryption_key(config: &Config) -> Result<Kek, SigningError> {
+    if let Some(kek) = Kek::configured(&config.signing)? {
+        return Ok(kek);
+    }
+    if DatabaseBackend::of_url(&config.database_url()) == Some(DatabaseBackend::Sqlite) {
+        return Ok(Kek::load_or_generate(&config.signing, &config.data.dir)?);
+    }
+    let generated = Kek::generated_path(&config.data.dir);
+    Err(SigningError::KekRequired {
+        generated: generated.exists().then_some(generated),
+    })
+}
+
+/// What signs for `serve`, read before the database is touched: one static key file, or the
+/// database's keys sealed under this KEK.
+pub enum KeySource {
+    File(Box<SigningKey>),
+    Database(Box<Kek>),
+}
+
+impl KeySource {
+    pub fn load(config: &Config) -> Result<Self, SigningError> {
+        match &config.signing.key_file {
+            Some(path) => Ok(Self::File(Box::new(SigningKey::from_file(
+                path,
+                config.signing.algorithm,
+            )?))),
+            None => Ok(Self::Database(Box::new(key_encryption_key(config)?))),
+        }
+    }
+}
+
 /// The issuer for `serve`: the static key file, or the database's keys (creating the first one,
 /// importing a key an earlier version generated in the data directory). A key that cannot be
 /// decrypted stops start-up; nothing is written then.
-pub async fn start(config: &Config, store: Arc<Store>) -> Result<Arc<TokenIssuer>, SigningError> {
-    if let Some(path) = &config.signing.key_file {
-        let key = SigningKey::from_file(path, config.signing.algorithm)?;
-        // No KEK in this mode: the key file is the secret the database does not hold.
-        let claims_mac = ClaimsMac::derive(&key.to_pkcs8()?);
-        return Ok(Arc::new(TokenIssuer::new(
-            KeyRing::single(key)?,
-            &config.token,
-            claims_mac,
-        )));
-    }
-    let kek = Kek::load_or_generate(&config.signing, &config.data.dir)?;
+pub async fn start(
+    config: &Config,
+    source: KeySource,
+    store: Arc<Store>,
+) -> Result<Arc<TokenIssuer>, SigningError> {
+    let kek = match source {
+        KeySource::File(key) => {
+            // No KEK in this mode: the key file is the secret the database does not hold.
+            let claims_mac = ClaimsMac::derive(&key.to_pkcs8()?);
+            return Ok(Arc::new(TokenIssuer::new(
+                KeyRing::single(*key)?,
+                &config.token,
+                claims_mac,
+            )));
+        }
+        KeySource::Database(kek) => *kek,
+    };
     let mut loaded = HashMap::new();
     let ring = match load_or_create(config, store.as_ref(), &kek, &mut loaded).await {
         Ok(ring) => ring,
@@ -142,6 +229,21 @@ async fn load_or_create(
     Ok(ring)
 }
 
+/// The rows whose keys are still published (not `removed`): every row but those retired longer
+/// than the retire window ago.
+fn published<'a>(
+    config: &Config,
+    rows: &'a [SigningKeyRow],
+) -> impl Iterator<Item = &'a SigningKeyRow> {
+    let window = retire_window(config);
+    let now = Utc::now().timestamp();
+    rows.iter().enumerate().filter_map(move |(i, row)| {
+        let retired_at = rows.get(i + 1).map(|next| next.activates_at.timestamp());
+        let removed = retired_at.is_some_and(|at| at.saturating_add(window) <= now);
+        (!removed).then_some(row)
+    })
+}
+
 /// Decrypts the keys that are still published (reusing those decrypted before) into a ring.
 fn ring_of(
     config: &Config,
@@ -149,14 +251,8 @@ fn ring_of(
     rows: &[SigningKeyRow],
     loaded: &mut HashMap<String, Arc<Vec<u8>>>,
 ) -> Result<KeyRing, SigningError> {
-    let window = retire_window(config);
-    let now = Utc::now().timestamp();
     let mut keys = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
-        let retired_at = rows.get(i + 1).map(|next| next.activates_at.timestamp());
-        if retired_at.is_some_and(|at| at.saturating_add(window) <= now) {
-            continue; // removed: nothing to decrypt
-        }
+    for row in published(config, rows) {
         let algorithm = algorithm_of(row)?;
         let der = match loaded.get(&row.kid) {
             Some(der) => Arc::clone(der),
@@ -169,7 +265,29 @@ fn ring_of(
         let key = SigningKey::from_stored(&der, algorithm, &row.kid)?;
         keys.push((key, row.activates_at.timestamp()));
     }
-    Ok(KeyRing::new(keys, window)?)
+    // A discarded key's secret is not kept.
+    loaded.retain(|kid, _| rows.iter().any(|row| &row.kid == kid));
+    Ok(KeyRing::new(keys, retire_window(config))?)
+}
+
+/// Refuses a KEK that cannot open every published key: what it sealed now, no replica holding
+/// the right KEK could open.
+fn check_opens_stored_keys(
+    config: &Config,
+    kek: &Kek,
+    rows: &[SigningKeyRow],
+) -> Result<(), SigningError> {
+    let now = Utc::now();
+    for row in published(config, rows) {
+        if kek.open(&row.kid, &row.sealed_private_key).is_err() {
+            return Err(SigningError::WrongKek {
+                kid: row.kid.clone(),
+                source_name: kek.source.clone(),
+                next: row.activates_at > now,
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn insert(
@@ -269,17 +387,18 @@ fn spawn_reload(
     });
 }
 
-/// A `next` key that starts signing `signing.lead_seconds` from now. Refused while another
-/// rotation is pending.
+/// A `next` key that starts signing `signing.lead_seconds` from now, sealed under `kek` (see
+/// [`key_encryption_key`]). Refused while another rotation is pending, and when `kek` cannot
+/// open the keys stored already.
 pub async fn rotate(
     config: &Config,
     store: &Store,
+    kek: &Kek,
     algorithm: SigningAlgorithm,
 ) -> Result<(String, DateTime<Utc>), SigningError> {
-    let kek = Kek::load_or_generate(&config.signing, &config.data.dir)?;
     let rows = store.signing_keys().await?;
     let key = SigningKey::generate(algorithm)?.0;
-    add_next(config, store, &kek, &rows, &key).await
+    add_next(config, store, kek, &rows, &key).await
 }
 
 async fn add_next(
@@ -289,6 +408,7 @@ async fn add_next(
     rows: &[SigningKeyRow],
     key: &SigningKey,
 ) -> Result<(String, DateTime<Utc>), SigningError> {
+    check_opens_stored_keys(config, kek, rows)?;
     let now = Utc::now();
     if let Some(pending) = rows.iter().find(|r| r.activates_at > now) {
         return Err(SigningError::RotationPending {
@@ -336,13 +456,60 @@ async fn rotate_if_due(
 pub async fn import(
     config: &Config,
     store: &Store,
+    kek: &Kek,
     path: &Path,
     algorithm: SigningAlgorithm,
 ) -> Result<(String, DateTime<Utc>), SigningError> {
-    let kek = Kek::load_or_generate(&config.signing, &config.data.dir)?;
     let key = SigningKey::from_file(path, algorithm)?;
     let rows = store.signing_keys().await?;
-    add_next(config, store, &kek, &rows, &key).await
+    add_next(config, store, kek, &rows, &key).await
+}
+
+/// How long before it starts signing a `next` key can still be discarded: until every replica
+/// has reloaded (`signing.reload_seconds`), allowing for clocks that run ahead by the leeway
+/// verifiers allow (`token.leeway_seconds`). Later, a replica might sign with it.
+pub fn discard_margin(config: &Config) -> i64 {
+    i64::try_from(config.signing.reload_seconds.get())
+        .unwrap_or(i64::MAX)
+        .saturating_add(i64::try_from(config.token.leeway_seconds).unwrap_or(i64::MAX))
+}
+
+/// Deletes a `next` key that has not started signing (e.g. one sealed under the wrong KEK, which
+/// no replica can open). Needs no KEK. Every replica stops publishing it at its next reload; a
+/// verifier that cached it is unharmed (it never signed). Refuses an active or retired key, and
+/// a `next` key within [`discard_margin`] of signing. Returns when it would have signed.
+pub async fn discard(
+    config: &Config,
+    store: &Store,
+    kid: &str,
+) -> Result<DateTime<Utc>, SigningError> {
+    let listed = list(config, store).await?;
+    let Some(key) = listed.iter().find(|k| k.kid == kid) else {
+        return Err(SigningError::NotFound {
+            kid: kid.to_owned(),
+        });
+    };
+    if key.state != KeyState::Next.as_str() {
+        return Err(SigningError::NotDiscardable {
+            kid: kid.to_owned(),
+            state: key.state,
+        });
+    }
+    let margin = discard_margin(config);
+    let not_before = Utc::now() + chrono::Duration::seconds(margin);
+    if key.activates_at <= not_before {
+        return Err(SigningError::TooLateToDiscard {
+            kid: kid.to_owned(),
+            activates_at: key.activates_at,
+            margin_seconds: margin,
+        });
+    }
+    // Conditional on the time, so a key cannot pass the margin between the look and the delete.
+    if store.delete_next_signing_key(kid, not_before).await? {
+        Ok(key.activates_at)
+    } else {
+        Err(SigningError::Conflict)
+    }
 }
 
 /// The keys with their states and transition times (nothing is decrypted).

@@ -45,10 +45,14 @@ fn entra_key(jwk: &Jwk) -> Option<Algorithm> {
     (rsa && !encryption).then_some(Algorithm::RS256)
 }
 
+/// The longest back-off after failed fetches of Entra's JWKS.
+pub const ENTRA_RETRY_CAP: Duration = Duration::from_secs(300);
+
 /// Entra's JWKS in memory, keyed by `kid`: current for `key_max_age_seconds` after a fetch and
 /// never served past that, refreshed in the background (see [`KeySetCache::spawn_refresh`]),
-/// refetched on an unknown `kid` at most once per cool-down for the whole process, and not
-/// refetched within `retry_seconds` of a failure. Every fetch is counted by result.
+/// refetched on an unknown `kid` at most once per cool-down for the whole process, one fetch at
+/// a time; after a failure none for `retry_seconds`, doubling per further failure up to
+/// [`ENTRA_RETRY_CAP`] (with jitter). Every fetch is counted by result.
 pub fn jwks_cache(
     config: &EntraConfig,
     metrics: Arc<Metrics>,
@@ -69,6 +73,7 @@ pub fn jwks_cache(
         stale_for: Duration::ZERO,
         unknown_kid_cooldown: Duration::from_secs(config.kid_cooldown_seconds),
         retry: Duration::from_secs(config.retry_seconds),
+        retry_cap: ENTRA_RETRY_CAP.max(Duration::from_secs(config.retry_seconds)),
         accept: entra_key,
     };
     let cache = KeySetCache::new(client, keys).observing_fetches(move |ok| {

@@ -16,15 +16,19 @@ pub enum Scope {
     ManageTokens,
     /// `GET /public-api/sessions/revocations`: what a verifier needs, and nothing else.
     ReadRevocations,
-    /// Write the directory of tenants, end companies, agents and sessions (the platform).
+    /// Read the directory: a tenant its own rows, the platform every tenant's.
+    ReadDirectory,
+    /// Write the directory of tenants, end companies, agents and sessions (the platform's keys
+    /// only; implies [`Scope::ReadDirectory`]).
     WriteDirectory,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Self::Mint,
         Self::ManageTokens,
         Self::ReadRevocations,
+        Self::ReadDirectory,
         Self::WriteDirectory,
     ];
 
@@ -33,6 +37,7 @@ impl Scope {
             Self::Mint => "sessions:mint",
             Self::ManageTokens => "tokens:manage",
             Self::ReadRevocations => "revocations:read",
+            Self::ReadDirectory => "directory:read",
             Self::WriteDirectory => "directory:write",
         }
     }
@@ -60,9 +65,14 @@ impl Scopes {
     pub const NONE: Scopes = Scopes(0);
 
     /// What every key could do before keys had scopes, and what a key gets when none are named:
-    /// mint, manage tokens, read the revocation feed. Writing the directory is never implied.
-    pub const LEGACY: Scopes =
-        Scopes(Scope::Mint.bit() | Scope::ManageTokens.bit() | Scope::ReadRevocations.bit());
+    /// mint, manage tokens, read the revocation feed, and read its own tenant's directory rows.
+    /// Writing the directory is never implied.
+    pub const LEGACY: Scopes = Scopes(
+        Scope::Mint.bit()
+            | Scope::ManageTokens.bit()
+            | Scope::ReadRevocations.bit()
+            | Scope::ReadDirectory.bit(),
+    );
 
     pub fn of(scopes: impl IntoIterator<Item = Scope>) -> Self {
         Self(scopes.into_iter().fold(0, |bits, scope| bits | scope.bit()))
@@ -179,7 +189,19 @@ impl Principal {
     /// directory); the holder of a session token nothing on this service.
     pub fn scopes(&self) -> Scopes {
         match self {
-            Self::ApiKey { scopes, .. } => *scopes,
+            // Writing the directory is the platform's alone, whatever a row says; it implies
+            // reading it.
+            Self::ApiKey {
+                scopes, platform, ..
+            } => {
+                if !platform {
+                    Scopes(scopes.0 & !Scope::WriteDirectory.bit())
+                } else if scopes.contains(Scope::WriteDirectory) {
+                    Scopes(scopes.0 | Scope::ReadDirectory.bit())
+                } else {
+                    *scopes
+                }
+            }
             Self::EntraUser { .. } => Scopes::LEGACY,
             Self::EndUser { .. } => Scopes::NONE,
         }
@@ -215,6 +237,7 @@ mod tests {
         assert!(legacy.contains(Scope::Mint));
         assert!(legacy.contains(Scope::ManageTokens));
         assert!(legacy.contains(Scope::ReadRevocations));
+        assert!(legacy.contains(Scope::ReadDirectory));
         assert!(!legacy.contains(Scope::WriteDirectory));
     }
 

@@ -116,6 +116,28 @@ fn an_error_names_the_source_it_really_came_from() {
 }
 
 #[test]
+fn a_header_buffer_below_hyper_minimum_is_refused_by_name() {
+    let err = Config::load(None, env(&[("NEO_SERVER_MAX_HEADER_BYTES", "8191")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.max_header_bytes"), "{err}");
+    assert!(err.contains("at least 8192"), "{err}");
+    let config = Config::load(
+        None,
+        env(&[
+            ("NEO_SERVER_MAX_HEADER_BYTES", "8192"),
+            ("NEO_SERVER_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.server.max_header_bytes, 8192);
+    assert_eq!(config.server.max_connections_per_address, 0);
+    let defaults = Config::load(None, env(&[])).unwrap();
+    assert_eq!(defaults.server.max_header_bytes, 32768);
+    assert_eq!(defaults.server.max_connections_per_address, 1024);
+}
+
+#[test]
 fn a_host_name_as_listen_address_says_an_ip_is_required() {
     let err = Config::load(None, env(&[("NEO_LISTEN", "localhost:8080")]))
         .unwrap_err()

@@ -51,7 +51,8 @@ pub struct SigningConfig {
     /// The algorithm of keys generated here (and of a key file).
     pub algorithm: SigningAlgorithm,
     /// Base64 of 32 bytes: the AES-256-GCM key that seals private keys in the database. Every
-    /// replica needs the same one. Without it (nor a file), one is generated in the data directory.
+    /// replica needs the same one. Without it (nor a file), one is generated in the data directory
+    /// on the embedded SQLite database only; on PostgreSQL one of the two is required.
     pub key_encryption_key: Option<Secret>,
     /// A file holding the key-encryption key (base64 text, or 32 raw bytes).
     pub key_encryption_key_file: Option<PathBuf>,

@@ -92,6 +92,13 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if config.server.body_limit_bytes < 1024 {
         return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
     }
+    // hyper panics on a smaller read buffer: refused here, it never gets that far.
+    if config.server.max_header_bytes < super::server::MIN_MAX_HEADER_BYTES {
+        return Err(invalid(
+            "server.max_header_bytes",
+            "must be at least 8192 (the smallest read buffer the HTTP/1 server accepts)",
+        ));
+    }
     if let Some(url) = &config.rate_limit.redis_url {
         let url = url.expose_secret();
         if !url.starts_with("redis://") && !url.starts_with("rediss://") {

@@ -12,6 +12,7 @@ use crate::{
     auth::{principal::Scope, AuthError},
     mint::MintRefusal,
     ratelimit::whole_seconds,
+    store::DirectoryRefusal,
     store::StoreError,
     tokens::KeyError,
 };
@@ -73,6 +74,9 @@ pub enum ApiError {
     Validation(Map<String, Value>),
     #[error("unknown end company")]
     InvalidEndCompany,
+    /// The directory refused a write, or has no such row.
+    #[error("directory: {0}")]
+    Directory(DirectoryRefusal),
     #[error("unknown agents")]
     InvalidAgentIds(Vec<i64>),
     #[error("rate limited ({limit:?})")]
@@ -167,6 +171,13 @@ impl ApiError {
             Self::Validation(_) | Self::InvalidEndCompany | Self::InvalidAgentIds(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            Self::Directory(refusal) => match refusal {
+                DirectoryRefusal::NotFound(_) | DirectoryRefusal::TenantNotFound(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                DirectoryRefusal::InvalidEndCompany(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::CONFLICT,
+            },
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable(_)
             | Self::NotReady { .. }
@@ -199,6 +210,30 @@ impl ApiError {
                 None,
             ),
             Self::Forbidden(why) => ("forbidden", (*why).into(), None),
+            Self::Directory(refusal) => {
+                let code = match refusal {
+                    DirectoryRefusal::NotFound("end company") => "end_company_not_found",
+                    DirectoryRefusal::NotFound("agent") => "agent_not_found",
+                    DirectoryRefusal::NotFound("session") => "session_not_found",
+                    DirectoryRefusal::NotFound(_) | DirectoryRefusal::TenantNotFound(_) => {
+                        "tenant_not_found"
+                    }
+                    DirectoryRefusal::EntraTenantIdTaken(_) => "entra_tenant_id_taken",
+                    DirectoryRefusal::PlatformFlag => "platform_tenant_immutable",
+                    DirectoryRefusal::AgentOfAnotherTenant { .. } => "agent_of_another_tenant",
+                    DirectoryRefusal::SessionOfAnotherTenant(_) => "session_of_another_tenant",
+                    DirectoryRefusal::InvalidEndCompany(_) => "invalid_end_company",
+                    DirectoryRefusal::NeoSupportSessionExists(_) => "neo_support_session_exists",
+                    DirectoryRefusal::EndCompanyInUse(_) => "end_company_in_use",
+                    DirectoryRefusal::TenantInUse(_) => "tenant_in_use",
+                };
+                let mut message = refusal.to_string();
+                if let Some(first) = message.get_mut(0..1) {
+                    first.make_ascii_uppercase();
+                }
+                message.push('.');
+                (code, message, None)
+            }
             Self::SessionNotFound => (
                 "session_not_found",
                 "No such session for this tenant.".into(),
@@ -715,6 +750,22 @@ mod tests {
             ApiError::PayloadTooLarge,
             ApiError::Validation(Map::new()),
             ApiError::InvalidEndCompany,
+            ApiError::Directory(DirectoryRefusal::NotFound("tenant")),
+            ApiError::Directory(DirectoryRefusal::NotFound("end company")),
+            ApiError::Directory(DirectoryRefusal::NotFound("agent")),
+            ApiError::Directory(DirectoryRefusal::NotFound("session")),
+            ApiError::Directory(DirectoryRefusal::TenantNotFound("t".into())),
+            ApiError::Directory(DirectoryRefusal::EntraTenantIdTaken("t".into())),
+            ApiError::Directory(DirectoryRefusal::PlatformFlag),
+            ApiError::Directory(DirectoryRefusal::AgentOfAnotherTenant {
+                id: 1,
+                tenant_id: "t".into(),
+            }),
+            ApiError::Directory(DirectoryRefusal::SessionOfAnotherTenant("t".into())),
+            ApiError::Directory(DirectoryRefusal::InvalidEndCompany("t".into())),
+            ApiError::Directory(DirectoryRefusal::NeoSupportSessionExists("s".into())),
+            ApiError::Directory(DirectoryRefusal::EndCompanyInUse(1)),
+            ApiError::Directory(DirectoryRefusal::TenantInUse("sessions")),
             ApiError::InvalidAgentIds(vec![1]),
             ApiError::RateLimited {
                 retry_after: Duration::from_secs(1),

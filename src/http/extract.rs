@@ -24,7 +24,9 @@ pub struct Mint;
 pub struct ManageTokens;
 /// The revocation feed.
 pub struct ReadRevocations;
-/// The directory of tenants, end companies, agents and sessions.
+/// Reading the directory.
+pub struct ReadDirectory;
+/// Writing the directory of tenants, end companies, agents and sessions.
 pub struct WriteDirectory;
 
 impl Needs for Mint {
@@ -35,6 +37,9 @@ impl Needs for ManageTokens {
 }
 impl Needs for ReadRevocations {
     const SCOPE: Scope = Scope::ReadRevocations;
+}
+impl Needs for ReadDirectory {
+    const SCOPE: Scope = Scope::ReadDirectory;
 }
 impl Needs for WriteDirectory {
     const SCOPE: Scope = Scope::WriteDirectory;

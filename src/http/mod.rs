@@ -2,6 +2,7 @@
 //! extractors and the middleware (request context, bearer authentication, rate limit).
 
 pub mod authenticate;
+pub mod directory;
 pub mod envelope;
 pub mod error;
 pub mod extract;

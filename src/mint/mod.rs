@@ -243,6 +243,7 @@ impl Minter {
         // Rule 7: sign, record, answer.
         let ttl_seconds = request.ttl_seconds.unwrap_or(self.ttl.default);
         let claims_end_company = end_company_id.clone();
+        let agents_column = MintRecord::agents_column(&allowed_agent_ids);
         let grant = TokenGrant {
             session_id: session.id.clone(),
             client_id: session.tenant_id.clone(),
@@ -263,6 +264,7 @@ impl Minter {
             minted_by_tenant: principal.tenant_id().to_owned(),
             end_user: request.end_user,
             end_company_id: claims_end_company,
+            allowed_agent_ids: agents_column,
             issued_at: minted.issued_at,
             expires_at: minted.expires_at,
         };

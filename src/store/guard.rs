@@ -2,15 +2,27 @@
 //! call is refused at once (`StoreError::Unavailable`) instead of waiting out the pool's acquire
 //! timeout, while one background probe pings the database every 100 ms and lets calls through
 //! again the moment it answers. It lives in the store handle: every operation goes through
-//! [`Store::call`], which also times it for the latency metric.
+//! [`Store::attempt`] (refused while down, timed for the latency metric), at most twice, and
+//! then [`Store::settle`] (a lost connection trips the guard).
+//!
+//! Retry once: a statement whose pooled connection died under it (the server ended the
+//! connection while it sat idle in the pool: a fast shutdown, a failover, `pg_terminate_backend`)
+//! runs once more, on a connection known to be alive, when running it twice is harmless
+//! ([`Retry::Safe`]: reads, and writes whose second run changes nothing more). The pool
+//! is told first ([`ConnectionLosses`]): every connection that sat idle through the loss is
+//! pinged before it is handed out again, so the second run (and every other caller) gets a
+//! live connection or a new one, not the next dead one. A write that must not run twice (the
+//! mint's record, a claim, an insert) is never retried: its connection may have died after the
+//! commit, before the answer, and a second run would record the mint twice or report the first
+//! run's work as someone else's.
 
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use super::{Pool, Store, StoreError, StoreResult};
@@ -19,6 +31,51 @@ use crate::metrics::Metrics;
 /// How often the probe pings an unreachable database, and how long one ping may take.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a store operation may run a second time when its pooled connection died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A read, or a write whose second run changes nothing more and answers the same.
+    Safe,
+    /// A write that must run at most once.
+    Never,
+}
+
+/// When a pooled connection was last found dead, shared by the store and its pool's
+/// `before_acquire` check: a connection that has been idle since then is pinged before use.
+#[derive(Debug)]
+pub struct ConnectionLosses {
+    origin: Instant,
+    /// Milliseconds since `origin` plus one; 0: never.
+    last: AtomicU64,
+}
+
+impl ConnectionLosses {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn record(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now.saturating_add(1), Ordering::Release);
+    }
+
+    /// Whether a connection idle for `idle_for` may have died with the last loss seen (it was
+    /// idle in the pool then). One atomic load: the check runs on every acquire.
+    pub fn may_have_died(&self, idle_for: Duration) -> bool {
+        match self.last.load(Ordering::Acquire) {
+            0 => false,
+            last => {
+                let at = self.origin + Duration::from_millis(last - 1);
+                // A little slack for the clock's millisecond rounding.
+                idle_for + Duration::from_millis(2) >= at.elapsed()
+            }
+        }
+    }
+}
 
 /// The guard's state: whether calls are refused, and where their latency goes.
 pub(super) struct Guard {
@@ -32,6 +89,7 @@ impl Store {
     pub fn guarded(&self, metrics: Arc<Metrics>) -> Self {
         Self {
             pool: self.pool.clone(),
+            losses: Arc::clone(&self.losses),
             guard: Some(Guard {
                 down: Arc::new(AtomicBool::new(false)),
                 metrics,
@@ -45,6 +103,7 @@ impl Store {
     /// to 30 s.
     pub(super) fn starting(
         pool: Pool,
+        losses: Arc<ConnectionLosses>,
         url: String,
         migrate_on_start: bool,
         metrics: Arc<Metrics>,
@@ -79,6 +138,7 @@ impl Store {
         });
         Self {
             pool,
+            losses,
             guard: Some(Guard { down, metrics }),
         }
     }
@@ -90,9 +150,19 @@ impl Store {
             .is_some_and(|guard| guard.down.load(Ordering::Acquire))
     }
 
-    /// Runs one store operation: refused at once while the database is down, else timed as
-    /// `operation`, and a lost connection trips the guard.
+    /// Runs one store operation once, not retried: [`Store::attempt`] then [`Store::settle`].
     pub(super) async fn call<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let result = self.attempt(operation, call).await;
+        self.settle(result)
+    }
+
+    /// One run of a store operation: refused at once while the database is down, else timed
+    /// as `operation`.
+    pub(super) async fn attempt<T>(
         &self,
         operation: &'static str,
         call: impl Future<Output = StoreResult<T>>,
@@ -106,7 +176,31 @@ impl Store {
         let started = std::time::Instant::now();
         let result = call.await;
         guard.metrics.observe_store(operation, started.elapsed());
-        if let Err(error) = &result {
+        result
+    }
+
+    /// Whether a failed first run is run again: its pooled connection died and `retry` allows
+    /// a second run. Either way a dead connection is reported to the pool, so that the
+    /// connections that were idle with it are checked before they are handed out.
+    pub(super) fn retries<T>(&self, retry: Retry, result: &StoreResult<T>) -> bool {
+        let Err(error) = result else {
+            return false;
+        };
+        if !error.is_dead_connection() {
+            return false;
+        }
+        self.losses.record();
+        if retry == Retry::Safe {
+            tracing::info!(%error, "a pooled database connection had died; retrying on a live one");
+            return true;
+        }
+        false
+    }
+
+    /// The outcome of an operation, after its retry if it had one: a lost connection trips
+    /// the guard.
+    pub(super) fn settle<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        if let (Some(guard), Err(error)) = (&self.guard, &result) {
             if error.is_connection_lost() {
                 self.trip(guard, error);
             }

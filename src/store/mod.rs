@@ -13,33 +13,50 @@ macro_rules! on_pool {
 }
 
 /// One store operation written once: `$body` on either backend's pool, behind the guard, timed
-/// as `$operation`. `?` in the body returns a [`StoreError`].
+/// as `$operation`. `?` in the body returns a [`StoreError`]. `$retry` says whether the body may
+/// run a second time when its pooled connection turned out dead ([`Retry`]): `Safe` for reads
+/// and idempotent writes only.
 macro_rules! run {
-    ($store:expr, $operation:literal, |$p:ident| $body:expr) => {
-        $store
-            .call($operation, async {
-                Ok::<_, $crate::store::StoreError>(on_pool!(&$store.pool, |$p| $body))
+    ($store:expr, $operation:literal, $retry:ident, |$p:ident| $body:expr) => {{
+        let store: &$crate::store::Store = &$store;
+        let mut result = store
+            .attempt($operation, async {
+                Ok::<_, $crate::store::StoreError>(on_pool!(&store.pool, |$p| $body))
             })
-            .await
-    };
+            .await;
+        if store.retries($crate::store::Retry::$retry, &result) {
+            result = store
+                .attempt($operation, async {
+                    Ok::<_, $crate::store::StoreError>(on_pool!(&store.pool, |$p| $body))
+                })
+                .await;
+        }
+        store.settle(result)
+    }};
 }
 
 /// One store operation whose SQL differs per dialect: the function of that name in
-/// `postgres.rs` or `sqlite.rs`, given the pool and the arguments, behind the guard.
+/// `postgres.rs` or `sqlite.rs`, given the pool and the arguments, behind the guard, retried
+/// as [`run!`] says.
 macro_rules! per_dialect {
-    ($store:expr, $operation:literal, $function:ident($($arg:expr),*)) => {
-        $store
-            .call($operation, async {
-                match &$store.pool {
-                    Pool::Postgres(pool) => postgres::$function(pool, $($arg),*).await,
-                    Pool::Sqlite(pool) => sqlite::$function(pool, $($arg),*).await,
-                }
-            })
-            .await
-    };
+    ($store:expr, $operation:literal, $retry:ident, $function:ident($($arg:expr),*)) => {{
+        let store: &$crate::store::Store = &$store;
+        let call = move || async move {
+            match &store.pool {
+                Pool::Postgres(pool) => postgres::$function(pool, $($arg),*).await,
+                Pool::Sqlite(pool) => sqlite::$function(pool, $($arg),*).await,
+            }
+        };
+        let mut result = store.attempt($operation, call()).await;
+        if store.retries($crate::store::Retry::$retry, &result) {
+            result = store.attempt($operation, call()).await;
+        }
+        store.settle(result)
+    }};
 }
 
 mod codec;
+mod directory;
 mod guard;
 mod postgres;
 mod queries;
@@ -53,6 +70,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use directory::{DirectoryRefusal, DirectoryResult, Written};
+use guard::ConnectionLosses;
+pub(crate) use guard::Retry;
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
 pub use session_cache::SessionCache;
@@ -115,50 +135,38 @@ impl StoreError {
     }
 
     /// The database cannot serve right now (unreachable, shutting down, out of connections or
-    /// of disk): a client should retry later (503), and it is not a bug of ours.
+    /// of disk): a client should retry later (503), and it is not a bug of ours. Every way of
+    /// failing to reach or to keep a connection is one ([`StoreError::is_connection_lost`]).
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Unavailable | Self::RecorderStopped => true,
             Self::Shared(error) => error.is_unavailable(),
-            Self::Database(error) => match error {
-                sqlx::Error::Database(db) => match db.code() {
-                    Some(code) => match code.parse::<i32>() {
-                        // SQLite result codes; the primary code is the low byte.
-                        Ok(code) => matches!(
-                            code & 0xff,
-                            SQLITE_BUSY
-                                | SQLITE_LOCKED
-                                | SQLITE_READONLY
-                                | SQLITE_IOERR
-                                | SQLITE_FULL
-                                | SQLITE_CANTOPEN
-                        ),
-                        // PostgreSQL SQLSTATEs: connection exceptions, insufficient resources
-                        // (disk full, too many connections), operator intervention (shutdown).
-                        Err(_) => {
-                            code.starts_with("08")
-                                || code.starts_with("53")
-                                || code.starts_with("57P")
-                        }
-                    },
-                    None => false,
-                },
-                _ => is_connection_lost(error),
-            },
+            Self::Database(error) => database_failure(error) != Failure::Statement,
             _ => false,
         }
     }
 
-    /// The connection to the database is gone (not merely one statement failing): what the
-    /// guard trips on.
+    /// The connection to the database is gone or cannot be had (not merely one statement
+    /// failing): what the guard trips on.
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Self::Unavailable => true,
             Self::Shared(error) => error.is_connection_lost(),
-            Self::Database(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-            Self::Database(error) => is_connection_lost(error),
+            Self::Database(error) => matches!(
+                database_failure(error),
+                Failure::ConnectionDied | Failure::NoConnection
+            ),
+            _ => false,
+        }
+    }
+
+    /// The connection the statement ran on died under it (the server ended it, the socket
+    /// broke): another connection may well work, so a statement that may run twice is retried
+    /// once on a fresh one.
+    pub fn is_dead_connection(&self) -> bool {
+        match self {
+            Self::Shared(error) => error.is_dead_connection(),
+            Self::Database(error) => database_failure(error) == Failure::ConnectionDied,
             _ => false,
         }
     }
@@ -175,15 +183,65 @@ impl StoreError {
     }
 }
 
-fn is_connection_lost(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+/// What a database error says about the database, as opposed to the statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The connection the statement was on is gone: the server ended it (administrator
+    /// command, crash, fast shutdown, idle-session timeout), the socket broke, or the
+    /// conversation broke off mid-message.
+    ConnectionDied,
+    /// No connection could be had: the pool timed out or is closed, the server refuses
+    /// connections (starting, shutting down, in recovery, not accepting connections), TLS
+    /// failed, SQLite's worker is gone.
+    NoConnection,
+    /// The database is there but cannot serve now: out of disk, memory or connections,
+    /// a statement cancelled by an operator or a timeout, SQLite busy, locked or read-only.
+    Overloaded,
+    /// The statement itself failed (a constraint, a missing table, a decoding error): ours.
+    Statement,
+}
+
+/// The one classification of a `sqlx` error. PostgreSQL SQLSTATE classes: 08 connection
+/// exception, 53 insufficient resources, 57 operator intervention (57P01 admin shutdown,
+/// 57P02 crash shutdown, 57P03 cannot connect now, 57P05 idle session timeout, 57014 query
+/// cancelled); and 55000 when it says the database is not accepting connections.
+fn database_failure(error: &sqlx::Error) -> Failure {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => Failure::ConnectionDied,
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-    )
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Failure::NoConnection,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return Failure::Statement;
+            };
+            // By the driver, not by the code's look: many SQLSTATEs are all digits (08006,
+            // 53300, 57014) and would read as SQLite result codes.
+            let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            match code.parse::<i32>().ok().filter(|_| sqlite) {
+                // SQLite result codes; the primary code is the low byte.
+                Some(code) => match code & 0xff {
+                    SQLITE_CANTOPEN => Failure::NoConnection,
+                    SQLITE_BUSY | SQLITE_LOCKED | SQLITE_READONLY | SQLITE_IOERR | SQLITE_FULL => {
+                        Failure::Overloaded
+                    }
+                    _ => Failure::Statement,
+                },
+                None => match code.as_ref() {
+                    "57P01" | "57P02" | "57P05" => Failure::ConnectionDied,
+                    code if code.starts_with("08") => Failure::ConnectionDied,
+                    code if code.starts_with("57P") => Failure::NoConnection,
+                    "55000" if db.message().contains("not currently accepting connections") => {
+                        Failure::NoConnection
+                    }
+                    code if code.starts_with("57") || code.starts_with("53") => Failure::Overloaded,
+                    _ => Failure::Statement,
+                },
+            }
+        }
+        _ => Failure::Statement,
+    }
 }
 
 const SQLITE_BUSY: i32 = 5;
@@ -313,8 +371,23 @@ pub struct MintRecord {
     pub end_user: Option<String>,
     /// The end company the token is scoped to (rule 5).
     pub end_company_id: Option<String>,
+    /// The agents the token names, as [`MintRecord::agents_column`] writes them.
+    pub allowed_agent_ids: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+impl MintRecord {
+    /// `,101,102,` (`,` for none): `LIKE '%,101,%'` finds the records of tokens that name 101.
+    pub fn agents_column(agent_ids: &[i64]) -> String {
+        use std::fmt::Write;
+        let mut column = String::with_capacity(1 + agent_ids.len() * 8);
+        column.push(',');
+        for id in agent_ids {
+            let _ = write!(column, "{id},");
+        }
+        column
+    }
 }
 
 /// A mint record as read back: the record, and its revocation.
@@ -475,14 +548,14 @@ pub struct SeedTenant {
     pub rate_limit: RateLimitChange,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SeedEndCompany {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SeedAgent {
     pub id: i64,
     pub tenant_id: String,
@@ -583,6 +656,8 @@ impl Pool {
 /// serves requests.
 pub struct Store {
     pool: Pool,
+    /// When a pooled connection was last found dead (the pool checks connections idle since).
+    losses: Arc<ConnectionLosses>,
     /// Fail-fast and latency metrics; `None` for the command line and tests.
     guard: Option<guard::Guard>,
 }
@@ -590,7 +665,7 @@ pub struct Store {
 impl Store {
     /// Records mints in one statement and one commit (all or none).
     pub async fn record_mints(&self, records: &[MintRecord]) -> StoreResult<()> {
-        per_dialect!(self, "record_mints", record_mints(records))
+        per_dialect!(self, "record_mints", Never, record_mints(records))
     }
 
     /// The subset of `agent_ids` that are agents of `tenant_id`.
@@ -602,6 +677,7 @@ impl Store {
         per_dialect!(
             self,
             "existing_agents",
+            Safe,
             existing_agents(tenant_id, agent_ids)
         )
     }
@@ -609,13 +685,18 @@ impl Store {
     /// The revocation feed's horizon: every revocation with a `revoked_seq` below it has
     /// committed (or rolled back), and every revocation still to commit gets one at or above it.
     pub async fn revocation_horizon(&self) -> StoreResult<i64> {
-        per_dialect!(self, "revocation_horizon", revocation_horizon())
+        per_dialect!(self, "revocation_horizon", Safe, revocation_horizon())
     }
 
     /// Deletes at most `limit` mint records that were issued and expired before
     /// `expired_before`, oldest first; how many.
     pub async fn prune_mints(&self, expired_before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
-        per_dialect!(self, "prune_mints", prune_mints(expired_before, limit))
+        per_dialect!(
+            self,
+            "prune_mints",
+            Never,
+            prune_mints(expired_before, limit)
+        )
     }
 
     /// Follows changes to the tables that in-process caches hold (API keys, tenants, sessions,
@@ -698,9 +779,15 @@ pub fn connect_when_reachable(
     migrate_on_start: bool,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> StoreResult<Store> {
-    let pool = Pool::Postgres(postgres::connect_lazy(url, max_connections)?);
+    let losses = ConnectionLosses::new();
+    let pool = Pool::Postgres(postgres::connect_lazy(
+        url,
+        max_connections,
+        Arc::clone(&losses),
+    )?);
     Ok(Store::starting(
         pool,
+        losses,
         url.to_owned(),
         migrate_on_start,
         metrics,
@@ -727,12 +814,169 @@ pub(crate) async fn seeded_sqlite_for_tests() -> (tempfile::TempDir, String, Arc
 /// Connects to the database named by `url`; its scheme picks the backend. Not guarded (see
 /// [`Store::guarded`]).
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<Store>> {
+    let losses = ConnectionLosses::new();
     let pool = match DatabaseBackend::of_url(url) {
         Some(DatabaseBackend::Postgres) => {
-            Pool::Postgres(postgres::connect(url, max_connections).await?)
+            Pool::Postgres(postgres::connect(url, max_connections, Arc::clone(&losses)).await?)
         }
         Some(DatabaseBackend::Sqlite) => Pool::Sqlite(sqlite::connect(url, max_connections).await?),
         None => return Err(StoreError::UnsupportedUrl),
     };
-    Ok(Arc::new(Store { pool, guard: None }))
+    Ok(Arc::new(Store {
+        pool,
+        losses,
+        guard: None,
+    }))
+}
+
+#[cfg(test)]
+mod classification_tests {
+    use std::{borrow::Cow, error::Error as StdError, fmt};
+
+    use super::StoreError;
+
+    /// A database error with the SQLSTATE and message the server would send.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str, &'static str);
+
+    impl fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+
+    impl StdError for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.1
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn StdError + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn StdError + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn database(code: &'static str, message: &'static str) -> StoreError {
+        StoreError::Database(sqlx::Error::Database(Box::new(Sqlstate(code, message))))
+    }
+
+    /// Every way of failing to reach or keep a database connection is a 503 (unavailable), and
+    /// the ones where the statement's own connection died are retried; a statement's own
+    /// failure is neither.
+    #[test]
+    fn every_connection_failure_is_unavailable_and_a_dead_connection_is_retried() {
+        let io = || sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into());
+        // (error, unavailable, connection lost, dead connection: retried)
+        let cases: Vec<(StoreError, bool, bool, bool)> = vec![
+            (
+                database(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ),
+                true,
+                true,
+                true,
+            ),
+            (database("57P02", "crash shutdown"), true, true, true),
+            (database("57P05", "idle-session timeout"), true, true, true),
+            (database("08006", "connection failure"), true, true, true),
+            (
+                database("08003", "connection does not exist"),
+                true,
+                true,
+                true,
+            ),
+            (
+                database("57P03", "the database system is shutting down"),
+                true,
+                true,
+                false,
+            ),
+            (
+                database(
+                    "55000",
+                    "database \"neo\" is not currently accepting connections",
+                ),
+                true,
+                true,
+                false,
+            ),
+            (
+                database("57014", "canceling statement due to statement timeout"),
+                true,
+                false,
+                false,
+            ),
+            (
+                database("53300", "too many connections"),
+                true,
+                false,
+                false,
+            ),
+            (database("53100", "disk full"), true, false, false),
+            (StoreError::Database(io()), true, true, true),
+            (
+                StoreError::Database(sqlx::Error::Protocol("unexpected message".into())),
+                true,
+                true,
+                true,
+            ),
+            (
+                StoreError::Database(sqlx::Error::PoolTimedOut),
+                true,
+                true,
+                false,
+            ),
+            (
+                StoreError::Database(sqlx::Error::PoolClosed),
+                true,
+                true,
+                false,
+            ),
+            (
+                StoreError::Shared(std::sync::Arc::new(StoreError::Database(io()))),
+                true,
+                true,
+                true,
+            ),
+            (StoreError::Unavailable, true, true, false),
+            // A statement's own failures: ours, a 500, not retried.
+            (
+                database("42P01", "relation does not exist"),
+                false,
+                false,
+                false,
+            ),
+            (
+                database("55000", "object not in prerequisite state"),
+                false,
+                false,
+                false,
+            ),
+            (database("23505", "duplicate key"), false, false, false),
+            (
+                StoreError::Database(sqlx::Error::RowNotFound),
+                false,
+                false,
+                false,
+            ),
+        ];
+        for (error, unavailable, lost, dead) in cases {
+            assert_eq!(error.is_unavailable(), unavailable, "unavailable: {error}");
+            assert_eq!(error.is_connection_lost(), lost, "connection lost: {error}");
+            assert_eq!(error.is_dead_connection(), dead, "dead connection: {error}");
+        }
+    }
 }

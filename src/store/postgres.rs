@@ -1,7 +1,7 @@
 //! PostgreSQL: the connection, and the statements its dialect writes its own way (arrays for
 //! batches and id lists, the change feed by LISTEN/NOTIFY, pruning along `ctid`).
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
@@ -9,7 +9,7 @@ use sqlx::{
     PgPool,
 };
 
-use super::{MintRecord, StoreError, StoreResult};
+use super::{guard::ConnectionLosses, MintRecord, StoreError, StoreResult};
 use crate::freshness::{Freshness, Topic};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -17,29 +17,42 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// A pooled connection idle for this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-pub(super) async fn connect(url: &str, max_connections: u32) -> StoreResult<PgPool> {
+pub(super) async fn connect(
+    url: &str,
+    max_connections: u32,
+    losses: Arc<ConnectionLosses>,
+) -> StoreResult<PgPool> {
     let options = PgConnectOptions::from_str(url)?.application_name("neo-sessions");
-    Ok(pool_options(max_connections).connect_with(options).await?)
+    Ok(pool_options(max_connections, losses)
+        .connect_with(options)
+        .await?)
 }
 
 /// A pool that connects on first use: for a server that is not reachable yet.
-pub(super) fn connect_lazy(url: &str, max_connections: u32) -> StoreResult<PgPool> {
+pub(super) fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    losses: Arc<ConnectionLosses>,
+) -> StoreResult<PgPool> {
     let options = PgConnectOptions::from_str(url)?.application_name("neo-sessions");
-    Ok(pool_options(max_connections).connect_lazy_with(options))
+    Ok(pool_options(max_connections, losses).connect_lazy_with(options))
 }
 
-fn pool_options(max_connections: u32) -> PgPoolOptions {
+fn pool_options(max_connections: u32, losses: Arc<ConnectionLosses>) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         // sqlx pings every connection it hands out by default: a round trip in front of every
         // query. A connection that answered less than a second ago is handed out as it is;
         // one idle for longer (the server may have gone since) is still pinged, and a broken
-        // one is replaced. sqlx pings each connection on release as well, whatever this says.
+        // one is replaced. So is one that sat idle while another pooled connection was found
+        // dead (the server may have ended them all at once: see `guard.rs`, retry once).
+        // sqlx pings each connection on release as well, whatever this says.
         .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
+        .before_acquire(move |connection, meta| {
+            let suspect = losses.may_have_died(meta.idle_for);
             Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE_FOR {
+                if suspect || meta.idle_for >= PING_IF_IDLE_FOR {
                     sqlx::Connection::ping(connection).await?;
                 }
                 Ok(true)
@@ -70,6 +83,7 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
     let mut minted_by_tenant = Vec::with_capacity(records.len());
     let mut end_user = Vec::with_capacity(records.len());
     let mut end_company_id = Vec::with_capacity(records.len());
+    let mut agents = Vec::with_capacity(records.len());
     let mut issued_at = Vec::with_capacity(records.len());
     let mut expires_at = Vec::with_capacity(records.len());
     for r in records {
@@ -81,16 +95,17 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
         minted_by_tenant.push(r.minted_by_tenant.as_str());
         end_user.push(r.end_user.as_deref());
         end_company_id.push(r.end_company_id.as_deref());
+        agents.push(r.allowed_agent_ids.as_str());
         issued_at.push(r.issued_at);
         expires_at.push(r.expires_at);
     }
     sqlx::query(
         "INSERT INTO session_token_mints
            (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
-            expires_at, minted_by_tenant, end_company_id)
+            expires_at, minted_by_tenant, end_company_id, allowed_agent_ids)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                               $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                              $10::text[])",
+                              $10::text[], $11::text[])",
     )
     .bind(jti)
     .bind(session_id)
@@ -102,6 +117,7 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
     .bind(expires_at)
     .bind(minted_by_tenant)
     .bind(end_company_id)
+    .bind(agents)
     .execute(pool)
     .await?;
     Ok(())

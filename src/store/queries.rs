@@ -30,7 +30,11 @@ impl Store {
     /// Readiness: one round trip to the database. Guarded too: while the database is known to
     /// be gone, readiness answers at once (the guard's own probe is what finds it back).
     pub async fn ping(&self) -> StoreResult<()> {
-        self.call("ping", self.pool.ping()).await
+        let mut result = self.attempt("ping", self.pool.ping()).await;
+        if self.retries(super::Retry::Safe, &result) {
+            result = self.attempt("ping", self.pool.ping()).await;
+        }
+        self.settle(result)
     }
 
     /// Applies pending migrations.
@@ -40,7 +44,7 @@ impl Store {
 
     /// The migrations this binary knows, each with whether the database has it applied.
     pub async fn migration_status(&self) -> StoreResult<Vec<MigrationStatus>> {
-        run!(self, "migration_status", |pool| {
+        run!(self, "migration_status", Safe, |pool| {
             // A database never migrated has no bookkeeping table: nothing is applied.
             let applied: Vec<i64> =
                 sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
@@ -55,7 +59,7 @@ impl Store {
         &self,
         key_hash: &[u8; 32],
     ) -> StoreResult<Option<ApiKeyRow>> {
-        run!(self, "find_api_key_by_hash", |pool| sqlx::query_as(
+        run!(self, "find_api_key_by_hash", Safe, |pool| sqlx::query_as(
             "SELECT k.id, k.tenant_id, k.key_hash, k.revoked_at, t.platform AS tenant_platform,
                     k.scopes
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
@@ -67,7 +71,7 @@ impl Store {
     }
 
     pub async fn touch_api_key(&self, key_id: &str, used_at: DateTime<Utc>) -> StoreResult<()> {
-        run!(self, "touch_api_key", |pool| {
+        run!(self, "touch_api_key", Safe, |pool| {
             sqlx::query(
                 "UPDATE api_keys SET last_used_at = $2
                  WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
@@ -80,7 +84,7 @@ impl Store {
     }
 
     pub async fn find_session(&self, session_id: &str) -> StoreResult<Option<SessionRow>> {
-        run!(self, "find_session", |pool| sqlx::query_as(
+        run!(self, "find_session", Safe, |pool| sqlx::query_as(
             "SELECT id, tenant_id, kind, status, end_company_id FROM chat_sessions WHERE id = $1",
         )
         .bind(session_id)
@@ -93,7 +97,7 @@ impl Store {
         tenant_id: &str,
         end_company_id: &str,
     ) -> StoreResult<bool> {
-        run!(self, "end_company_exists", |pool| sqlx::query_scalar(
+        run!(self, "end_company_exists", Safe, |pool| sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM end_companies WHERE tenant_id = $1 AND id = $2)",
         )
         .bind(tenant_id)
@@ -103,7 +107,7 @@ impl Store {
     }
 
     pub async fn find_tenant(&self, tenant_id: &str) -> StoreResult<Option<TenantRow>> {
-        run!(self, "find_tenant", |pool| sqlx::query_as(
+        run!(self, "find_tenant", Safe, |pool| sqlx::query_as(
             "SELECT id, name, platform FROM tenants WHERE id = $1"
         )
         .bind(tenant_id)
@@ -116,17 +120,17 @@ impl Store {
         &self,
         entra_tenant_id: &str,
     ) -> StoreResult<Option<TenantRow>> {
-        run!(self, "find_tenant_by_entra_id", |pool| sqlx::query_as(
-            "SELECT id, name, platform FROM tenants WHERE entra_tenant_id = $1"
-        )
-        .bind(entra_tenant_id)
-        .fetch_optional(pool)
-        .await?)
+        run!(self, "find_tenant_by_entra_id", Safe, |pool| {
+            sqlx::query_as("SELECT id, name, platform FROM tenants WHERE entra_tenant_id = $1")
+                .bind(entra_tenant_id)
+                .fetch_optional(pool)
+                .await?
+        })
     }
 
     /// Mint records, newest first (`issued_at`, then `jti`, descending), as `query` says.
     pub async fn list_mints(&self, query: &MintQuery) -> StoreResult<Vec<MintRow>> {
-        run!(self, "list_mints", |pool| sqlx::query_as(concat!(
+        run!(self, "list_mints", Safe, |pool| sqlx::query_as(concat!(
             "SELECT ",
             mint_columns!(),
             " FROM session_token_mints
@@ -152,7 +156,7 @@ impl Store {
 
     /// One mint record by its jti.
     pub async fn find_mint(&self, jti: Uuid) -> StoreResult<Option<MintRow>> {
-        run!(self, "find_mint", |pool| sqlx::query_as(concat!(
+        run!(self, "find_mint", Safe, |pool| sqlx::query_as(concat!(
             "SELECT ",
             mint_columns!(),
             " FROM session_token_mints WHERE jti = $1"
@@ -166,7 +170,7 @@ impl Store {
     /// Returns the record as it is afterwards, `None` for an unknown jti. One statement: the
     /// right-hand sides see the row as it was, so a revoked row keeps who and when.
     pub async fn revoke_mint(&self, jti: Uuid, revoked_by: &str) -> StoreResult<Option<MintRow>> {
-        run!(self, "revoke_mint", |pool| sqlx::query_as(concat!(
+        run!(self, "revoke_mint", Safe, |pool| sqlx::query_as(concat!(
             "UPDATE session_token_mints
              SET revoked_at = COALESCE(revoked_at, $3, CURRENT_TIMESTAMP),
                  revoked_by = CASE WHEN revoked_at IS NULL THEN $2 ELSE revoked_by END
@@ -192,7 +196,7 @@ impl Store {
         tenant_id: &str,
         minted_by_tenant: Option<&str>,
     ) -> StoreResult<u64> {
-        run!(self, "revoke_session_mints", |pool| sqlx::query(
+        run!(self, "revoke_session_mints", Never, |pool| sqlx::query(
             "UPDATE session_token_mints
              SET revoked_at = COALESCE($3, CURRENT_TIMESTAMP), revoked_by = $4
              WHERE session_id = $1 AND issued_at < $2 AND revoked_at IS NULL
@@ -249,7 +253,7 @@ impl Store {
             feed_query!("revoked_seq, jti")
         };
         let (since_at, since_jti) = since.unzip();
-        run!(self, "revocations_after", |pool| sqlx::query_as(sql)
+        run!(self, "revocations_after", Safe, |pool| sqlx::query_as(sql)
             .bind(horizon)
             .bind(from.map(|p| p.seq))
             .bind(from.and_then(|p| p.jti).map(Jti))
@@ -274,7 +278,7 @@ impl Store {
         expired_before: DateTime<Utc>,
         abandoned_before: DateTime<Utc>,
     ) -> StoreResult<Option<IdempotencyClaim>> {
-        run!(self, "claim_idempotency", |pool| {
+        run!(self, "claim_idempotency", Never, |pool| {
             let claimed = sqlx::query(
                 "INSERT INTO mint_idempotency (principal, idem_key, request_hash, created_at)
                  VALUES ($1, $2, $3, $4)
@@ -317,7 +321,7 @@ impl Store {
         key: &str,
         claims: Option<(&str, &[u8])>,
     ) -> StoreResult<()> {
-        run!(self, "settle_idempotency", |pool| {
+        run!(self, "settle_idempotency", Safe, |pool| {
             let statement = match claims {
                 Some((claims, mac)) => sqlx::query(
                     "UPDATE mint_idempotency SET claims = $3, claims_mac = $4
@@ -338,7 +342,7 @@ impl Store {
     }
 
     pub async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
-        run!(self, "create_api_key", |pool| {
+        run!(self, "create_api_key", Never, |pool| {
             sqlx::query(
                 "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at, scopes)
                  VALUES ($1, $2, $3, $4, COALESCE($5, CURRENT_TIMESTAMP), $6)",
@@ -355,7 +359,7 @@ impl Store {
     }
 
     pub async fn list_api_keys(&self, tenant_id: &str) -> StoreResult<Vec<ApiKeyListing>> {
-        run!(self, "list_api_keys", |pool| sqlx::query_as(
+        run!(self, "list_api_keys", Safe, |pool| sqlx::query_as(
             "SELECT id, tenant_id, name, created_at, last_used_at, revoked_at, scopes
              FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
         )
@@ -367,7 +371,7 @@ impl Store {
     /// Returns `None` for an unknown key, else whether this call revoked it (false: already
     /// revoked). One statement when it revokes; a look-up only to tell the other two apart.
     pub async fn revoke_api_key(&self, key_id: &str) -> StoreResult<Option<bool>> {
-        run!(self, "revoke_api_key", |pool| {
+        run!(self, "revoke_api_key", Never, |pool| {
             let revoked = sqlx::query(
                 "UPDATE api_keys SET revoked_at = COALESCE($2, CURRENT_TIMESTAMP)
                  WHERE id = $1 AND revoked_at IS NULL",
@@ -393,12 +397,13 @@ impl Store {
 
     /// A tenant's rate-limit override: `(per_minute, burst)`.
     pub async fn tenant_rate_limit(&self, tenant_id: &str) -> StoreResult<Option<(u32, u32)>> {
-        let row: Option<(i64, i64)> = run!(self, "tenant_rate_limit", |pool| sqlx::query_as(
-            "SELECT per_minute, burst FROM tenant_rate_limits WHERE tenant_id = $1"
-        )
-        .bind(tenant_id)
-        .fetch_optional(pool)
-        .await?)?;
+        let row: Option<(i64, i64)> =
+            run!(self, "tenant_rate_limit", Safe, |pool| sqlx::query_as(
+                "SELECT per_minute, burst FROM tenant_rate_limits WHERE tenant_id = $1"
+            )
+            .bind(tenant_id)
+            .fetch_optional(pool)
+            .await?)?;
         Ok(row.map(|(per_minute, burst)| (limit_of(per_minute), limit_of(burst))))
     }
 
@@ -408,7 +413,7 @@ impl Store {
         tenant_id: &str,
         limit: Option<(u32, u32)>,
     ) -> StoreResult<bool> {
-        run!(self, "set_tenant_rate_limit", |pool| {
+        run!(self, "set_tenant_rate_limit", Safe, |pool| {
             let changed = match limit {
                 // Inserts nothing for an unknown tenant.
                 Some((per_minute, burst)) => sqlx::query(
@@ -442,7 +447,7 @@ impl Store {
 
     /// Every tenant's rate-limit override: `(tenant_id, per_minute, burst)`, by tenant.
     pub async fn list_tenant_rate_limits(&self) -> StoreResult<Vec<(String, u32, u32)>> {
-        let rows: Vec<(String, i64, i64)> = run!(self, "list_tenant_rate_limits", |pool| {
+        let rows: Vec<(String, i64, i64)> = run!(self, "list_tenant_rate_limits", Safe, |pool| {
             sqlx::query_as(
                 "SELECT tenant_id, per_minute, burst FROM tenant_rate_limits ORDER BY tenant_id",
             )
@@ -457,7 +462,7 @@ impl Store {
 
     /// Every signing key, by generation.
     pub async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>> {
-        run!(self, "signing_keys", |pool| sqlx::query_as(
+        run!(self, "signing_keys", Safe, |pool| sqlx::query_as(
             "SELECT kid, generation, algorithm, sealed_private_key, created_at, activates_at
              FROM signing_keys ORDER BY generation",
         )
@@ -468,7 +473,7 @@ impl Store {
     /// Inserts a signing key; false when its generation (or kid) exists already, i.e. another
     /// replica or command got there first.
     pub async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<bool> {
-        run!(self, "insert_signing_key", |pool| sqlx::query(
+        run!(self, "insert_signing_key", Never, |pool| sqlx::query(
             "INSERT INTO signing_keys
                (kid, generation, algorithm, sealed_private_key, created_at, activates_at)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -486,13 +491,31 @@ impl Store {
             == 1)
     }
 
+    /// Deletes signing key `kid` if it starts signing after `not_before` (a `next` key that has
+    /// not signed); false when there is no such row.
+    pub async fn delete_next_signing_key(
+        &self,
+        kid: &str,
+        not_before: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        run!(self, "delete_next_signing_key", Never, |pool| sqlx::query(
+            "DELETE FROM signing_keys WHERE kid = $1 AND activates_at > $2",
+        )
+        .bind(kid)
+        .bind(Ts(not_before))
+        .execute(pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
     /// Deletes at most `limit` idempotency claims made before `created_before`; how many.
     pub async fn prune_idempotency(
         &self,
         created_before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        run!(self, "prune_idempotency", |pool| sqlx::query(
+        run!(self, "prune_idempotency", Never, |pool| sqlx::query(
             "DELETE FROM mint_idempotency WHERE (principal, idem_key) IN (
                  SELECT principal, idem_key FROM mint_idempotency WHERE created_at < $1 LIMIT $2)",
         )
@@ -505,7 +528,7 @@ impl Store {
 
     /// Upserts the whole plan in one transaction.
     pub async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
-        run!(self, "apply_seed", |pool| {
+        run!(self, "apply_seed", Never, |pool| {
             let mut tx = pool.begin().await?;
             for t in &plan.tenants {
                 sqlx::query(

@@ -165,6 +165,7 @@ mod tests {
             minted_by_tenant: "acme".to_owned(),
             end_user: None,
             end_company_id: None,
+            allowed_agent_ids: ",".to_owned(),
             issued_at: now,
             expires_at: now + chrono::Duration::seconds(900),
         }

@@ -103,19 +103,34 @@ impl Kek {
     }
 
     /// The configured KEK (`signing.key_encryption_key`, else `signing.key_encryption_key_file`;
-    /// config validation refuses both set to different keys),
-    /// else the one generated earlier in `data_dir`, else a new one generated there (mode 0600).
-    pub fn load_or_generate(config: &SigningConfig, data_dir: &Path) -> Result<Self, SealError> {
+    /// config validation refuses both set to different keys), if any.
+    pub fn configured(config: &SigningConfig) -> Result<Option<Self>, SealError> {
         if let Some(key) = &config.key_encryption_key {
             return Self::parse(
                 key.expose_secret().as_bytes(),
                 "NEO_KEY_ENCRYPTION_KEY (signing.key_encryption_key)".to_owned(),
-            );
+            )
+            .map(Some);
         }
         if let Some(path) = &config.key_encryption_key_file {
-            return Self::from_file(path);
+            return Self::from_file(path).map(Some);
         }
-        let path = data_dir.join(GENERATED_KEK_FILE);
+        Ok(None)
+    }
+
+    /// Where a KEK is generated when none is configured (embedded database only).
+    pub fn generated_path(data_dir: &Path) -> PathBuf {
+        data_dir.join(GENERATED_KEK_FILE)
+    }
+
+    /// The configured KEK, else the one generated earlier in `data_dir`, else a new one
+    /// generated there (mode 0600). Only for a database no other host shares: replicas sharing
+    /// one need the same KEK, which a generated one is not.
+    pub fn load_or_generate(config: &SigningConfig, data_dir: &Path) -> Result<Self, SealError> {
+        if let Some(kek) = Self::configured(config)? {
+            return Ok(kek);
+        }
+        let path = Self::generated_path(data_dir);
         if path.exists() {
             return Self::from_file(&path);
         }
@@ -131,7 +146,7 @@ impl Kek {
         })?;
         tracing::warn!(
             path = %path.display(),
-            "generated a key-encryption key in the data directory; replicas sharing a database need the same one (NEO_KEY_ENCRYPTION_KEY)"
+            "generated a key-encryption key in the data directory (embedded database only; a shared database needs NEO_KEY_ENCRYPTION_KEY)"
         );
         Self::from_bytes(&bytes, path.display().to_string())
     }

@@ -1,6 +1,7 @@
 //! Connections as a pooled keep-alive client, a slow client and an operator meet them: a refusal
 //! leaves the connection usable (or says that it closes), stalled and idle connections are timed
-//! out, the connection cap answers 503 in the envelope, and shutdown has a deadline.
+//! out, the connection caps (in all and per client address) answer 503 in the envelope, an
+//! oversized request head is answered 431, and shutdown has a deadline.
 
 use std::num::NonZero;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 use crate::support::{Backend, TestApp, ACME_KEY};
@@ -236,6 +237,117 @@ async fn connections_over_the_cap_get_503_in_the_envelope(backend: Backend) {
     assert_eq!(response.status, 200, "{}", response.body);
 }
 
+/// Everything the server sends until it closes the connection (a reset after the response
+/// counts as a close).
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(read)) = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await {
+        if read == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..read]);
+    }
+    received
+}
+
+/// A request head larger than `server.max_header_bytes` (32 KiB by default) is answered 431
+/// and its connection closed, so an unauthenticated client cannot make a connection hold
+/// hyper's default ~400 KB buffer; a head that fits is served, and so is the next connection.
+async fn a_request_head_over_the_cap_gets_431(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let head = |padding: usize| {
+        format!(
+            "GET /public-api/health/live HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+            "a".repeat(padding)
+        )
+    };
+
+    let mut large = TcpStream::connect(&host).await.expect("connect");
+    // Written in one go, as a client with an oversized cookie would.
+    let _ = large.write_all(head(40 * 1024).as_bytes()).await;
+    let answer = read_until_closed(&mut large).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431 "),
+        "an oversized head was not answered 431: {:?}",
+        answer.chars().take(200).collect::<String>()
+    );
+
+    // A head that fits (20 KB of header) is served.
+    let mut fits = TcpStream::connect(&host).await.expect("connect");
+    fits.write_all(head(20 * 1024).as_bytes())
+        .await
+        .expect("write");
+    let response = read_response(&mut fits).await.expect("response");
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    let response = app.mint(ACME_KEY, json!({"session_id": "s-acme-1"})).await;
+    assert_eq!(response.status(), 200);
+}
+
+/// A connection from `from` (a loopback address of this host) to the server's address.
+async fn connect_from(from: &str, host: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("address"))
+        .expect("bind");
+    socket
+        .connect(host.parse().expect("server address"))
+        .await
+        .expect("connect")
+}
+
+/// One client address holding `server.max_connections_per_address` idle connections is
+/// refused a further one (503 `too_many_connections`, as the global cap answers) while another
+/// address is served; closing one of its connections frees its slot.
+async fn one_address_cannot_take_every_connection(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .config(|c| c.server.max_connections_per_address = 3)
+        .spawn()
+        .await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.1", &host).await);
+    }
+    // Let the server accept them before the one over the cap arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let request = mint_request(&app.address, ACME_KEY, &padded_body(0));
+
+    let mut extra = connect_from("127.0.0.1", &host).await;
+    let _ = extra.write_all(&request).await;
+    let refused = read_response(&mut extra).await.expect("a 503 response");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "too_many_connections");
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(refused.header("retry-after").is_some());
+
+    // Another address is served meanwhile.
+    let mut other = connect_from("127.0.0.2", &host).await;
+    other.write_all(&request).await.expect("write");
+    let response = read_response(&mut other).await.expect("response");
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    // Closing one of the three frees its slot.
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut again = connect_from("127.0.0.1", &host).await;
+        let _ = again.write_all(&request).await;
+        if let Ok(response) = read_response(&mut again).await {
+            if response.status == 200 {
+                served = true;
+                break;
+            }
+            assert_eq!(response.status, 503, "{}", response.body);
+        }
+    }
+    assert!(served, "the closed connection's slot was not given back");
+}
+
 /// On shutdown, a client holding a half-sent request does not keep the server alive past the
 /// grace period.
 async fn shutdown_has_a_deadline(backend: Backend) {
@@ -268,5 +380,7 @@ backend_tests!(
     stalled_request_heads_are_cut_and_do_not_starve_mints,
     idle_keep_alive_connections_are_closed,
     connections_over_the_cap_get_503_in_the_envelope,
+    a_request_head_over_the_cap_gets_431,
+    one_address_cannot_take_every_connection,
     shutdown_has_a_deadline,
 );

@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, process::Command, sync::Arc, time::Duration};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::support::{
@@ -336,4 +336,186 @@ async fn terminated_database_connections_are_never_a_500() {
         }
         assert!(recovered, "round {round}: minting did not come back");
     }
+}
+
+/// Ends every backend of the service's database but the caller's own (`pg_terminate_backend`,
+/// SQLSTATE 57P01, as a fast shutdown or a failover does).
+async fn terminate_service_backends(admin: &sqlx::PgPool, database: &str) {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid() AND application_name = 'neo-sessions'",
+    )
+    .bind(database)
+    .execute(admin)
+    .await
+    .expect("terminate");
+}
+
+/// The same outage while requests that must look their key up (the key cache off) are in
+/// flight, on the mint route and a read route, over and over: every answer is a 200 or a 503
+/// `database_unavailable` with `Retry-After`, never a 500.
+#[tokio::test]
+async fn connections_terminated_under_load_are_never_a_500() {
+    let app = Arc::new(
+        TestApp::builder(Backend::Postgres)
+            .config(|c| c.api_key.cache_seconds = 0)
+            .spawn()
+            .await,
+    );
+    let admin = sqlx::PgPool::connect(&crate::support::admin_url())
+        .await
+        .expect("admin connection");
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..8 {
+        let app = Arc::clone(&app);
+        clients.spawn(async move {
+            let mut seen = (0u32, 0u32);
+            while tokio::time::Instant::now() < until {
+                let response = if client % 2 == 0 {
+                    app.mint(ACME_KEY, BODY()).await
+                } else {
+                    app.request(Method::GET, "/public-api/sessions?limit=1", Some(ACME_KEY))
+                        .await
+                };
+                let status = response.status();
+                let retry_after = header(&response, "retry-after");
+                let body = response.text().await.unwrap_or_default();
+                match status {
+                    StatusCode::OK => seen.0 += 1,
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        assert!(retry_after.is_some(), "a 503 without Retry-After: {body}");
+                        assert!(body.contains("database_unavailable"), "{body}");
+                        seen.1 += 1;
+                    }
+                    other => panic!("client {client}: {other}: {body}"),
+                }
+            }
+            seen
+        });
+    }
+    let mut rounds = 0;
+    while tokio::time::Instant::now() < until {
+        terminate_service_backends(&admin, &app.db.name).await;
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(40 + (rounds % 5) * 30)).await;
+    }
+    let mut totals = (0, 0);
+    while let Some(seen) = clients.join_next().await {
+        let seen = seen.expect("a client failed");
+        totals = (totals.0 + seen.0, totals.1 + seen.1);
+    }
+    admin.close().await;
+    assert!(totals.0 > 0, "nothing was served: {totals:?}");
+    eprintln!(
+        "{rounds} terminations; 200: {}, 503: {}",
+        totals.0, totals.1
+    );
+}
+
+/// A pooled connection the database ended while it sat idle is retried once on a fresh one:
+/// after every idle backend of the service is terminated, the very next request that must look
+/// its key up (key cache off) is a 200, not a 503, on the mint route and on a read route.
+#[tokio::test]
+async fn a_dead_pooled_connection_is_retried_on_a_fresh_one() {
+    let app = TestApp::builder(Backend::Postgres)
+        .config(|c| c.api_key.cache_seconds = 0)
+        .spawn()
+        .await;
+    let admin = sqlx::PgPool::connect(&crate::support::admin_url())
+        .await
+        .expect("admin connection");
+    for round in 0..5 {
+        // Warm the pool (several connections in use at once), then let them go idle.
+        let (a, b, c, d) = tokio::join!(
+            app.mint(ACME_KEY, BODY()),
+            app.mint(ACME_KEY, BODY()),
+            app.mint(ACME_KEY, BODY()),
+            app.mint(ACME_KEY, BODY()),
+        );
+        for response in [a, b, c, d] {
+            assert_eq!(response.status(), StatusCode::OK, "round {round}: warm-up");
+        }
+        terminate_service_backends(&admin, &app.db.name).await;
+        // Let the terminations land, but not so long that the pool pings idle connections.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let path = if round % 2 == 0 {
+            None
+        } else {
+            Some("/public-api/sessions?limit=1")
+        };
+        let response = match path {
+            None => app.mint(ACME_KEY, BODY()).await,
+            Some(path) => app.request(Method::GET, path, Some(ACME_KEY)).await,
+        };
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::OK, "round {round} ({path:?}): {body}");
+    }
+    admin.close().await;
+}
+
+/// A database that refuses connections ("not currently accepting connections", SQLSTATE 55000,
+/// as during a failover or maintenance) once the pool's connections are gone: every request
+/// that needs the database, on the authentication path too (the key cache off), is a 503
+/// `database_unavailable` with `Retry-After`, never a 500; service comes back by itself.
+#[tokio::test]
+async fn a_database_refusing_connections_is_a_503_on_the_authentication_path() {
+    let app = TestApp::builder(Backend::Postgres)
+        .config(|c| c.api_key.cache_seconds = 0)
+        .spawn()
+        .await;
+    assert_eq!(app.mint(ACME_KEY, BODY()).await.status(), StatusCode::OK);
+    let admin = sqlx::PgPool::connect(&crate::support::admin_url())
+        .await
+        .expect("admin connection");
+    let allow = |allowed: bool| {
+        format!(
+            "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS {allowed}",
+            app.db.name
+        )
+    };
+    sqlx::query(&allow(false))
+        .execute(&admin)
+        .await
+        .expect("refuse connections");
+    terminate_service_backends(&admin, &app.db.name).await;
+    // Idle for over a second: the pool's before-acquire check pings each connection, finds it
+    // ended, and opens a new one, which the database refuses.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for attempt in 0..6 {
+        let response = if attempt % 2 == 0 {
+            app.mint(ACME_KEY, BODY()).await
+        } else {
+            app.request(Method::GET, "/public-api/sessions?limit=1", Some(ACME_KEY))
+                .await
+        };
+        let status = response.status();
+        let retry_after = header(&response, "retry-after");
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}: {body}"
+        );
+        assert!(
+            body.contains("database_unavailable"),
+            "attempt {attempt}: {body}"
+        );
+        assert!(retry_after.is_some(), "attempt {attempt}: no Retry-After");
+    }
+    sqlx::query(&allow(true))
+        .execute(&admin)
+        .await
+        .expect("accept connections");
+    admin.close().await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.mint(ACME_KEY, BODY()).await.status() == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "minting did not come back");
 }

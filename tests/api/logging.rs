@@ -26,6 +26,7 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
         .current_dir(workdir.path())
         .env("NEO_DATABASE_URL", &db.url)
         .env("NEO_DATA_DIR", data_dir.path())
+        .env("NEO_KEY_ENCRYPTION_KEY", crate::support::TEST_KEK)
         .env("NEO_LISTEN", "127.0.0.1:0")
         .env("NEO_LOG_FORMAT", "json")
         .env("NEO_ENTRA_JWKS_URL", &fake_entra.url)

@@ -26,6 +26,7 @@ mod auth;
 mod cli;
 mod connections;
 mod demo;
+mod directory;
 mod entra;
 mod faults;
 mod hostile;

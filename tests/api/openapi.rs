@@ -135,11 +135,23 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
     assert_eq!(
         documented,
         [
+            "DELETE /public-api/directory/sessions/{session_id}",
+            "DELETE /public-api/directory/tenants/{tenant_id}",
+            "DELETE /public-api/directory/tenants/{tenant_id}/agents/{agent_id}",
+            "DELETE /public-api/directory/tenants/{tenant_id}/end-companies/{end_company_id}",
             "DELETE /public-api/sessions/{jti}",
             "GET /.well-known/jwks.json",
             "GET /.well-known/openid-configuration",
             "GET /docs",
             "GET /metrics",
+            "GET /public-api/directory/sessions/{session_id}",
+            "GET /public-api/directory/tenants",
+            "GET /public-api/directory/tenants/{tenant_id}",
+            "GET /public-api/directory/tenants/{tenant_id}/agents",
+            "GET /public-api/directory/tenants/{tenant_id}/agents/{agent_id}",
+            "GET /public-api/directory/tenants/{tenant_id}/end-companies",
+            "GET /public-api/directory/tenants/{tenant_id}/end-companies/{end_company_id}",
+            "GET /public-api/directory/tenants/{tenant_id}/sessions",
             "GET /public-api/health",
             "GET /public-api/health/live",
             "GET /public-api/openapi.json",
@@ -149,6 +161,10 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
             "POST /public-api/sessions",
             "POST /public-api/sessions/introspect",
             "POST /public-api/sessions/revoke",
+            "PUT /public-api/directory/sessions/{session_id}",
+            "PUT /public-api/directory/tenants/{tenant_id}",
+            "PUT /public-api/directory/tenants/{tenant_id}/agents/{agent_id}",
+            "PUT /public-api/directory/tenants/{tenant_id}/end-companies/{end_company_id}",
         ]
     );
 }

@@ -1,7 +1,9 @@
 //! Signing keys with a life cycle, from the outside: two replicas on one database rotate with no
 //! token ever signed by a key a verifier could not have fetched first, a retired key's token is
 //! still an end user, the retired key leaves the JWKS after its last token expired, a wrong
-//! key-encryption key stops start-up without touching a key, and the JWKS is cacheable.
+//! key-encryption key stops start-up without touching a key, and the JWKS is cacheable. Off the
+//! embedded database the key-encryption key is required; a wrong one writes nothing; a `next`
+//! key is discarded (even one no replica can open) and leaves the JWKS.
 
 use std::num::NonZero;
 use std::time::{Duration, Instant};
@@ -11,10 +13,12 @@ use neo_sessions::config::{Config, SigningAlgorithm};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, header, Backend, TestApp, TestDatabase, ACME_KEY};
+use crate::support::{
+    assert_error, cli::Cli, header, Backend, TestApp, TestDatabase, ACME_KEY, TEST_KEK,
+};
 
 const BODY: fn() -> Value = || json!({"session_id": "s-acme-1", "ttl_seconds": 4});
-const KEK: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const KEK: &str = TEST_KEK;
 const OTHER_KEK: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 
 /// Shortened timings: published 4 s before signing, JWKS cached 1 s, reloaded every second,
@@ -28,6 +32,10 @@ fn short_life_cycle(c: &mut Config) {
     c.token.default_ttl = 4;
     c.token.max_ttl = 4;
     c.token.leeway_seconds = 1;
+}
+
+fn kek_of(config: &Config) -> neo_sessions::tokens::seal::Kek {
+    neo_sessions::signing::key_encryption_key(config).expect("the key-encryption key")
 }
 
 fn kid_of(token: &str) -> String {
@@ -76,6 +84,7 @@ async fn a_rotation_across_two_replicas_rejects_no_token(backend: Backend) {
     let (new_kid, activates_at) = neo_sessions::signing::rotate(
         &apps[0].config,
         apps[0].state.store.as_ref(),
+        &kek_of(&apps[0].config),
         SigningAlgorithm::ES256,
     )
     .await
@@ -167,6 +176,7 @@ async fn a_retired_keys_token_is_still_an_end_user(backend: Backend) {
     let (new_kid, _) = neo_sessions::signing::rotate(
         &app.config,
         app.state.store.as_ref(),
+        &kek_of(&app.config),
         SigningAlgorithm::ES256,
     )
     .await
@@ -302,7 +312,201 @@ async fn rs256_keys_sign_and_verify(backend: Backend) {
     assert_eq!(app.verify(token).await.client_id, "acme");
 }
 
+/// The stored keys as (kid, sealed bytes), to show that nothing changed.
+async fn stored_keys(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
+    sqlx::query_as("SELECT kid, sealed_private_key FROM signing_keys ORDER BY kid")
+        .fetch_all(&db.pool)
+        .await
+        .expect("keys")
+}
+
+/// The names of the files in a directory.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// On PostgreSQL without a key-encryption key, `serve`, `signing-key rotate` and `signing-key
+/// import` refuse, naming the variables to set, and write nothing: no key file in the data
+/// directory, no key in the database. On the embedded SQLite database one is generated.
+async fn without_a_key_encryption_key_only_the_embedded_database_gets_keys(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    let (_, der) =
+        neo_sessions::tokens::SigningKey::generate(SigningAlgorithm::ES256).expect("key");
+    let pem_path = cli.work_dir.path().join("key.pem");
+    std::fs::write(&pem_path, pem::encode(&pem::Pem::new("PRIVATE KEY", der))).expect("write");
+
+    let rotate = cli.run(&["signing-key", "rotate"]).await;
+    let import = cli
+        .run(&["signing-key", "import", &pem_path.to_string_lossy()])
+        .await;
+    let mut config = Config::default();
+    config.database.url = Some(db.url.clone().into());
+    config.data.dir = cli.data_dir.path().to_owned();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    let serve = neo_sessions::app::App::build(config).await;
+
+    if backend == Backend::Sqlite {
+        rotate.assert_success();
+        import.assert_success();
+        serve.expect("serves on the embedded database");
+        assert!(files_in(cli.data_dir.path()).contains(&"key-encryption-key".to_owned()));
+        return;
+    }
+    for run in [&rotate, &import] {
+        run.assert_failure();
+        assert!(run.stderr.contains("NEO_KEY_ENCRYPTION_KEY"), "{run}");
+        assert!(run.stderr.contains("NEO_KEY_ENCRYPTION_KEY_FILE"), "{run}");
+    }
+    let error = match serve {
+        Ok(_) => panic!("served on PostgreSQL without a key-encryption key"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("NEO_KEY_ENCRYPTION_KEY"), "{error}");
+    assert_eq!(files_in(cli.data_dir.path()), Vec::<String>::new());
+    assert_eq!(files_in(cli.work_dir.path()), ["key.pem"]);
+    assert!(stored_keys(&db).await.is_empty());
+}
+
+/// A key-encryption key that cannot open the stored keys: `rotate` and `import` refuse, name the
+/// key it cannot open, and write nothing.
+async fn a_wrong_key_encryption_key_writes_no_key(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    cli.seed_example().await;
+    cli.run_with(
+        &["signing-key", "rotate"],
+        &[("NEO_KEY_ENCRYPTION_KEY", KEK)],
+    )
+    .await
+    .assert_success();
+    let before = stored_keys(&db).await;
+    assert_eq!(before.len(), 1);
+    let (_, der) =
+        neo_sessions::tokens::SigningKey::generate(SigningAlgorithm::ES256).expect("key");
+    let pem_path = cli.work_dir.path().join("key.pem");
+    std::fs::write(&pem_path, pem::encode(&pem::Pem::new("PRIVATE KEY", der))).expect("write");
+
+    let wrong = [("NEO_KEY_ENCRYPTION_KEY", OTHER_KEK)];
+    for args in [
+        vec!["signing-key", "rotate"],
+        vec!["signing-key", "import", &pem_path.to_string_lossy()],
+    ] {
+        let run = cli.run_with(&args, &wrong).await;
+        run.assert_failure();
+        assert!(run.stderr.contains("cannot open signing key"), "{run}");
+        assert!(run.stderr.contains(&before[0].0), "{run}");
+        assert!(!run.stderr.contains(OTHER_KEK), "{run}");
+    }
+    assert_eq!(stored_keys(&db).await, before);
+    assert_eq!(files_in(cli.data_dir.path()), Vec::<String>::new());
+}
+
+/// `signing-key discard` removes a `next` key: every replica stops publishing it, and `list` no
+/// longer shows it. It refuses the active key and a kid it does not know. A `next` key sealed
+/// under another key-encryption key (as the previous version's `rotate` could leave behind)
+/// stops start-up and rotations until it is discarded, which needs no key-encryption key.
+async fn a_next_key_is_discarded_and_leaves_the_jwks(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .config(short_life_cycle)
+        // Time enough to discard it (the margin is reload plus leeway: 2 s).
+        .config(|c| c.signing.lead_seconds = 60)
+        .spawn()
+        .await;
+    let cli = Cli::new(&app.db);
+    let kek = [("NEO_KEY_ENCRYPTION_KEY", KEK)];
+    let active = published_kids(&app).await;
+    assert_eq!(active.len(), 1);
+    cli.run_with(&["signing-key", "rotate"], &kek)
+        .await
+        .assert_success();
+    let next = wait_for_kids(&app, |kids| kids.len() == 2).await;
+    let next = next
+        .into_iter()
+        .find(|kid| *kid != active[0])
+        .expect("the next key");
+
+    let run = cli.run(&["signing-key", "discard", &next]).await;
+    run.assert_success();
+    assert!(run.stdout.contains(&next), "{run}");
+    assert_eq!(wait_for_kids(&app, |kids| kids.len() == 1).await, active);
+    let listed = cli.run(&["signing-key", "list", "--output", "json"]).await;
+    listed.assert_success();
+    let listed: Value = serde_json::from_str(&listed.stdout).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+
+    let refused = cli.run(&["signing-key", "discard", &active[0]]).await;
+    refused.assert_failure();
+    assert!(refused.stderr.contains("is active"), "{refused}");
+    let unknown = cli.run(&["signing-key", "discard", "no-such-kid"]).await;
+    unknown.assert_failure();
+    assert!(unknown.stderr.contains("no-such-kid"), "{unknown}");
+
+    // A next key sealed under another key-encryption key.
+    let mut other = app.config.clone();
+    other.signing.key_encryption_key = Some(OTHER_KEK.to_owned().into());
+    let other_kek = neo_sessions::signing::key_encryption_key(&other).expect("kek");
+    let (bad, der) =
+        neo_sessions::tokens::SigningKey::generate(SigningAlgorithm::ES256).expect("key");
+    let inserted = app
+        .state
+        .store
+        .insert_signing_key(&neo_sessions::store::SigningKeyRow {
+            kid: bad.kid().to_owned(),
+            generation: 2,
+            algorithm: "ES256".to_owned(),
+            sealed_private_key: other_kek.seal(bad.kid(), &der).expect("seal"),
+            created_at: chrono::Utc::now(),
+            // As `rotate` sets it with the default lead time.
+            activates_at: chrono::Utc::now() + chrono::Duration::seconds(600),
+        })
+        .await
+        .expect("insert");
+    assert!(inserted);
+    match neo_sessions::app::App::build(app.config.clone()).await {
+        Ok(_) => panic!("started with a key it cannot open"),
+        Err(error) => assert!(format!("{error:#}").contains(bad.kid()), "{error:#}"),
+    }
+    let rotate = cli.run_with(&["signing-key", "rotate"], &kek).await;
+    rotate.assert_failure();
+    assert!(rotate.stderr.contains("signing-key discard"), "{rotate}");
+    // No key-encryption key at all: discarding opens nothing.
+    cli.run(&["signing-key", "discard", bad.kid()])
+        .await
+        .assert_success();
+    neo_sessions::app::App::build(app.config.clone())
+        .await
+        .expect("starts again");
+    cli.run_with(&["signing-key", "rotate"], &kek)
+        .await
+        .assert_success();
+}
+
+/// The JWKS's kids once `done` holds for them (the replica reloads every second).
+async fn wait_for_kids(app: &TestApp, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kids = published_kids(app).await;
+        if done(&kids) {
+            return kids;
+        }
+        assert!(Instant::now() < deadline, "the JWKS stayed at {kids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 backend_tests!(
+    without_a_key_encryption_key_only_the_embedded_database_gets_keys,
+    a_wrong_key_encryption_key_writes_no_key,
+    a_next_key_is_discarded_and_leaves_the_jwks,
     rs256_keys_sign_and_verify,
     the_key_an_earlier_version_generated_is_imported,
     a_rotation_across_two_replicas_rejects_no_token,

@@ -26,6 +26,7 @@ fn mint(session_id: &str, issued_at: DateTime<Utc>) -> MintRecord {
         minted_by_tenant: "acme".to_owned(),
         end_user: Some("pat".to_owned()),
         end_company_id: None,
+        allowed_agent_ids: MintRecord::agents_column(&[101]),
         issued_at,
         expires_at: issued_at + Duration::minutes(15),
     }

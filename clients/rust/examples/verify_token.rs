@@ -22,7 +22,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use neo_sessions_verify::{Verifier, VerifierConfig};
+use neo_sessions_verify::{Verifier, VerifierConfig, VerifyError};
 use serde_json::json;
 
 fn env_or(name: &str, default: &str) -> String {
@@ -76,6 +76,12 @@ async fn messages(
             "messages": [],
         }))
         .into_response(),
+        // The token service's keys cannot be had: the token may well be valid.
+        Err(error @ VerifyError::JwksUnavailable(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": error.to_string() })),
+        )
+            .into_response(),
         Err(error) => (
             StatusCode::UNAUTHORIZED,
             [("www-authenticate", "Bearer error=\"invalid_token\"")],

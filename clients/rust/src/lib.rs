@@ -16,7 +16,9 @@
 //!
 //! The checks, in order: the header's `typ` is ours; its `kid` is a published key (the JWKS is
 //! cached as long as its `max-age` says, refetched for an unknown `kid` at most once per
-//! cool-down, and, while it cannot be fetched, its keys are served for at most a day past that);
+//! cool-down (30 s); past its `max-age` its keys still answer at once while one background
+//! refresh runs, for at most [`VerifierConfig::jwks_stale_for`] (1 h), then tokens are refused
+//! with [`VerifyError::JwksUnavailable`]; failed fetches back off from 1 s to 60 s, jittered);
 //! its `alg` is that key's own algorithm (never `none`, never one the header chooses); the
 //! signature; `iss` and `aud` exactly; `exp` and `nbf` with a small leeway; the `session_id`
 //! claim equals the session of the request path; and, with a revocation feed configured, that

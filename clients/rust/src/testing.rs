@@ -43,15 +43,19 @@ impl TestKey {
     }
 }
 
-#[derive(Default)]
 struct Served {
     keys: Mutex<Vec<Value>>,
     cache_control: Mutex<Option<String>>,
     down: AtomicBool,
     hits: AtomicUsize,
+    /// While `true`, requests are held unanswered.
+    hang: tokio::sync::watch::Sender<bool>,
+    /// Requests held right now.
+    held: AtomicUsize,
 }
 
-/// A JWKS on 127.0.0.1: publishes what the test says, or answers 503 while down.
+/// A JWKS on 127.0.0.1: publishes what the test says, answers 503 while down, or holds requests
+/// unanswered while hanging.
 pub struct FakeJwks {
     pub url: String,
     served: Arc<Served>,
@@ -59,6 +63,12 @@ pub struct FakeJwks {
 
 async fn serve(State(served): State<Arc<Served>>) -> axum::response::Response {
     served.hits.fetch_add(1, Ordering::SeqCst);
+    let mut hang = served.hang.subscribe();
+    if *hang.borrow() {
+        served.held.fetch_add(1, Ordering::SeqCst);
+        let _ = hang.wait_for(|hanging| !*hanging).await;
+        served.held.fetch_sub(1, Ordering::SeqCst);
+    }
     if served.down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
@@ -71,7 +81,14 @@ async fn serve(State(served): State<Arc<Served>>) -> axum::response::Response {
 
 impl FakeJwks {
     pub async fn start(keys: &[&TestKey]) -> Self {
-        let served = Arc::new(Served::default());
+        let served = Arc::new(Served {
+            keys: Mutex::default(),
+            cache_control: Mutex::default(),
+            down: AtomicBool::new(false),
+            hits: AtomicUsize::new(0),
+            hang: tokio::sync::watch::channel(false).0,
+            held: AtomicUsize::new(0),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -102,6 +119,16 @@ impl FakeJwks {
 
     pub fn set_down(&self, down: bool) {
         self.served.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Holds every request unanswered until `set_hanging(false)`.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.served.hang.send_replace(hanging);
+    }
+
+    /// How many requests are held unanswered right now.
+    pub fn held(&self) -> usize {
+        self.served.held.load(Ordering::SeqCst)
     }
 
     pub fn hits(&self) -> usize {

@@ -23,9 +23,15 @@ use crate::{
 
 /// Used when the JWKS response says nothing about caching.
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
-/// The longest we ever cache; and how long past that a set still serves its keys while the JWKS
-/// cannot be fetched.
+/// The longest we ever cache, whatever the response says.
 const LONGEST_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long past its max-age a key set is still trusted while it cannot be refreshed (the
+/// default of [`VerifierConfig::jwks_stale_for`]).
+pub const DEFAULT_JWKS_STALE_FOR: Duration = Duration::from_secs(3600);
+/// The first back-off after a failed JWKS fetch; it doubles with each further failure...
+const JWKS_RETRY: Duration = Duration::from_secs(1);
+/// ...up to this (with jitter).
+const JWKS_RETRY_CAP: Duration = Duration::from_secs(60);
 /// Pages read in one refresh at most (1000 revocations each).
 const MAX_FEED_PAGES: usize = 100;
 
@@ -40,6 +46,10 @@ pub struct VerifierConfig {
     pub leeway: Duration,
     /// At most one refetch per this long for tokens with an unknown `kid`.
     pub unknown_kid_cooldown: Duration,
+    /// How long past its `max-age` the key set held is still trusted while it cannot be
+    /// refreshed; then tokens are refused with [`VerifyError::JwksUnavailable`]. Bounds how long
+    /// a key withdrawn from the JWKS is still accepted during an outage.
+    pub jwks_stale_for: Duration,
     pub http_timeout: Duration,
     /// The revocation feed to poll, if any.
     pub revocations: Option<RevocationFeedConfig>,
@@ -76,6 +86,7 @@ impl VerifierConfig {
             audience: audience.to_owned(),
             leeway: Duration::from_secs(30),
             unknown_kid_cooldown: Duration::from_secs(30),
+            jwks_stale_for: DEFAULT_JWKS_STALE_FOR,
             http_timeout: Duration::from_secs(5),
             revocations: None,
         }
@@ -96,7 +107,8 @@ impl VerifierConfig {
     }
 }
 
-/// Why a token was refused. Every variant means: do not serve the request (401).
+/// Why a token was refused. Every variant means: do not serve the request (401, but 503 for
+/// [`VerifyError::JwksUnavailable`]: the token may well be valid).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("not a JWT")]
@@ -123,9 +135,11 @@ pub enum VerifyError {
     WrongSession,
     #[error("revoked")]
     Revoked,
-    /// The JWKS could not be fetched and no current copy is held.
+    /// No key set may be used: none could be fetched yet, or the one held is older than its
+    /// `max-age` plus [`VerifierConfig::jwks_stale_for`] and refreshing it fails. The message
+    /// says how old it is and why the last fetch failed.
     #[error("the JWKS is unavailable: {0}")]
-    Jwks(String),
+    JwksUnavailable(String),
     /// The revocation feed could not be read (only from [`Verifier::refresh_revocations`]).
     #[error("the revocation feed is unavailable: {0}")]
     RevocationFeed(String),
@@ -192,7 +206,7 @@ impl Verifier {
             .timeout(config.http_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| VerifyError::Jwks(e.to_string()))?;
+            .map_err(|e| VerifyError::JwksUnavailable(e.to_string()))?;
         let keys = KeySetCache::new(
             client.clone(),
             KeySetConfig {
@@ -202,10 +216,10 @@ impl Verifier {
                     default: DEFAULT_MAX_AGE,
                     longest: LONGEST_MAX_AGE,
                 },
-                stale_for: LONGEST_MAX_AGE,
+                stale_for: config.jwks_stale_for,
                 unknown_kid_cooldown: config.unknown_kid_cooldown,
-                // A set that is not current is refetched on every verification that needs it.
-                retry: Duration::ZERO,
+                retry: JWKS_RETRY,
+                retry_cap: JWKS_RETRY_CAP,
                 accept: our_key,
             },
         );
@@ -337,10 +351,7 @@ impl Verifier {
                 })
             }
             KeyLookup::Unavailable => {
-                let error = self.keys.last_error();
-                return Err(VerifyError::Jwks(
-                    error.unwrap_or_else(|| "no key set held".to_owned()),
-                ));
+                return Err(VerifyError::JwksUnavailable(self.keys.unavailable_reason()))
             }
         };
         let claims = self.rules.validate_at(
@@ -362,8 +373,106 @@ impl Verifier {
 mod tests {
     use serde_json::json;
 
+    use std::{sync::Arc, time::Duration};
+
     use super::{Verifier, VerifierConfig, VerifyError};
     use crate::testing::{FakeJwks, TestKey};
+
+    fn claims() -> serde_json::Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({
+            "iss": "https://api.example", "aud": "chat", "sub": "pat",
+            "jti": "0b9c2a4e-1f6d-4c8e-9a57-3f1e2d4c5b6a", "iat": now, "nbf": now,
+            "exp": now + 600, "session_id": "s-1", "client_id": "acme", "end_company_id": null,
+            "end_user": "pat", "end_user_email": null, "allowed_agent_ids": [], "scope": "chat",
+        })
+    }
+
+    /// A verifier of `fake`'s keys whose key set is stale as soon as it is fetched (max-age=0).
+    fn stale_at_once(fake: &FakeJwks, tweak: impl FnOnce(&mut VerifierConfig)) -> Verifier {
+        fake.cache_control("public, max-age=0");
+        let mut config = VerifierConfig::for_issuer("https://api.example", "chat");
+        config.jwks_url = fake.url.clone();
+        tweak(&mut config);
+        Verifier::new(config).expect("verifier")
+    }
+
+    /// The token service hangs: verifications of tokens whose key is held answer from the stale
+    /// set at once, all of them, while the one background refresh is still unanswered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_hanging_jwks_does_not_hold_up_verifications_with_a_held_key() {
+        let key = TestKey::new("k1");
+        let fake = FakeJwks::start(&[&key]).await;
+        let verifier = Arc::new(stale_at_once(&fake, |c| {
+            // Long enough that waiting for the fetch could not go unnoticed.
+            c.http_timeout = Duration::from_secs(600);
+        }));
+        let token = key.sign(&claims());
+        verifier.verify(&token, "s-1").await.expect("first fetch");
+        assert_eq!(fake.hits(), 1);
+
+        fake.set_hanging(true);
+        let mut verifications = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let (verifier, token) = (Arc::clone(&verifier), token.clone());
+            verifications.spawn(async move { verifier.verify(&token, "s-1").await });
+        }
+        // A guard against hanging the suite, not a speed assertion.
+        let all = tokio::time::timeout(Duration::from_secs(60), verifications.join_all())
+            .await
+            .expect("verifications waited for the hanging JWKS");
+        assert!(all.iter().all(Result::is_ok), "{all:?}");
+        // The refresh was asked for (at most once), and it is still unanswered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fake.held() == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(fake.held(), 1, "one refresh in flight");
+        assert_eq!(fake.hits(), 2, "a single flight for 32 verifications");
+        fake.set_hanging(false);
+    }
+
+    /// The token service answers errors: after the failed refresh, verifications go on from the
+    /// stale set without asking the JWKS again until the back-off has passed.
+    #[tokio::test]
+    async fn a_failed_refresh_is_not_retried_before_the_back_off() {
+        let key = TestKey::new("k1");
+        let fake = FakeJwks::start(&[&key]).await;
+        let verifier = stale_at_once(&fake, |_| {});
+        let token = key.sign(&claims());
+        verifier.verify(&token, "s-1").await.expect("first fetch");
+        fake.set_down(true);
+        verifier.verify(&token, "s-1").await.expect("stale, served");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fake.hits() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(fake.hits(), 2, "one refresh");
+        // The back-off is at least a second: well past these.
+        for _ in 0..20 {
+            verifier.verify(&token, "s-1").await.expect("stale, served");
+        }
+        assert_eq!(fake.hits(), 2, "no fetch within the back-off");
+    }
+
+    /// Past `jwks_stale_for` the set held is not trusted: `JwksUnavailable`, saying how old it
+    /// is and why the refresh failed.
+    #[tokio::test]
+    async fn past_its_stale_bound_the_key_set_is_not_trusted() {
+        let key = TestKey::new("k1");
+        let fake = FakeJwks::start(&[&key]).await;
+        let verifier = stale_at_once(&fake, |c| c.jwks_stale_for = Duration::from_millis(200));
+        let token = key.sign(&claims());
+        verifier.verify(&token, "s-1").await.expect("first fetch");
+        fake.set_down(true);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let error = verifier.verify(&token, "s-1").await.expect_err("too old");
+        let VerifyError::JwksUnavailable(message) = &error else {
+            panic!("{error:?}");
+        };
+        assert!(message.contains("s old"), "{message}");
+        assert!(message.contains("503"), "{message}");
+    }
 
     #[tokio::test]
     async fn the_jwks_decides_between_outage_unknown_key_and_a_verified_token() {
@@ -384,11 +493,20 @@ mod tests {
         fake.set_down(true);
         let outage = verifier.verify(&token, "s-1").await.expect_err("no keys");
         assert!(
-            matches!(&outage, VerifyError::Jwks(e) if e.contains("503")),
+            matches!(&outage, VerifyError::JwksUnavailable(e) if e.contains("503")),
             "{outage:?}"
         );
         fake.set_down(false);
-        let verified = verifier.verify(&token, "s-1").await.expect("valid");
+        // Fetched again once the back-off after the failure (a second at first) has passed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let verified = loop {
+            match verifier.verify(&token, "s-1").await {
+                Err(VerifyError::JwksUnavailable(_)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => break other.expect("valid"),
+            }
+        };
         assert_eq!(verified.client_id, "acme");
         assert!(matches!(
             verifier.verify(&unpublished.sign(&claims), "s-1").await,

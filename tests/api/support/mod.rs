@@ -26,6 +26,10 @@ pub const NEO_KEY: &str = "neo_sk_test_Np5Vw8Xc2Bz7Mq4Lt9Rf3Hs6";
 
 pub const FIXTURE: &str = include_str!("../../../config/seed.example.json");
 
+/// The key-encryption key test apps on PostgreSQL are given (it is required off the embedded
+/// database); tests that seal keys themselves use it too.
+pub const TEST_KEK: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
 /// The mint route.
 pub const MINT_PATH: &str = "/public-api/sessions";
 pub const JSON: &str = "application/json";
@@ -327,6 +331,11 @@ impl<'a> TestAppBuilder<'a> {
         config.rate_limit.burst = NonZero::new(100_000).unwrap();
         config.rate_limit.auth_failure_per_minute = NonZero::new(1_000_000).unwrap();
         config.rate_limit.auth_failure_burst = NonZero::new(100_000).unwrap();
+        // Required on PostgreSQL; on SQLite one is generated in the data directory, as for a
+        // developer.
+        if self.backend == Backend::Postgres {
+            config.signing.key_encryption_key = Some(TEST_KEK.to_owned().into());
+        }
         for tweak in self.tweaks {
             tweak(&mut config);
         }
