@@ -148,8 +148,7 @@ pub enum VerifyError {
 impl VerifyError {
     /// A stable name for the refusal, the same in every verifier of ours (the Python package's
     /// `VerifyError.code`, the shared test vectors in `tests/vectors/`): the variant's name in
-    /// snake_case, except that the two outages say so (`jwks_unavailable`,
-    /// `revocation_feed_unavailable`).
+    /// snake_case (`RevocationFeed`, an outage, is `revocation_feed_unavailable`).
     pub fn code(&self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
@@ -164,7 +163,7 @@ impl VerifyError {
             Self::BadClaims => "bad_claims",
             Self::WrongSession => "wrong_session",
             Self::Revoked => "revoked",
-            Self::Jwks(_) => "jwks_unavailable",
+            Self::JwksUnavailable(_) => "jwks_unavailable",
             Self::RevocationFeed(_) => "revocation_feed_unavailable",
         }
     }
