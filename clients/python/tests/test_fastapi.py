@@ -14,7 +14,7 @@ from neo_sessions_verify import AsyncVerifier, Verifier
 from neo_sessions_verify.fastapi import install, lifespan, session_token
 
 from .conftest import FakeJwks
-from .keys import AUDIENCE, ISSUER, JWKS_URL, TestKey
+from .keys import AUDIENCE, ISSUER, JWKS_URL, Clock, TestKey
 
 
 def app_for(verifier: AsyncVerifier | Verifier) -> FastAPI:
@@ -34,6 +34,8 @@ def test_an_unavailable_jwks_is_503_and_a_sync_verifier_serves_too() -> None:
     fake = FakeJwks([key.jwk])
     fake.down = True
     verifier = Verifier(ISSUER, AUDIENCE, jwks_url=JWKS_URL, transport=httpx.MockTransport(fake))
+    clock = Clock()
+    verifier._config.keys.clock = clock
     bearer = {"authorization": f"Bearer {key.sign()}"}
     with TestClient(app_for(verifier)) as client:
         down = client.get("/chat/sessions/s-1/messages", headers=bearer)
@@ -41,6 +43,7 @@ def test_an_unavailable_jwks_is_503_and_a_sync_verifier_serves_too() -> None:
         assert down.headers["retry-after"] == "5"
         assert down.json()["error"]["code"] == "jwks_unavailable"
         fake.down = False
+        clock.now += 61  # past the back-off after the failed fetch
         up = client.get("/chat/sessions/s-1/messages", headers=bearer)
         assert up.json() == {"sid": "s-1", "sub": "pat"}
 

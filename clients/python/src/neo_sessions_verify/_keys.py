@@ -1,16 +1,20 @@
 """The token service's JWKS in memory, keyed by ``kid``: when to fetch it and what a fetched set
-holds. The I/O is the verifiers' (sync or async); the decisions are here, as the Rust crate's
-``jwks::KeySetCache`` makes them.
+holds. The I/O is the verifiers' (a thread or a task per fetch); the decisions are here, as the
+Rust crate's ``jwks::KeySetCache`` makes them.
 
 A fetched set is current for as long as its ``Cache-Control: max-age`` says (5 minutes without
-one, a day at most). A ``kid`` the current set lacks causes a refetch at most once per cool-down.
-A set that is no longer current is refetched on the next verification that needs it; while that
-fails, its keys are still served for at most a day past its age, and then not at all.
+one, a day at most). Past that it is stale: for a bounded ``stale_for`` (1 hour) its keys are
+still served at once while one refresh runs in the background; then they are not served at all
+(``jwks_unavailable``). A ``kid`` the set lacks causes a refetch at most once per cool-down, and
+the caller waits for it. Fetches are single-flight; after a failure no fetch starts for a
+back-off that doubles with each consecutive failure, from 1 s up to 60 s, with jitter; a success
+ends it.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from collections.abc import Callable
@@ -24,9 +28,24 @@ from ._rules import OUR_ALGS
 
 #: Used when the JWKS response says nothing about caching.
 DEFAULT_MAX_AGE: Final = 300.0
-#: The longest a set is current; and how long past that it still serves its keys while the JWKS
-#: cannot be fetched.
+#: The longest a set is current, whatever the response says.
 LONGEST_MAX_AGE: Final = 24 * 3600.0
+#: How long past its max-age a set is still trusted while it cannot be refreshed (default).
+DEFAULT_JWKS_STALE_FOR: Final = 3600.0
+#: The first back-off after a failed fetch; it doubles with each further failure...
+JWKS_RETRY: Final = 1.0
+#: ...up to this (with jitter).
+JWKS_RETRY_CAP: Final = 60.0
+
+CURRENT: Final = "current"
+#: Past its max-age, within ``stale_for``: served, and refreshed in the background.
+STALE: Final = "stale"
+#: None held, or past ``stale_for``: not served.
+UNTRUSTED: Final = "untrusted"
+
+#: Why a fetch is wanted (an unknown kid has a cool-down of its own).
+REFRESH: Final = "refresh"
+UNKNOWN_KID: Final = "unknown_kid"
 #: A JWKS larger than this is refused rather than parsed.
 MAX_JWKS_BYTES: Final = 1024 * 1024
 
@@ -102,74 +121,100 @@ def parse_key_set(cache_control: str | None, body: bytes) -> tuple[dict[str, Key
     return keys, current_for
 
 
+def back_off(retry: float, cap: float, failures: int) -> float:
+    """The wait after `failures` consecutive failed fetches: doubling from `retry`, at most
+    `cap`, the upper half of that at random, never less than `retry`."""
+    ceiling = min(retry * float(2 ** min(max(failures - 1, 0), 16)), max(cap, retry))
+    return max(ceiling / 2 + ceiling / 2 * random.random(), retry)
+
+
 @dataclass
 class KeySet:
-    """The set held and the fetch gate's memory (callers serialise fetches with a lock)."""
+    """The set held and the fetch flight's memory; callers hold a lock around ``start``."""
 
     unknown_kid_cooldown: float
-    stale_for: float = LONGEST_MAX_AGE
-    #: After a failed fetch, a set that is not current is not fetched again for this long
-    #: (0: the next verification that needs it tries again, as the Rust verifier does).
-    retry: float = 0.0
+    stale_for: float = DEFAULT_JWKS_STALE_FOR
+    retry: float = JWKS_RETRY
+    retry_cap: float = JWKS_RETRY_CAP
     clock: Callable[[], float] = time.monotonic
     keys: dict[str, Key] = field(default_factory=dict)
     fetched_at: float | None = None
     current_for: float = 0.0
     last_error: str | None = None
+    running: bool = False
     last_unknown_kid_fetch: float | None = None
-    last_failed_fetch: float | None = None
+    #: Failed fetches since the last success.
+    failures: int = 0
+    #: After a failure: no fetch starts before this.
+    not_before: float | None = None
 
-    def _status(self) -> tuple[bool, bool]:
-        """Whether the set is current, and whether its keys may still be served."""
+    def freshness(self) -> str:
         if self.fetched_at is None:
-            return False, False
+            return UNTRUSTED
         age = self.clock() - self.fetched_at
-        return age < self.current_for, age < self.current_for + self.stale_for
+        if age < self.current_for:
+            return CURRENT
+        if age < self.current_for + self.stale_for:
+            return STALE
+        return UNTRUSTED
 
-    def current_key(self, kid: str) -> Key | None:
-        """The key if a current set holds it: no fetch needed."""
-        current, _ = self._status()
-        return self.keys.get(kid) if current else None
+    def cached(self, kid: str) -> tuple[Key | None, str]:
+        """The key held for `kid` if the set may be served, and how far the set is trusted."""
+        freshness = self.freshness()
+        return (None if freshness == UNTRUSTED else self.keys.get(kid)), freshness
 
-    def needs_fetch(self, kid: str) -> bool:
-        """Whether to fetch before answering for `kid` (under the fetch lock; records the
-        unknown-kid fetch it allows)."""
-        if self.current_key(kid) is not None:
+    def start(self, want: str) -> bool:
+        """Whether a fetch for `want` may start now (then it is running): not while one runs,
+        within the back-off, or (for an unknown kid) within the cool-down."""
+        if self.running:
             return False
         now = self.clock()
-
-        def recently(at: float | None, period: float) -> bool:
-            return at is not None and now - at < period
-
-        current, _ = self._status()
-        if current:
-            if recently(self.last_unknown_kid_fetch, self.unknown_kid_cooldown):
+        if self.not_before is not None and now < self.not_before:
+            return False
+        if want == UNKNOWN_KID:
+            last = self.last_unknown_kid_fetch
+            if last is not None and now - last < self.unknown_kid_cooldown:
                 return False
             self.last_unknown_kid_fetch = now
-            return True
-        return not recently(self.last_failed_fetch, self.retry)
+        self.running = True
+        return True
 
     def fetched(self, keys: dict[str, Key], current_for: float) -> None:
         """A fetch succeeded: its set replaces the old one (rolled-over keys go)."""
         self.keys, self.current_for = keys, current_for
         self.fetched_at = self.clock()
         self.last_error = None
-        self.last_failed_fetch = None
+        self.failures = 0
+        self.not_before = None
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str) -> float:
+        """A fetch failed: the set held is kept; returns the back-off."""
         self.last_error = error
-        self.last_failed_fetch = self.clock()
+        self.failures += 1
+        wait = back_off(self.retry, self.retry_cap, self.failures)
+        self.not_before = self.clock() + wait
+        return wait
 
     def lookup(self, kid: str) -> Key:
         """The key for `kid` from the set held, fetching nothing: ``unknown_key`` when a set that
         may be served lacks it, ``jwks_unavailable`` when none may be."""
-        _, servable = self._status()
-        if not servable:
-            raise VerifyError("jwks_unavailable", self.last_error or "no key set held")
-        key = self.keys.get(kid)
+        key, freshness = self.cached(kid)
+        if freshness == UNTRUSTED:
+            raise VerifyError("jwks_unavailable", self.unavailable_reason())
         if key is None:
             raise VerifyError("unknown_key", kid)
         return key
+
+    def unavailable_reason(self) -> str:
+        """How old the set held is (or that none was fetched) and why the last fetch failed."""
+        if self.fetched_at is None:
+            held = "no key set fetched yet"
+        else:
+            held = (
+                f"the key set held is {int(self.clock() - self.fetched_at)} s old, past the "
+                f"{int(self.current_for + self.stale_for)} s it is trusted without a refresh"
+            )
+        return f"{held}; last fetch: {self.last_error}" if self.last_error else held
 
     def age(self) -> float | None:
         """Seconds since the set held was fetched (None: none held)."""

@@ -16,7 +16,18 @@ import httpx
 
 from ._errors import VerifyError
 from ._feed import MAX_FEED_PAGES, DenyList, FeedError, parse_page
-from ._keys import MAX_JWKS_BYTES, FetchError, Key, KeySet, parse_key_set
+from ._keys import (
+    DEFAULT_JWKS_STALE_FOR,
+    MAX_JWKS_BYTES,
+    REFRESH,
+    STALE,
+    UNKNOWN_KID,
+    UNTRUSTED,
+    FetchError,
+    Key,
+    KeySet,
+    parse_key_set,
+)
 from ._rules import Header, TokenRules, jti_of, read_header
 
 log = logging.getLogger("neo_sessions_verify")
@@ -40,6 +51,7 @@ class _Config:
         jwks_url: str | None = None,
         leeway: float = 30.0,
         unknown_kid_cooldown: float = 30.0,
+        jwks_stale_for: float = DEFAULT_JWKS_STALE_FOR,
         http_timeout: float = 5.0,
         revocations_url: str | None = None,
         revocations_api_key: str | None = None,
@@ -55,7 +67,7 @@ class _Config:
         self.revocations_api_key = revocations_api_key
         self.revocations_interval = revocations_interval
         self.rules = TokenRules(issuer=issuer, audience=audience, leeway=self.leeway)
-        self.keys = KeySet(unknown_kid_cooldown=unknown_kid_cooldown)
+        self.keys = KeySet(unknown_kid_cooldown=unknown_kid_cooldown, stale_for=jwks_stale_for)
         self.deny = DenyList()
 
     @property
@@ -87,6 +99,22 @@ def _add_chunk(body: bytearray, chunk: bytes) -> None:
     body.extend(chunk)
 
 
+def _failed(keys: KeySet, error: Exception, lock: threading.Lock | None) -> None:
+    message = str(error) if isinstance(error, FetchError) else f"JWKS request failed: {error}"
+    if lock is None:
+        wait = keys.failed(message)
+    else:
+        with lock:
+            wait = keys.failed(message)
+    log.warning(
+        "session-token JWKS fetch failed (%d in a row, next in %.1f s at the earliest); "
+        "the key set held is kept: %s",
+        keys.failures,
+        wait,
+        message,
+    )
+
+
 def _feed_page(response: httpx.Response) -> Any:
     if not response.is_success:
         raise FeedError(f"answered {response.status_code}")
@@ -113,6 +141,7 @@ class Verifier:
         jwks_url: str | None = None,
         leeway: float = 30.0,
         unknown_kid_cooldown: float = 30.0,
+        jwks_stale_for: float = DEFAULT_JWKS_STALE_FOR,
         http_timeout: float = 5.0,
         revocations_url: str | None = None,
         revocations_api_key: str | None = None,
@@ -126,6 +155,7 @@ class Verifier:
             jwks_url=jwks_url,
             leeway=leeway,
             unknown_kid_cooldown=unknown_kid_cooldown,
+            jwks_stale_for=jwks_stale_for,
             http_timeout=http_timeout,
             revocations_url=revocations_url,
             revocations_api_key=revocations_api_key,
@@ -135,6 +165,7 @@ class Verifier:
             timeout=http_timeout, follow_redirects=False, transport=transport
         )
         self._fetching = threading.Lock()
+        self._flight: threading.Event | None = None
         self._refreshing = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -174,16 +205,43 @@ class Verifier:
         return self._config.check(header, key, session_id, _seconds(at))
 
     def _key(self, kid: str) -> Key:
+        """A current set answers from memory; a stale one too, with a refresh started in the
+        background. Waits for a fetch only when no set may be served, or the set lacks `kid`."""
         keys = self._config.keys
-        key = keys.current_key(kid)
+        key, freshness = keys.cached(kid)
+        if freshness == STALE:
+            self._start_fetch(REFRESH)
         if key is not None:
             return key
+        done = self._start_fetch(REFRESH if freshness == UNTRUSTED else UNKNOWN_KID)
+        if done is not None:
+            done.wait()
+        return keys.lookup(kid)
+
+    def _start_fetch(self, want: str) -> threading.Event | None:
+        """Joins the fetch under way, or starts one in a thread of its own when `want` allows it
+        now; None when no fetch runs. The event is set when the fetch has ended."""
         with self._fetching:
-            if keys.needs_fetch(kid):
-                self._fetch_keys()
-            return keys.lookup(kid)
+            if self._flight is None:
+                if not self._config.keys.start(want):
+                    return None
+                self._flight = threading.Event()
+                threading.Thread(
+                    target=self._fetch_keys, name="neo-sessions-jwks", daemon=True
+                ).start()
+            return self._flight
 
     def _fetch_keys(self) -> None:
+        try:
+            self._fetch_once()
+        finally:
+            with self._fetching:
+                flight, self._flight = self._flight, None
+                self._config.keys.running = False
+            if flight is not None:
+                flight.set()
+
+    def _fetch_once(self) -> None:
         keys = self._config.keys
         try:
             with self._client.stream("GET", self._config.jwks_url) as response:
@@ -192,12 +250,13 @@ class Verifier:
                 for chunk in response.iter_bytes():
                     _add_chunk(body, chunk)
                 cache_control = response.headers.get("cache-control")
-            keys.fetched(*parse_key_set(cache_control, bytes(body)))
-            log.info("fetched the session-token JWKS (%d keys)", len(keys.keys))
+            parsed = parse_key_set(cache_control, bytes(body))
         except (FetchError, httpx.HTTPError) as error:
-            message = str(error) if isinstance(error, FetchError) else f"JWKS request failed: {error}"
-            keys.failed(message)
-            log.warning("session-token JWKS fetch failed: %s", message)
+            _failed(keys, error, self._fetching)
+            return
+        with self._fetching:
+            keys.fetched(*parsed)
+        log.info("fetched the session-token JWKS (%d keys)", len(parsed[0]))
 
     def refresh_revocations(self) -> int:
         """Reads the feed from where the last refresh left it, to its end, and drops entries whose
@@ -266,6 +325,7 @@ class AsyncVerifier:
         jwks_url: str | None = None,
         leeway: float = 30.0,
         unknown_kid_cooldown: float = 30.0,
+        jwks_stale_for: float = DEFAULT_JWKS_STALE_FOR,
         http_timeout: float = 5.0,
         revocations_url: str | None = None,
         revocations_api_key: str | None = None,
@@ -279,6 +339,7 @@ class AsyncVerifier:
             jwks_url=jwks_url,
             leeway=leeway,
             unknown_kid_cooldown=unknown_kid_cooldown,
+            jwks_stale_for=jwks_stale_for,
             http_timeout=http_timeout,
             revocations_url=revocations_url,
             revocations_api_key=revocations_api_key,
@@ -288,7 +349,8 @@ class AsyncVerifier:
             timeout=http_timeout, follow_redirects=False, transport=transport
         )
         self._poll = self._config.has_feed and poll_revocations
-        self._fetching: asyncio.Lock | None = None
+        self._flight: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._refreshing: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
 
@@ -317,6 +379,9 @@ class AsyncVerifier:
             except asyncio.CancelledError:
                 pass
             self._poller = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._client.aclose()
 
     async def _poll_forever(self) -> None:
@@ -343,18 +408,40 @@ class AsyncVerifier:
         return self._config.check(header, key, session_id, _seconds(at))
 
     async def _key(self, kid: str) -> Key:
+        """As :meth:`Verifier._key`, the fetch in a task of its own."""
         keys = self._config.keys
-        key = keys.current_key(kid)
+        key, freshness = keys.cached(kid)
+        if freshness == STALE:
+            self._start_fetch(REFRESH)
         if key is not None:
             return key
-        if self._fetching is None:
-            self._fetching = asyncio.Lock()
-        async with self._fetching:
-            if keys.needs_fetch(kid):
-                await self._fetch_keys()
-            return keys.lookup(kid)
+        done = self._start_fetch(REFRESH if freshness == UNTRUSTED else UNKNOWN_KID)
+        if done is not None:
+            await done.wait()
+        return keys.lookup(kid)
+
+    def _start_fetch(self, want: str) -> asyncio.Event | None:
+        if self._flight is None:
+            if not self._config.keys.start(want):
+                return None
+            self._flight = asyncio.Event()
+            task = asyncio.get_running_loop().create_task(
+                self._fetch_keys(), name="neo-sessions-jwks"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return self._flight
 
     async def _fetch_keys(self) -> None:
+        try:
+            await self._fetch_once()
+        finally:
+            flight, self._flight = self._flight, None
+            self._config.keys.running = False
+            if flight is not None:
+                flight.set()
+
+    async def _fetch_once(self) -> None:
         keys = self._config.keys
         try:
             async with self._client.stream("GET", self._config.jwks_url) as response:
@@ -363,12 +450,12 @@ class AsyncVerifier:
                 async for chunk in response.aiter_bytes():
                     _add_chunk(body, chunk)
                 cache_control = response.headers.get("cache-control")
-            keys.fetched(*parse_key_set(cache_control, bytes(body)))
-            log.info("fetched the session-token JWKS (%d keys)", len(keys.keys))
+            parsed = parse_key_set(cache_control, bytes(body))
         except (FetchError, httpx.HTTPError) as error:
-            message = str(error) if isinstance(error, FetchError) else f"JWKS request failed: {error}"
-            keys.failed(message)
-            log.warning("session-token JWKS fetch failed: %s", message)
+            _failed(keys, error, None)
+            return
+        keys.fetched(*parsed)
+        log.info("fetched the session-token JWKS (%d keys)", len(parsed[0]))
 
     async def refresh_revocations(self) -> int:
         """See :meth:`Verifier.refresh_revocations`."""
