@@ -29,7 +29,7 @@ pub use crate::http::AppState;
 use crate::{
     auth::{
         entra::{self, EntraKeySource},
-        ApiKeyVerifier, Authenticator, EntraVerifier, SessionTokenVerifier,
+        ApiKeyVerifier, Authenticator, EntraVerifier, LookupLanes, SessionTokenVerifier,
     },
     config::{self, Config},
     freshness::Freshness,
@@ -300,6 +300,7 @@ fn state(
         ),
         session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), config.token.leeway_seconds),
         entra,
+        lanes: LookupLanes::default(),
     };
     let minter = Minter::new(
         SessionCache::new(Arc::clone(&store), config.cache.session_entries, &freshness),

@@ -190,8 +190,8 @@ pub enum ApiKeyCommand {
         #[arg(long)]
         platform: bool,
         /// What the key may do, repeatable or comma-separated: sessions:mint, tokens:manage,
-        /// revocations:read (a verifier's key: the feed and nothing else), directory:write (the
-        /// platform tenant only). Default: the first three.
+        /// revocations:read (a verifier's key: the feed and nothing else), directory:read,
+        /// directory:write (the platform tenant only). Default: the first four.
         #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',')]
         scopes: Vec<String>,
     },

@@ -31,7 +31,8 @@ pub struct FixtureApiKey {
     #[serde(default)]
     pub secret: Option<String>,
     /// What the key may do (`sessions:mint`, `tokens:manage`, `revocations:read`,
-    /// `directory:write`); absent: the first three, what keys could do before scopes.
+    /// `directory:read`, `directory:write`); absent: the first four, what keys could do before
+    /// scopes and reading their tenant's directory.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
 }

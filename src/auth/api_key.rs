@@ -101,23 +101,23 @@ impl ApiKeyVerifier {
     async fn find(
         &self,
         digest: &[u8; 32],
-        lookups: Lookups,
+        lookups: Lookups<'_>,
     ) -> Result<Option<Arc<ApiKeyRow>>, AuthError> {
         if let Some(row) = self.cache.get(digest) {
             return Ok(Some(row));
         }
-        if lookups == Lookups::Refused {
-            return Err(AuthError::LookupRefused);
-        }
         let ticket = self.cache.ticket();
-        let row = self.store.find_api_key_by_hash(digest).await?.map(Arc::new);
+        let row = lookups
+            .run(self.store.find_api_key_by_hash(digest))
+            .await?
+            .map(Arc::new);
         if let Some(row) = &row {
             self.cache.insert(ticket, *digest, Arc::clone(row));
         }
         Ok(row)
     }
 
-    pub async fn verify(&self, raw: &str, lookups: Lookups) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, raw: &str, lookups: Lookups<'_>) -> Result<Principal, AuthError> {
         let Some(env) = key_env(raw) else {
             return Err(invalid("malformed API key"));
         };

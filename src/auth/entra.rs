@@ -187,12 +187,13 @@ impl EntraVerifier {
         &self,
         token: &str,
         header: &Header,
-        lookups: Lookups,
+        lookups: Lookups<'_>,
     ) -> Result<Principal, AuthError> {
         let EntraIdentity { tid, oid } = self.validate(token, header, lookups).await?;
+        // The token verified: its directory is looked up even for an address over its
+        // failed-authentication budget (a guesser never gets this far).
         let tenant_id = match self.directories.get(tid.as_str()) {
             Some(tenant_id) => tenant_id,
-            None if lookups == Lookups::Refused => return Err(AuthError::LookupRefused),
             None => {
                 let ticket = self.directories.ticket();
                 let tenant_id = self
@@ -220,7 +221,7 @@ impl EntraVerifier {
         &self,
         token: &str,
         header: &Header,
-        lookups: Lookups,
+        lookups: Lookups<'_>,
     ) -> Result<EntraIdentity, AuthError> {
         // RS256 only: never none, never HS* (which would make Entra's public key a shared secret).
         if header.alg != Algorithm::RS256 {
@@ -253,12 +254,11 @@ impl EntraVerifier {
             }
         }
         // `jku`, `x5u`, `jwk` and `x5c` headers are never followed: keys come from our JWKS only.
-        let lookup = match lookups {
-            Lookups::Allowed => self.keys.key(kid).await,
-            Lookups::Refused => match self.keys.cached_key(kid) {
-                Some(key) => KeyLookup::Found(key),
-                None => return Err(AuthError::LookupRefused),
-            },
+        // A key not held is fetched (at most once per cool-down, by the key set), paced for an
+        // address over its failed-authentication budget.
+        let lookup = match self.keys.cached_key(kid) {
+            Some(key) => KeyLookup::Found(key),
+            None => lookups.run(self.keys.key(kid)).await,
         };
         let key = match lookup {
             KeyLookup::Found(key) => key,

@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod entra;
+pub mod lookup_lanes;
 pub mod own_token;
 pub mod principal;
 
@@ -13,6 +14,7 @@ use tracing::instrument;
 
 pub use api_key::ApiKeyVerifier;
 pub use entra::EntraVerifier;
+pub use lookup_lanes::{LookupLane, LookupLanes, PACED_LOOKUP_SPACING};
 pub use own_token::SessionTokenVerifier;
 pub use principal::Principal;
 
@@ -41,20 +43,28 @@ pub enum AuthError {
     /// Entra's signing keys cannot be had right now: we cannot tell (retry later).
     #[error("Entra ID signing keys unavailable")]
     EntraUnavailable { retry_after: Duration },
-    /// The credential would need a database or JWKS lookup, and the client address has spent
-    /// its failed-authentication budget: lookups are what that budget protects.
-    #[error("lookup refused: the client address is over its failed-authentication budget")]
-    LookupRefused,
     #[error("store failure during authentication: {0}")]
     Store(#[from] StoreError),
 }
 
-/// Whether authentication may look anything up (the database, Entra's JWKS), or must decide
-/// from what is cached and what verifies offline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookups {
+/// How authentication looks a credential up (the database, Entra's JWKS) when the cache does
+/// not have it: at once, or, for a client address over its failed-authentication budget, in
+/// that address's paced lane ([`lookup_lanes`]). Never refused: a credential that verifies is
+/// served whatever other callers at its address did.
+#[derive(Clone, Copy)]
+pub enum Lookups<'a> {
     Allowed,
-    Refused,
+    Paced(&'a LookupLane<'a>),
+}
+
+impl Lookups<'_> {
+    /// Runs one lookup as this says.
+    pub async fn run<F: std::future::Future>(self, lookup: F) -> F::Output {
+        match self {
+            Self::Allowed => lookup.await,
+            Self::Paced(lane) => lane.run(lookup).await,
+        }
+    }
 }
 
 impl AuthError {
@@ -70,7 +80,6 @@ impl AuthError {
             Self::InsufficientScope => "insufficient_scope",
             Self::UnknownDirectory => "unknown_directory",
             Self::EntraUnavailable { .. } => "entra_unavailable",
-            Self::LookupRefused => "lookup_refused",
             Self::Store(_) => "store",
         }
     }
@@ -92,6 +101,8 @@ pub struct Authenticator {
     pub session_tokens: SessionTokenVerifier,
     /// `None` while Entra login is off (no `entra.audience`).
     pub entra: Option<EntraVerifier>,
+    /// The paced lookups of client addresses over their failed-authentication budget.
+    pub lanes: LookupLanes,
 }
 
 impl Authenticator {
@@ -100,7 +111,7 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-        lookups: Lookups,
+        lookups: Lookups<'_>,
     ) -> Result<Principal, AuthError> {
         let credential = bearer_credential(headers)?;
         if credential.starts_with(api_key::PREFIX) {
@@ -231,6 +242,7 @@ mod tests {
                 ),
                 session_tokens: SessionTokenVerifier::new(Arc::clone(&issuer), 30),
                 entra: None,
+                lanes: LookupLanes::default(),
             };
             Fixtures {
                 authenticator,

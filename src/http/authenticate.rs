@@ -24,9 +24,11 @@ use crate::{
 
 /// Runs via `from_fn_with_state` on the routes that need a caller. Each failed authentication
 /// takes from the client address's budget; a successful one does not. An address over its
-/// budget is refused the lookups (database, Entra JWKS) that an attacker would make us do, not
-/// its callers: a credential that verifies from what is cached, or offline, is still served,
-/// so one noisy client behind a shared address cannot lock every tenant out.
+/// budget has its failures refused (the per-address 429), not its callers: a credential that
+/// verifies is served, so one noisy client behind a shared address cannot lock every tenant
+/// out. The lookups (database, Entra JWKS) it takes to tell are paced per address instead (one
+/// at a time, at most 50 a second: `auth::lookup_lanes`), so a guesser cannot make unbounded
+/// lookups either.
 pub async fn require_principal(
     State(state): State<Arc<AppState>>,
     mut request: Request,
@@ -49,15 +51,18 @@ pub async fn require_principal(
         }
     };
     let exhausted = state.limits.auth_failures_exhausted(&client_ip).await;
-    let lookups = match exhausted {
-        Some(_) => Lookups::Refused,
+    let lane = exhausted.map(|_| state.authenticator.lanes.lane(client_ip.bucket_key()));
+    let lookups = match &lane {
+        Some(lane) => Lookups::Paced(lane),
         None => Lookups::Allowed,
     };
-    let error = match state
+    let authenticated = state
         .authenticator
         .authenticate(request.headers(), lookups)
-        .await
-    {
+        .await;
+    // The address's lane is held only while its lookup may run.
+    drop(lane);
+    let error = match authenticated {
         Ok(principal) => {
             log_principal(&principal);
             request.extensions_mut().insert(principal);
@@ -88,15 +93,16 @@ pub async fn require_principal(
         response
     };
     let response = match exhausted {
-        // Over budget already: whatever the reason, the answer is the per-address limit.
-        Some(retry_after) => per_ip(retry_after),
+        // Over budget already: a failure is answered with the per-address limit; anything
+        // else (an outage of ours, a valid credential's scope) as usual.
+        Some(retry_after) if error.is_failed_authentication() => per_ip(retry_after),
         None if error.is_failed_authentication() => {
             match state.limits.record_auth_failure(&client_ip).await {
                 Decision::Limited { retry_after } => per_ip(retry_after),
                 Decision::Allowed { .. } => ApiError::from(error).into_response(),
             }
         }
-        None => ApiError::from(error).into_response(),
+        _ => ApiError::from(error).into_response(),
     };
     drain_body(request).await;
     response

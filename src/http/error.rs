@@ -291,7 +291,7 @@ impl ApiError {
                 "rate_limited",
                 match limit {
                     Limit::PerPrincipal => "Too many requests for this credential; retry after the number of seconds in Retry-After.",
-                    Limit::FailedAuthPerIp => "Too many failed authentications from this address; credentials that need a lookup are refused until Retry-After seconds have passed.",
+                    Limit::FailedAuthPerIp => "Too many failed authentications from this address; failing credentials are refused until Retry-After seconds have passed.",
                 }
                 .into(),
                 Some(json!({
@@ -399,12 +399,6 @@ impl From<AuthError> for ApiError {
                 Self::Forbidden("This Microsoft Entra directory is not registered with any tenant.")
             }
             AuthError::EntraUnavailable { retry_after } => Self::EntraUnavailable { retry_after },
-            // Only asked for once the address is over its budget (the middleware supplies when
-            // the budget has room again); refused as the per-address limit.
-            AuthError::LookupRefused => Self::RateLimited {
-                retry_after: std::time::Duration::from_secs(1),
-                limit: Limit::FailedAuthPerIp,
-            },
             AuthError::Store(error) => Self::from(error),
         }
     }
@@ -518,12 +512,6 @@ mod tests {
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
                 "entra_unavailable",
-                None,
-            ),
-            (
-                AuthError::LookupRefused,
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
                 None,
             ),
             (

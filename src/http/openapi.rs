@@ -45,7 +45,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "`Authorization: Bearer <token>` where `<token>` is either a `neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user). An API key holds scopes (`sessions:mint`, `tokens:manage`, `revocations:read`, `directory:write`; keys made before scopes, and keys made without `--scope`, hold the first three); a dashboard user holds the first three; a route used without its scope answers 403 `insufficient_scope` naming it in `error.details.required_scope` and in `WWW-Authenticate`.",
+                        "`Authorization: Bearer <token>` where `<token>` is either a `neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user). An API key holds scopes (`sessions:mint`, `tokens:manage`, `revocations:read`, `directory:read`, `directory:write`; keys made before scopes, and keys made without `--scope`, hold the first four; `directory:write` is for the platform's keys only); a dashboard user holds the first four; a route used without its scope answers 403 `insufficient_scope` naming it in `error.details.required_scope` and in `WWW-Authenticate`.",
                     ))
                     .build(),
             ),

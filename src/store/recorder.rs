@@ -177,14 +177,21 @@ mod tests {
 
         let recorder = MintRecorder::spawn(Arc::clone(&store), 64, Arc::default());
         // On this single-threaded runtime the three are queued before the writer runs, so they
-        // share one batch; the middle one names no session (a foreign-key violation).
-        let tasks: Vec<_> = ["s-acme-1", "no-such-session", "s-acme-wl"]
-            .into_iter()
-            .map(|session_id| {
-                let recorder = recorder.clone();
-                tokio::spawn(async move { recorder.record(record(session_id)).await })
-            })
-            .collect();
+        // share one batch; the middle one names no tenant (a foreign-key violation: a record
+        // may outlive its session, never name a tenant that does not exist).
+        let tasks: Vec<_> = [
+            ("s-acme-1", "acme"),
+            ("s-acme-1", "no-such-tenant"),
+            ("s-acme-wl", "acme"),
+        ]
+        .into_iter()
+        .map(|(session_id, tenant_id)| {
+            let recorder = recorder.clone();
+            let mut record = record(session_id);
+            record.tenant_id = tenant_id.to_owned();
+            tokio::spawn(async move { recorder.record(record).await })
+        })
+        .collect();
         let mut results = Vec::new();
         for task in tasks {
             results.push(task.await.unwrap());

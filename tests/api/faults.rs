@@ -262,25 +262,7 @@ async fn a_probe_flood_shares_one_ping(backend: Backend) {
     assert!(pings <= 2, "{pings} pings for 200 probes");
 }
 
-/// The audit trail outlives its subject: deleting a session (or its tenant) that has mint
-/// records is refused by the database, and the records stay.
-async fn mint_records_outlive_their_session_and_tenant(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    app.mint_ok(ACME_KEY, BODY()).await;
-    for statement in [
-        "DELETE FROM chat_sessions WHERE id = 's-acme-1'",
-        "DELETE FROM tenants WHERE id = 'acme'",
-    ] {
-        let result = sqlx::query(statement).execute(&app.db.pool).await;
-        assert!(result.is_err(), "{statement} was allowed");
-    }
-    assert_eq!(app.mint_count().await, 1);
-}
-
-backend_tests!(
-    a_probe_flood_shares_one_ping,
-    mint_records_outlive_their_session_and_tenant,
-);
+backend_tests!(a_probe_flood_shares_one_ping);
 
 /// PostgreSQL ends every backend of the service's database (`pg_terminate_backend`, as a fast
 /// shutdown or a failover does: SQLSTATE 57P01) while the API key must be looked up: no caller

@@ -173,23 +173,24 @@ async fn retention_zero_keeps_everything(backend: Backend) {
     assert!(jti_present(&app.db, jti).await);
 }
 
-/// Mint records outlive their session and tenant: deleting either is refused while records
-/// point at it, instead of the audit trail vanishing with its subject.
+/// Mint records outlive their session and tenant: a session may be deleted (the directory does)
+/// and its records stay; a tenant with records may not be deleted, so no record names a tenant
+/// that is gone.
 async fn mint_records_do_not_vanish_with_their_session(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
         .await;
     let count = app.mint_count().await;
     assert!(count >= 1);
-    let deleted = sqlx::query("DELETE FROM chat_sessions WHERE id = 's-acme-1'")
+    sqlx::query("DELETE FROM chat_sessions WHERE id = 's-acme-1'")
         .execute(&app.db.pool)
-        .await;
-    assert!(deleted.is_err(), "a session with mint records was deleted");
+        .await
+        .expect("a session with mint records can be deleted");
     let deleted = sqlx::query("DELETE FROM tenants WHERE id = 'acme'")
         .execute(&app.db.pool)
         .await;
     assert!(deleted.is_err(), "a tenant with mint records was deleted");
-    assert_eq!(app.mint_count().await, count);
+    assert_eq!(app.mint_count().await, count, "the records stay");
 }
 
 backend_tests!(

@@ -240,9 +240,9 @@ impl KeySetCache {
         };
         let held = match age {
             Some(age) => format!(
-                "the key set held is {} s old, past the {} s it is trusted without a refresh",
-                age.as_secs(),
-                trusted_for.as_secs()
+                "the key set held is {:.1} s old, past the {:.1} s it is trusted without a refresh",
+                age.as_secs_f64(),
+                trusted_for.as_secs_f64()
             ),
             None => "no key set fetched yet".to_owned(),
         };
