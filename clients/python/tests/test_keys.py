@@ -104,7 +104,7 @@ def test_while_the_jwks_fails_a_stale_set_is_trusted_for_a_bounded_time_and_fetc
         v.verify(key.sign(), "s-1")
     assert outage.value.code == "jwks_unavailable"
     assert outage.value.detail is not None
-    assert "661 s old, past the 660 s" in outage.value.detail and "503" in outage.value.detail
+    assert "661.0 s old, past the 660.0 s" in outage.value.detail and "503" in outage.value.detail
     fake.down = False
     assert code(v, key.sign()) == "jwks_unavailable", "the back-off holds the next fetch"
     clock.now += 61

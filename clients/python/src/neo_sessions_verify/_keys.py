@@ -211,8 +211,8 @@ class KeySet:
             held = "no key set fetched yet"
         else:
             held = (
-                f"the key set held is {int(self.clock() - self.fetched_at)} s old, past the "
-                f"{int(self.current_for + self.stale_for)} s it is trusted without a refresh"
+                f"the key set held is {self.clock() - self.fetched_at:.1f} s old, past the "
+                f"{self.current_for + self.stale_for:.1f} s it is trusted without a refresh"
             )
         return f"{held}; last fetch: {self.last_error}" if self.last_error else held
 
