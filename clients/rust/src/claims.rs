@@ -40,6 +40,10 @@ const ALGORITHMS: [Algorithm; 3] = [Algorithm::ES256, Algorithm::EdDSA, Algorith
 pub struct TokenRules {
     /// One validation per algorithm a key of ours may have; the key decides which applies.
     validations: [(Algorithm, Validation); 3],
+    issuer: String,
+    audience: String,
+    /// Whole seconds.
+    leeway: i64,
 }
 
 impl TokenRules {
@@ -47,14 +51,20 @@ impl TokenRules {
     pub fn new(issuer: &str, audience: &str, leeway: Duration) -> Self {
         let validations = ALGORITHMS.map(|algorithm| {
             let mut validation = Validation::new(algorithm);
-            validation.set_issuer(&[issuer]);
-            validation.set_audience(&[audience]);
             validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-            validation.validate_nbf = true;
-            validation.leeway = leeway.as_secs();
+            // The signature, the required claims and their types are jsonwebtoken's to check;
+            // time, issuer and audience are `validate_at`'s, against the time it is given.
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.validate_aud = false;
             (algorithm, validation)
         });
-        Self { validations }
+        Self {
+            validations,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
+        }
     }
 
     /// The `kid` of a header that says it is a session token; its key is the caller's to find.
@@ -79,6 +89,26 @@ impl TokenRules {
         key: &DecodingKey,
         session_id: Option<&str>,
     ) -> Result<SessionClaims, VerifyError> {
+        let now = chrono::Utc::now().timestamp();
+        self.validate_at(token, header, algorithm, key, session_id, now)
+    }
+
+    /// [`Self::validate`] as of `now` (seconds since the epoch) instead of the clock: `exp` and
+    /// `nbf` are compared with it. For replaying a decision and for the shared test vectors
+    /// (`tests/vectors/`); a service verifies with [`Self::validate`].
+    ///
+    /// The checks run in this order, the first failure deciding the error: the header's `typ`
+    /// and `kid`, its `alg` against the key's, the signature, the required claims and their
+    /// types, `exp`, `nbf`, `iss`, `aud`, the session.
+    pub fn validate_at(
+        &self,
+        token: &str,
+        header: &Header,
+        algorithm: Algorithm,
+        key: &DecodingKey,
+        session_id: Option<&str>,
+        now: i64,
+    ) -> Result<SessionClaims, VerifyError> {
         Self::kid(header)?;
         if header.alg != algorithm {
             return Err(VerifyError::AlgorithmMismatch);
@@ -88,16 +118,25 @@ impl TokenRules {
         };
         let claims = decode::<SessionClaims>(token, key, validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => VerifyError::Expired,
-                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-                ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
-                ErrorKind::InvalidAudience => VerifyError::WrongAudience,
                 ErrorKind::InvalidSignature => VerifyError::BadSignature,
                 ErrorKind::InvalidAlgorithm => VerifyError::AlgorithmMismatch,
                 ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => VerifyError::BadClaims,
                 _ => VerifyError::Malformed,
             })?
             .claims;
+        // As jsonwebtoken compares them: expired once `exp` is more than the leeway past.
+        if claims.exp < now.saturating_sub(self.leeway) {
+            return Err(VerifyError::Expired);
+        }
+        if claims.nbf > now.saturating_add(self.leeway) {
+            return Err(VerifyError::NotYetValid);
+        }
+        if claims.iss != self.issuer {
+            return Err(VerifyError::WrongIssuer);
+        }
+        if claims.aud != self.audience {
+            return Err(VerifyError::WrongAudience);
+        }
         match session_id {
             Some(session_id) if claims.session_id != session_id => Err(VerifyError::WrongSession),
             _ => Ok(claims),

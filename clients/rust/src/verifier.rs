@@ -145,6 +145,30 @@ pub enum VerifyError {
     RevocationFeed(String),
 }
 
+impl VerifyError {
+    /// A stable name for the refusal, the same in every verifier of ours (the Python package's
+    /// `VerifyError.code`, the shared test vectors in `tests/vectors/`): the variant's name in
+    /// snake_case (`RevocationFeed`, an outage, is `revocation_feed_unavailable`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::WrongType => "wrong_type",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::AlgorithmMismatch => "algorithm_mismatch",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::BadClaims => "bad_claims",
+            Self::WrongSession => "wrong_session",
+            Self::Revoked => "revoked",
+            Self::JwksUnavailable(_) => "jwks_unavailable",
+            Self::RevocationFeed(_) => "revocation_feed_unavailable",
+        }
+    }
+}
+
 /// The revoked jtis held, each until its token expires, and where the feed was left.
 #[derive(Default)]
 struct DenyList {
@@ -302,6 +326,20 @@ impl Verifier {
         token: &str,
         session_id: &str,
     ) -> Result<SessionClaims, VerifyError> {
+        self.verify_at(token, session_id, Utc::now()).await
+    }
+
+    /// [`Self::verify`] with `exp` and `nbf` compared with `at` instead of the clock (whole
+    /// seconds; the leeway applies as usual). Everything else is as of now: the key set held or
+    /// fetched now, the revocations learnt so far. For the shared test vectors
+    /// (`tests/vectors/`, whose tokens are checked at a fixed time) and for replaying a decision;
+    /// a service verifies with [`Self::verify`].
+    pub async fn verify_at(
+        &self,
+        token: &str,
+        session_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<SessionClaims, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         let kid = TokenRules::kid(&header)?;
         let key = match self.keys.key(kid).await {
@@ -315,12 +353,13 @@ impl Verifier {
                 return Err(VerifyError::JwksUnavailable(self.keys.unavailable_reason()))
             }
         };
-        let claims = self.rules.validate(
+        let claims = self.rules.validate_at(
             token,
             &header,
             key.algorithm,
             &key.decoding,
             Some(session_id),
+            at.timestamp(),
         )?;
         if self.is_revoked(&claims.jti) {
             return Err(VerifyError::Revoked);
