@@ -508,3 +508,59 @@ backend_tests!(
     tenants_read_their_own_rows_and_never_write,
     lists_page_and_tenants_carry_their_quota,
 );
+
+/// The README's operator path: an empty database to a first mint without `seed`. `migrate`,
+/// the platform tenant by `directory import` (the one thing the API may not create), a
+/// `directory:write` key, then the platform's rows over HTTP, a tenant key, and a mint.
+async fn an_empty_database_reaches_a_first_mint_without_seed(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let cli = Cli::new(&db);
+    cli.run(&["migrate"]).await.assert_success();
+    let refused = cli
+        .run(&["api-key", "create", "--tenant", "acme", "--name", "relay"])
+        .await;
+    refused.assert_failure();
+    let platform = cli.write_fixture(
+        "platform.jsonl",
+        &json!({"tenant": {"id": "neo", "name": "Neo", "platform": true}}),
+    );
+    cli.run(&["directory", "import", &platform.to_string_lossy()])
+        .await
+        .assert_success();
+    let sync = create_key(
+        &db,
+        &[
+            "--tenant",
+            "neo",
+            "--name",
+            "sync",
+            "--scope",
+            "directory:write",
+        ],
+    )
+    .await;
+    let handle = TestDatabase::attach(backend, &db.name, db.url.clone()).await;
+    let app = TestApp::builder(backend).database(db).spawn().await;
+
+    put_ok(&app, &sync, "/tenants/acme", json!({"name": "Acme MSP"})).await;
+    put_ok(
+        &app,
+        &sync,
+        "/tenants/acme/agents/101",
+        json!({"name": "Helpdesk"}),
+    )
+    .await;
+    put_ok(&app, &sync, "/sessions/s-1", json!({"tenant_id": "acme"})).await;
+    let relay = create_key(&handle, &["--tenant", "acme", "--name", "teams relay"]).await;
+    let (data, _) = app
+        .mint_ok(
+            &relay,
+            json!({"session_id": "s-1", "allowed_agent_ids": [101]}),
+        )
+        .await;
+    let claims = app.verify(data["token"].as_str().expect("token")).await;
+    assert_eq!(claims.session_id, "s-1");
+    assert_eq!(claims.client_id, "acme");
+}
+
+backend_tests!(an_empty_database_reaches_a_first_mint_without_seed);
