@@ -8,7 +8,8 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer};
 
-/// The smallest `max_header_bytes`: hyper's HTTP/1 server panics on a smaller read buffer.
+/// The smallest `max_header_bytes` (hyper's HTTP/1 server panics on a read buffer smaller than
+/// this, and a head cap below it would refuse ordinary requests).
 pub const MIN_MAX_HEADER_BYTES: usize = 8192;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,8 +31,7 @@ pub struct ServerConfig {
     /// Open connections from one client address (IPv4 address, IPv6 /64) at most; more are
     /// answered 503 `too_many_connections`. 0: no per-address cap (behind a proxy).
     pub max_connections_per_address: usize,
-    /// The buffer a request head must fit in (hyper's read buffer); a larger head is answered
-    /// 431. At least 8192.
+    /// The bytes a request head must fit in; a larger head is answered 431. At least 8192.
     pub max_header_bytes: usize,
     /// On SIGTERM, open connections get this long to finish before they are cut.
     pub shutdown_grace_seconds: u64,
