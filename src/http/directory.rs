@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{
-    envelope::{ErrorEnvelope, Pagination, SuccessMeta, Timings},
+    envelope::{page_limit, ErrorEnvelope, Pagination, SuccessMeta, Timings},
     error::ApiError,
     extract::{ApiJson, Authorized, ReadDirectory, WriteDirectory},
     request_context::RequestContext,
@@ -26,9 +26,6 @@ use crate::{
     freshness::Topic,
     store::{DirectoryRefusal, Written},
 };
-
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 200;
 
 /// One row of the directory, in the envelope.
 #[derive(Debug, Serialize, ToSchema)]
@@ -61,18 +58,12 @@ pub struct DeletedEnvelope {
 type Reply<T> = Result<(StatusCode, Json<DirectoryRow<T>>), ApiError>;
 
 fn invalid(error: EntryError) -> ApiError {
-    let mut fields = serde_json::Map::new();
-    fields.insert(error.field.into(), error.reason.into());
-    ApiError::Validation(fields)
+    ApiError::invalid_field(error.field, error.reason)
 }
 
 /// The body as an entry: its shape is a 422 naming what is wrong (not JSON at all was a 400).
 fn entry<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
-    serde_json::from_value(body).map_err(|e| {
-        let mut fields = serde_json::Map::new();
-        fields.insert("body".into(), e.to_string().into());
-        ApiError::Validation(fields)
-    })
+    serde_json::from_value(body).map_err(|e| ApiError::invalid_field("body", e.to_string()))
 }
 
 /// Whether `principal` may read `tenant_id`'s rows: its own, or any for the platform.
@@ -139,19 +130,7 @@ fn deleted(ctx: RequestContext, timings: Timings, revoked_tokens: u64) -> Json<D
 /// `limit` and `cursor` (the last id of the previous page, base64url) of a list request.
 fn page(query: &HashMap<String, String>) -> Result<(u32, String), ApiError> {
     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-    let bad = |field: &str, message: &str| {
-        let mut fields = serde_json::Map::new();
-        fields.insert(field.into(), message.into());
-        ApiError::Validation(fields)
-    };
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| bad("limit", "must be an integer from 1 to 200"))?,
-    };
+    let limit = page_limit(query)?;
     let after = match query.get("cursor").filter(|c| !c.is_empty()) {
         None => String::new(),
         Some(cursor) => URL_SAFE_NO_PAD
@@ -159,7 +138,9 @@ fn page(query: &HashMap<String, String>) -> Result<(u32, String), ApiError> {
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| bad("cursor", "is not a cursor this service gave out"))?,
+            .ok_or_else(|| {
+                ApiError::invalid_field("cursor", "is not a cursor this service gave out")
+            })?,
     };
     Ok((limit, after))
 }
@@ -669,12 +650,7 @@ pub async fn list_agents(
         0
     } else {
         after.parse::<i64>().map_err(|_| {
-            let mut fields = serde_json::Map::new();
-            fields.insert(
-                "cursor".into(),
-                "is not a cursor this service gave out".into(),
-            );
-            ApiError::Validation(fields)
+            ApiError::invalid_field("cursor", "is not a cursor this service gave out")
         })?
     };
     let mut timings = Timings::default();

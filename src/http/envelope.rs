@@ -45,6 +45,26 @@ pub struct Pagination {
     pub has_more: bool,
 }
 
+/// Rows a list answers per page by default, and at most.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+
+/// A list request's `limit` query parameter: the default when absent, else 1 to 200.
+pub fn page_limit(
+    query: &std::collections::HashMap<String, String>,
+) -> Result<u32, super::error::ApiError> {
+    match query.get("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                super::error::ApiError::invalid_field("limit", "must be an integer from 1 to 200")
+            }),
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SuccessMeta {
     pub request_id: Uuid,

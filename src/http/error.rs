@@ -155,6 +155,13 @@ impl ErrorReport {
 }
 
 impl ApiError {
+    /// 422 `validation_failed` naming one field (or query parameter) and what is wrong with it.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        let mut fields = Map::new();
+        fields.insert(field.into(), Value::String(message.into()));
+        Self::Validation(fields)
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingCredentials

@@ -229,9 +229,7 @@ pub async fn introspect_session_token(
         ));
     }
     let Some(token) = body.get("token").and_then(serde_json::Value::as_str) else {
-        let mut fields = serde_json::Map::new();
-        fields.insert("token".into(), "is required, a string".into());
-        return Err(ApiError::Validation(fields));
+        return Err(ApiError::invalid_field("token", "is required, a string"));
     };
     let mut timings = Timings::default();
     let inactive = Introspection {
@@ -453,11 +451,7 @@ pub async fn revocations(
     Authorized { principal, .. }: Authorized<ReadRevocations>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Success<RevocationFeed>>, ApiError> {
-    let invalid = |field: &str, message: &str| {
-        let mut errors = serde_json::Map::new();
-        errors.insert(field.into(), message.into());
-        ApiError::Validation(errors)
-    };
+    let invalid = |field: &str, message: &str| ApiError::invalid_field(field, message);
     let cursor = match query.get("cursor") {
         None => None,
         Some(text) => Some(
@@ -669,21 +663,11 @@ mod cursor_tests {
     }
 }
 
-/// The tokens listed per page by default, and at most.
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 200;
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionTokenList {
     pub data: Vec<SessionTokenRecord>,
     /// With `pagination`: pass `next_cursor` as `cursor` for the next page.
     pub meta: SuccessMeta,
-}
-
-fn bad_query(field: &str, message: &str) -> ApiError {
-    let mut errors = serde_json::Map::new();
-    errors.insert(field.into(), message.into());
-    ApiError::Validation(errors)
 }
 
 /// `cursor` is `base64url(issued_at|jti)` of the last record of the previous page.
@@ -733,22 +717,14 @@ pub async fn list_session_tokens(
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(_) => return Err(bad_query("active", "must be true or false")),
+        Some(_) => return Err(ApiError::invalid_field("active", "must be true or false")),
     };
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| bad_query("limit", "must be an integer from 1 to 200"))?,
-    };
+    let limit = super::envelope::page_limit(&query)?;
     let after = match query.get("cursor").filter(|cursor| !cursor.is_empty()) {
         None => None,
-        Some(cursor) => Some(
-            decode_cursor(cursor)
-                .ok_or_else(|| bad_query("cursor", "is not a cursor this service gave out"))?,
-        ),
+        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
+            ApiError::invalid_field("cursor", "is not a cursor this service gave out")
+        })?),
     };
     let mint_query = crate::store::MintQuery {
         tenant_id: principal.tenant_id().to_owned(),

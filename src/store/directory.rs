@@ -85,6 +85,19 @@ macro_rules! revoke_live {
     }};
 }
 
+/// Whether tenant `$id` exists, its row locked for the rest of the transaction `$tx` on
+/// PostgreSQL (`$lock`: [`Pool::lock_rows`]): writes of one tenant's rows are serialised, so a
+/// rule over them (one active Neo Support session) holds.
+macro_rules! tenant_locked {
+    ($tx:expr, $lock:expr, $id:expr) => {
+        sqlx::query_scalar::<_, String>(&format!("SELECT id FROM tenants WHERE id = $1{}", $lock))
+            .bind($id)
+            .fetch_optional(&mut *$tx)
+            .await?
+            .is_some()
+    };
+}
+
 impl Store {
     pub async fn directory_tenant(&self, id: &str) -> StoreResult<Option<TenantRecord>> {
         run!(self, "directory_tenant", Safe, |pool| sqlx::query_as(
@@ -296,12 +309,7 @@ impl Store {
         let lock = self.pool.lock_rows();
         run!(self, "put_end_company", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
-            let tenant: Option<String> =
-                sqlx::query_scalar(&format!("SELECT id FROM tenants WHERE id = $1{lock}"))
-                    .bind(&row.tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if tenant.is_none() {
+            if !tenant_locked!(tx, lock, &row.tenant_id) {
                 return Ok(Err(DirectoryRefusal::TenantNotFound(row.tenant_id.clone())));
             }
             let created = sqlx::query_scalar::<_, String>(
@@ -410,12 +418,7 @@ impl Store {
         let lock = self.pool.lock_rows();
         run!(self, "put_agent", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
-            let tenant: Option<String> =
-                sqlx::query_scalar(&format!("SELECT id FROM tenants WHERE id = $1{lock}"))
-                    .bind(&row.tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if tenant.is_none() {
+            if !tenant_locked!(tx, lock, &row.tenant_id) {
                 return Ok(Err(DirectoryRefusal::TenantNotFound(row.tenant_id.clone())));
             }
             let owner: Option<String> =
@@ -513,12 +516,7 @@ impl Store {
         run!(self, "put_session", Never, |pool| {
             let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             // The tenant's row lock serialises writes of its sessions (the Neo Support rule).
-            let tenant: Option<String> =
-                sqlx::query_scalar(&format!("SELECT id FROM tenants WHERE id = $1{lock}"))
-                    .bind(&row.tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if tenant.is_none() {
+            if !tenant_locked!(tx, lock, &row.tenant_id) {
                 return Ok(Err(DirectoryRefusal::TenantNotFound(row.tenant_id.clone())));
             }
             let existing: Option<SessionRow> = sqlx::query_as(&format!(

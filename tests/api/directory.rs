@@ -45,33 +45,6 @@ async fn call(app: &TestApp, method: Method, key: &str, path: &str) -> reqwest::
         .await
 }
 
-/// The platform's feed once it holds at least `expected` revocations (within 10 s): on
-/// PostgreSQL a revocation is handed out once no older transaction on the server (other tests'
-/// included) is in flight.
-async fn feed(app: &TestApp, expected: usize) -> Vec<String> {
-    let started = std::time::Instant::now();
-    loop {
-        let response = app
-            .request(
-                Method::GET,
-                "/public-api/sessions/revocations",
-                Some(NEO_KEY),
-            )
-            .await;
-        let body: Value = response.json().await.expect("json");
-        let jtis: Vec<String> = body["data"]["revocations"]
-            .as_array()
-            .expect("revocations")
-            .iter()
-            .map(|r| r["jti"].as_str().expect("jti").to_owned())
-            .collect();
-        if jtis.len() >= expected || started.elapsed() > std::time::Duration::from_secs(10) {
-            return jtis;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// An app on a seeded database, with a `directory:write` platform key.
 async fn app_with_directory_key(backend: Backend) -> (TestApp, String, TestDatabase) {
     let db = TestDatabase::seeded(backend).await;
@@ -154,7 +127,7 @@ async fn the_platform_writes_the_directory_and_the_mint_follows(backend: Backend
     .await;
     assert_eq!(closed["data"]["status"], "closed");
     assert!(
-        feed(&app, 1).await.contains(&jti),
+        app.revoked_jtis(NEO_KEY, 1).await.contains(&jti),
         "the earlier token is in the feed"
     );
     let refused = app
@@ -184,7 +157,7 @@ async fn removals_take_their_tokens_with_them(backend: Backend) {
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["data"]["revoked_tokens"], 1, "{body}");
-    let revoked = feed(&app, 1).await;
+    let revoked = app.revoked_jtis(NEO_KEY, 1).await;
     assert!(revoked.contains(&first["jti"].as_str().unwrap().to_owned()));
     assert!(!revoked.contains(&second["jti"].as_str().unwrap().to_owned()));
     let response = app
@@ -212,7 +185,8 @@ async fn removals_take_their_tokens_with_them(backend: Backend) {
     let response = call(&app, Method::DELETE, &key, "/sessions/s-acme-1").await;
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["data"]["revoked_tokens"], 1, "{body}");
-    assert!(feed(&app, 2)
+    assert!(app
+        .revoked_jtis(NEO_KEY, 2)
         .await
         .contains(&second["jti"].as_str().unwrap().to_owned()));
     let response = app.mint(ACME_KEY, json!({"session_id": "s-acme-1"})).await;

@@ -49,27 +49,6 @@ async fn mint_and_revoke(app: &TestApp, key: &str, session_id: &str) -> String {
     jti
 }
 
-/// The feed as `key` reads it, once it holds at least `expected` revocations (within 10 s: on
-/// PostgreSQL a revocation is handed out once no older transaction on the server is in flight).
-async fn feed_jtis(app: &TestApp, key: &str, expected: usize) -> Vec<String> {
-    let started = std::time::Instant::now();
-    loop {
-        let response = app.request(Method::GET, FEED, Some(key)).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.expect("json");
-        let jtis: Vec<String> = body["data"]["revocations"]
-            .as_array()
-            .expect("revocations")
-            .iter()
-            .map(|r| r["jti"].as_str().expect("jti").to_owned())
-            .collect();
-        if jtis.len() >= expected || started.elapsed() > std::time::Duration::from_secs(10) {
-            return jtis;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 async fn introspect(app: &TestApp, key: &str, token: &str) -> reqwest::Response {
     app.client
         .post(app.url("/public-api/sessions/introspect"))
@@ -102,7 +81,7 @@ async fn a_feed_reading_key_reads_every_tenants_feed_and_does_nothing_else(backe
 
     let acme_jti = mint_and_revoke(&app, ACME_KEY, "s-acme-1").await;
     let globex_jti = mint_and_revoke(&app, GLOBEX_KEY, "s-globex-1").await;
-    let jtis = feed_jtis(&app, &feed_key, 2).await;
+    let jtis = app.revoked_jtis(&feed_key, 2).await;
     assert!(
         jtis.contains(&acme_jti) && jtis.contains(&globex_jti),
         "{jtis:?}"
@@ -192,7 +171,7 @@ async fn a_mint_only_key_mints_and_nothing_else(backend: Backend) {
     )
     .await;
     assert!(
-        feed_jtis(&app, ACME_KEY, 0).await.is_empty(),
+        app.revoked_jtis(ACME_KEY, 0).await.is_empty(),
         "nothing was revoked"
     );
 }
@@ -208,7 +187,7 @@ async fn keys_made_before_scopes_keep_what_they_could_do(backend: Backend) {
     let app = TestApp::builder(backend).database(db).spawn().await;
 
     let jti = mint_and_revoke(&app, ACME_KEY, "s-acme-1").await;
-    assert!(feed_jtis(&app, ACME_KEY, 1).await.contains(&jti));
+    assert!(app.revoked_jtis(ACME_KEY, 1).await.contains(&jti));
     let response = app
         .request(Method::GET, "/public-api/sessions", Some(ACME_KEY))
         .await;

@@ -520,6 +520,34 @@ impl TestApp {
     pub async fn mint_count(&self) -> i64 {
         self.db.count("session_token_mints").await
     }
+
+    /// The revocation feed's jtis as `credential` reads them, once it holds at least `expected`
+    /// (within 10 s): on PostgreSQL a revocation is handed out once no older transaction on the
+    /// server (other tests' included) is in flight.
+    pub async fn revoked_jtis(&self, credential: &str, expected: usize) -> Vec<String> {
+        let started = std::time::Instant::now();
+        loop {
+            let response = self
+                .request(
+                    Method::GET,
+                    "/public-api/sessions/revocations",
+                    Some(credential),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.expect("json");
+            let jtis: Vec<String> = body["data"]["revocations"]
+                .as_array()
+                .expect("revocations")
+                .iter()
+                .map(|r| r["jti"].as_str().expect("jti").to_owned())
+                .collect();
+            if jtis.len() >= expected || started.elapsed() > std::time::Duration::from_secs(10) {
+                return jtis;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// A response header as text, if present (and visible ASCII).
