@@ -36,7 +36,9 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Where the generated signing key (and, later, the embedded database) lives.
+    /// Where the embedded SQLite database lives and, on it, the key-encryption key generated when
+    /// none is configured (created mode 0700). The signing keys are sealed in the database, not
+    /// kept here.
     pub dir: PathBuf,
 }
 

@@ -25,6 +25,7 @@ mod support;
 mod auth;
 mod cli;
 mod connections;
+mod data_dir;
 mod demo;
 mod directory;
 mod directory_import;
