@@ -34,6 +34,7 @@ const TOKEN_TYPE: &str = "Bearer";
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct IntrospectionForm {
     /// The token to introspect.
+    #[schema(min_length = 1)]
     pub token: String,
     /// What the caller thinks the token is (`access_token`, …): this endpoint knows one kind
     /// of token and ignores the hint, whatever it says.
