@@ -34,8 +34,8 @@ use crate::{
     config::{self, Config},
     freshness::Freshness,
     http::{
-        authenticate, directory, health, jwks, openapi, prometheus, rate_limit, request_context,
-        sessions, tokens,
+        authenticate, directory, health, jwks, oauth, openapi, prometheus, rate_limit,
+        request_context, sessions, tokens,
     },
     metrics::Metrics,
     mint::{Minter, TtlBounds},
@@ -66,6 +66,16 @@ impl App {
     /// Binds `server.listen` (and `server.metrics_listen`) first, so a taken port fails before
     /// the database is touched, then builds the state.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_serving(config, false).await
+    }
+
+    /// [`App::build`] for `serve --demo`: unless `server.public_url` says otherwise, the
+    /// discovery document's URLs are the address it listens on (the port chosen, for `:0`).
+    pub async fn build_demo(config: Config) -> anyhow::Result<Self> {
+        Self::build_serving(config, true).await
+    }
+
+    async fn build_serving(config: Config, demo: bool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -77,7 +87,12 @@ impl App {
                 })?),
                 None => None,
             };
-        let state = build_state(config).await?;
+        let public_url = match &config.server.public_url {
+            Some(url) => url.as_str().to_owned(),
+            None if demo => format!("http://{address}"),
+            None => config.token.issuer.trim_end_matches('/').to_owned(),
+        };
+        let state = build_state(config, public_url).await?;
         Ok(Self {
             state,
             listener,
@@ -149,7 +164,7 @@ const CHANGE_FEED_RETRY: Duration = Duration::from_secs(1);
 
 /// Connects the store, applies migrations (when `server.migrate_on_start`), loads or generates
 /// the signing key, and builds the state the router serves.
-async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
+async fn build_state(config: Config, public_url: String) -> anyhow::Result<Arc<AppState>> {
     let metrics = Arc::new(Metrics::new());
     // The keys' secrets first: a missing key-encryption key stops start-up before the database
     // is touched.
@@ -190,7 +205,7 @@ async fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     .context("invalid rate_limit.redis_url")?;
     limits.wait_for_redis(Duration::from_secs(1)).await;
     Ok(state(
-        config, store, issuer, entra_keys, limits, metrics, freshness,
+        config, public_url, store, issuer, entra_keys, limits, metrics, freshness,
     ))
 }
 
@@ -272,8 +287,10 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<store::Store>>
 
 /// The state of one app. `entra_keys` is the Entra key source, present when Entra
 /// login is configured. Starts the mint recorder, so it runs inside a Tokio runtime.
+#[allow(clippy::too_many_arguments)]
 fn state(
     config: Config,
+    public_url: String,
     store: Arc<Store>,
     issuer: Arc<TokenIssuer>,
     entra_keys: Option<Arc<dyn EntraKeySource>>,
@@ -312,6 +329,7 @@ fn state(
     Arc::new(AppState {
         minter,
         config,
+        public_url,
         store,
         issuer,
         authenticator,
@@ -372,6 +390,19 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
             authenticate::require_principal,
         ));
 
+    // The OAuth endpoint: the same layers, with an API key also taken as HTTP Basic client
+    // credentials.
+    let oauth = OpenApiRouter::new()
+        .routes(routes!(oauth::introspect))
+        .route_layer(from_fn_with_state(
+            Arc::clone(state),
+            rate_limit::per_principal,
+        ))
+        .route_layer(from_fn_with_state(
+            Arc::clone(state),
+            authenticate::require_client,
+        ));
+
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::live))
@@ -381,6 +412,7 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(jwks::openid_configuration))
         .routes(routes!(prometheus::metrics))
         .merge(authenticated)
+        .merge(oauth)
 }
 
 /// The router and the layers every request passes, outermost first.

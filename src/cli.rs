@@ -266,7 +266,11 @@ async fn serve_command(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let app = App::build(config).await?;
+    let app = if demo {
+        App::build_demo(config).await?
+    } else {
+        App::build(config).await?
+    };
     let address = app.address();
     let state = app.state();
     if demo {

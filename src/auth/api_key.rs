@@ -118,6 +118,31 @@ impl ApiKeyVerifier {
     }
 
     pub async fn verify(&self, raw: &str, lookups: Lookups<'_>) -> Result<Principal, AuthError> {
+        let row = self.find_valid(raw, lookups).await?;
+        Ok(self.principal(&row))
+    }
+
+    /// An API key presented as OAuth client credentials: `client_id` must be the key's id
+    /// (compared in constant time), `raw` the key.
+    pub async fn verify_client(
+        &self,
+        client_id: &str,
+        raw: &str,
+        lookups: Lookups<'_>,
+    ) -> Result<Principal, AuthError> {
+        let row = self.find_valid(raw, lookups).await?;
+        if !bool::from(row.id.as_bytes().ct_eq(client_id.as_bytes())) {
+            return Err(invalid("client id is not the API key's id"));
+        }
+        Ok(self.principal(&row))
+    }
+
+    /// The row of a key that exists, is of this environment and is not revoked.
+    async fn find_valid(
+        &self,
+        raw: &str,
+        lookups: Lookups<'_>,
+    ) -> Result<Arc<ApiKeyRow>, AuthError> {
         let Some(env) = key_env(raw) else {
             return Err(invalid("malformed API key"));
         };
@@ -134,6 +159,11 @@ impl ApiKeyVerifier {
         if row.revoked_at.is_some() {
             return Err(invalid("revoked API key"));
         }
+        Ok(row)
+    }
+
+    /// The caller a valid key's row makes (noting its use).
+    fn principal(&self, row: &ApiKeyRow) -> Principal {
         if self.last_used.due(&row.id) {
             let store = Arc::clone(&self.store);
             let key_id = row.id.clone();
@@ -143,12 +173,12 @@ impl ApiKeyVerifier {
                 }
             });
         }
-        Ok(Principal::ApiKey {
+        Principal::ApiKey {
             tenant_id: row.tenant_id.clone(),
             key_id: row.id.clone(),
             platform: row.tenant_platform,
             scopes: row.scopes(),
-        })
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The bearer layer: reads `Authorization: Bearer <credential>` and resolves it into one
-//! [`Principal`], or refuses the request with 401 before any handler runs.
+//! The bearer layer: reads `Authorization: Bearer <credential>` (and, where a route accepts
+//! it, an API key as HTTP Basic client credentials) and resolves it into one [`Principal`], or
+//! refuses the request with 401 before any handler runs.
 
 pub mod api_key;
 pub mod entra;
@@ -131,6 +132,80 @@ impl Authenticator {
         }
         Err(invalid("unrecognised credential"))
     }
+
+    /// Resolves the credential of a caller that OAuth 2.0 calls a client: the bearer credential
+    /// as [`Self::authenticate`] does, or an API key as HTTP Basic client credentials (RFC 6749
+    /// §2.3.1, `client_secret_basic`): the user name is the key's id, the password the key.
+    /// Skips all fields so no credential reaches a log.
+    #[instrument(skip_all, name = "authenticate")]
+    pub async fn authenticate_client(
+        &self,
+        headers: &HeaderMap,
+        lookups: Lookups<'_>,
+    ) -> Result<Principal, AuthError> {
+        match basic_credentials(headers)? {
+            Some((client_id, key)) => self.api_keys.verify_client(&client_id, &key, lookups).await,
+            None => self.authenticate(headers, lookups).await,
+        }
+    }
+}
+
+/// How a request presents its credential, by the scheme of its one `Authorization` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    Basic,
+    /// No header, several, or another scheme.
+    Other,
+}
+
+impl Scheme {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Self::Other;
+        };
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let scheme = value.trim().split(' ').next().unwrap_or_default();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            Self::Bearer
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            Self::Basic
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// The client id and secret of an `Authorization: Basic` header (scheme case-insensitive),
+/// each form-urlencoded before the pair was base64-encoded (RFC 6749 §2.3.1); `None` for any
+/// other scheme (or none), which the bearer reader then judges.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, AuthError> {
+    if Scheme::of(headers) != Scheme::Basic {
+        return Ok(None);
+    }
+    let malformed = || invalid("malformed Basic credentials");
+    let value = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(malformed)?;
+    let encoded = value
+        .trim()
+        .split_once(' ')
+        .map(|(_, credentials)| credentials.trim())
+        .filter(|credentials| !credentials.is_empty())
+        .ok_or_else(malformed)?;
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let decoded = STANDARD.decode(encoded).map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (client_id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let form_decoded = |text: &str| {
+        percent_encoding::percent_decode_str(&text.replace('+', " "))
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .map_err(|_| malformed())
+    };
+    Ok(Some((form_decoded(client_id)?, form_decoded(secret)?)))
 }
 
 /// The credential of the one `Authorization: Bearer` header (scheme case-insensitive).
@@ -170,6 +245,44 @@ mod tests {
             map.append(AUTHORIZATION, HeaderValue::from_static(v));
         }
         map
+    }
+
+    #[test]
+    fn basic_client_credentials_are_form_decoded() {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let basic = |pair: &str| {
+            let mut map = HeaderMap::new();
+            let value = format!("basic {}", STANDARD.encode(pair));
+            map.insert(AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+            map
+        };
+        assert_eq!(
+            basic_credentials(&basic("k-acme:neo_sk_test_x")).unwrap(),
+            Some(("k-acme".to_owned(), "neo_sk_test_x".to_owned()))
+        );
+        // `%3A` is a colon inside the id; `+` a space.
+        assert_eq!(
+            basic_credentials(&basic("a%3Ab+c:s:e")).unwrap(),
+            Some(("a:b c".to_owned(), "s:e".to_owned()))
+        );
+        assert_eq!(basic_credentials(&headers(&["Bearer abc"])).unwrap(), None);
+        assert_eq!(basic_credentials(&headers(&[])).unwrap(), None);
+        for bad in [
+            headers(&["Basic"]),
+            headers(&["Basic !!!"]),
+            basic("no colon"),
+            basic("%FF:x"),
+        ] {
+            assert!(matches!(
+                basic_credentials(&bad),
+                Err(AuthError::Invalid { .. })
+            ));
+        }
+        assert_eq!(Scheme::of(&basic("a:b")), Scheme::Basic);
+        assert_eq!(
+            Scheme::of(&headers(&["Bearer a", "Basic b"])),
+            Scheme::Other
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use self::{
     auth::{is_valid_key_env, ApiKeyConfig, EntraConfig, RateLimitConfig},
     log::{LogConfig, LogFormat},
     secret::{redact_url, Secret},
-    server::{ServerConfig, TrustedProxies, MIN_MAX_HEADER_BYTES},
+    server::{PublicUrl, ServerConfig, TrustedProxies, MIN_MAX_HEADER_BYTES},
     storage::{AuditConfig, CacheConfig, DataConfig, DatabaseBackend, DatabaseConfig},
     tokens::{SigningAlgorithm, SigningConfig, TokenConfig},
 };

@@ -41,6 +41,58 @@ pub struct ServerConfig {
     /// Reverse proxies whose `X-Forwarded-For` is believed: comma-separated IPs and CIDRs in
     /// the file and the variable, parsed once, here.
     pub trusted_proxies: TrustedProxies,
+    /// The URL clients reach the service at: the base of the discovery document's URLs.
+    #[serde(default)]
+    pub public_url: Option<PublicUrl>,
+    /// Take the discovery document's base URL from each request (`Host`; `X-Forwarded-Host`
+    /// and `X-Forwarded-Proto` only from trusted proxies).
+    pub public_url_from_request: bool,
+}
+
+/// An absolute `http`/`https` URL with a host and nothing after it but an optional `/`, kept
+/// without the trailing slash (`https://sessions.example.com`, `http://127.0.0.1:8080`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PublicUrl(String);
+
+impl PublicUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let refuse = || {
+            format!(
+                "{text:?} is not a base URL: http(s)://host[:port] with no path, query or credentials, e.g. https://sessions.example.com"
+            )
+        };
+        let url = url::Url::parse(text.trim()).map_err(|_| refuse())?;
+        let plain = matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.path() == "/"
+            && url.query().is_none()
+            && url.fragment().is_none();
+        if !plain {
+            return Err(refuse());
+        }
+        Ok(Self(url.origin().ascii_serialization()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PublicUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl From<PublicUrl> for String {
+    fn from(url: PublicUrl) -> Self {
+        url.0
+    }
 }
 
 /// The networks of trusted reverse proxies.

@@ -250,6 +250,33 @@ fn trusted_proxies_are_parsed_once_into_networks() {
     assert!(err.to_string().contains("NEO_TRUSTED_PROXIES"), "{err}");
 }
 
+#[test]
+fn the_public_url_is_a_bare_http_origin() {
+    let config = Config::load(None, env(&[])).unwrap();
+    assert_eq!(config.server.public_url, None);
+    assert!(!config.server.public_url_from_request);
+    let config = Config::load(
+        None,
+        env(&[("NEO_SERVER_PUBLIC_URL", "https://Sessions.Example.com:443/")]),
+    )
+    .unwrap();
+    let url = config.server.public_url.as_ref().map(PublicUrl::as_str);
+    assert_eq!(url, Some("https://sessions.example.com"));
+    for bad in [
+        "sessions.example.com",
+        "ftp://example.com",
+        "https://example.com/sessions",
+        "https://user:pw@example.com",
+        "https://example.com/?x=1",
+        "http://",
+    ] {
+        let err = Config::load(None, env(&[("NEO_SERVER_PUBLIC_URL", bad)])).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("NEO_SERVER_PUBLIC_URL"), "{bad}: {err}");
+        assert!(err.contains("https://sessions.example.com"), "{bad}: {err}");
+    }
+}
+
 /// Every secret set: neither `Debug` nor the serialized configuration (`config show`) shows one.
 #[test]
 fn debug_and_serialized_configuration_redact_every_secret() {

@@ -1,11 +1,13 @@
 //! The bearer layer: resolves the request's credential into a [`Principal`] (via
 //! [`crate::auth::Authenticator`]) before any handler runs, or refuses it in the envelope.
-//! Failed authentications take from the client address's budget.
+//! Failed authentications take from the client address's budget. The OAuth endpoint's layer
+//! ([`require_client`]) also takes an API key as HTTP Basic client credentials.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     extract::{ConnectInfo, Request, State},
+    http::{header::WWW_AUTHENTICATE, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -17,7 +19,7 @@ use super::{
     AppState,
 };
 use crate::{
-    auth::Lookups,
+    auth::{Lookups, Scheme},
     metrics::ReasonLabel,
     ratelimit::{client_ip, ClientIp, Decision},
 };
@@ -31,8 +33,51 @@ use crate::{
 /// lookups either.
 pub async fn require_principal(
     State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    authenticate(state, request, next, Accepted::Bearer).await
+}
+
+/// [`require_principal`] for the OAuth 2.0 endpoint (RFC 7662 introspection): the bearer
+/// credential, or an API key as HTTP Basic client credentials (RFC 6749 §2.3.1, the user name
+/// being the key's id). A 401 challenges with the scheme the client used, and with both when
+/// it sent neither (RFC 6749 §5.2).
+pub async fn require_client(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let scheme = Scheme::of(request.headers());
+    let mut response = authenticate(state, request, next, Accepted::BearerOrBasic).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let basic = HeaderValue::from_static("Basic realm=\"neo-sessions\", charset=\"UTF-8\"");
+        let headers = response.headers_mut();
+        match scheme {
+            Scheme::Basic => {
+                headers.insert(WWW_AUTHENTICATE, basic);
+            }
+            Scheme::Bearer => {}
+            Scheme::Other => {
+                headers.append(WWW_AUTHENTICATE, basic);
+            }
+        }
+    }
+    response
+}
+
+/// The credentials a route takes.
+#[derive(Clone, Copy)]
+enum Accepted {
+    Bearer,
+    BearerOrBasic,
+}
+
+async fn authenticate(
+    state: Arc<AppState>,
     mut request: Request,
     next: Next,
+    accepted: Accepted,
 ) -> Response {
     // Resolved once by the request context (after trusted proxies).
     let client_ip = match request.extensions().get::<ClientIp>() {
@@ -56,10 +101,15 @@ pub async fn require_principal(
         Some(lane) => Lookups::Paced(lane),
         None => Lookups::Allowed,
     };
-    let authenticated = state
-        .authenticator
-        .authenticate(request.headers(), lookups)
-        .await;
+    let authenticator = &state.authenticator;
+    let authenticated = match accepted {
+        Accepted::Bearer => authenticator.authenticate(request.headers(), lookups).await,
+        Accepted::BearerOrBasic => {
+            authenticator
+                .authenticate_client(request.headers(), lookups)
+                .await
+        }
+    };
     // The address's lane is held only while its lookup may run.
     drop(lane);
     let error = match authenticated {

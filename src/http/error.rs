@@ -64,6 +64,9 @@ pub enum ApiError {
     /// An `Idempotency-Key` whose first request is still minting.
     #[error("idempotency key in use")]
     IdempotencyKeyInUse,
+    /// An OAuth request that is malformed (RFC 6749 §5.2 `invalid_request`).
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("unsupported content type")]
@@ -172,7 +175,7 @@ impl ApiError {
             Self::SessionClosed | Self::IdempotencyKeyReused | Self::IdempotencyKeyInUse => {
                 StatusCode::CONFLICT
             }
-            Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidJson(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) | Self::InvalidEndCompany | Self::InvalidAgentIds(_) => {
@@ -271,6 +274,7 @@ impl ApiError {
                 format!("The request body is not valid JSON: {why}."),
                 None,
             ),
+            Self::InvalidRequest(why) => ("invalid_request", (*why).into(), None),
             Self::UnsupportedMediaType => {
                 let r = ErrorReport::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
                 (r.code, r.message, None)

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jwks;
+pub mod oauth;
 pub mod openapi;
 pub mod prometheus;
 pub mod rate_limit;
@@ -25,6 +26,9 @@ use crate::{
 /// What handlers and middleware read, shared behind one `Arc` (`app.rs` builds it).
 pub struct AppState {
     pub config: Config,
+    /// The base of the URLs the discovery document gives when they are not taken from the
+    /// request: `server.public_url`, else the token issuer (`serve --demo`: its own address).
+    pub public_url: String,
     pub store: Arc<Store>,
     /// The mint rules, with the session cache, recorder and idempotency claims they use.
     pub minter: Minter,

@@ -50,6 +50,17 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "basicAuth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "`/oauth2/introspect` only: an API key as OAuth 2.0 client credentials (`client_secret_basic`, RFC 6749 §2.3.1): the user name is the key's id (`key_…`, as `api-key create` and `api-key list` show it), the password the key; each form-urlencoded before they are joined and base64-encoded.",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -172,7 +183,7 @@ pub fn document_responses(document: &mut Value) {
                 if authenticated && (status == "401" || status == "403") {
                     headers.insert(
                         "WWW-Authenticate".into(),
-                        header("An RFC 6750 Bearer challenge."),
+                        header("An RFC 6750 Bearer challenge (at `/oauth2/introspect`, a Basic one for Basic credentials, and both when none were sent)."),
                     );
                 }
                 if authenticated && (status == "200" || status == "429") {

@@ -170,7 +170,12 @@ pub async fn request_context(
     let mut code = None;
     let mut limit = None;
     if status.is_client_error() || status.is_server_error() {
-        let rendered = render_error(response, request_id, &span);
+        let shape = if route == super::oauth::INTROSPECTION_PATH {
+            ErrorShape::OAuth
+        } else {
+            ErrorShape::Envelope
+        };
+        let rendered = render_error(response, request_id, &span, shape);
         response = rendered.response;
         code = Some(rendered.code);
         limit = rendered.limit;
@@ -267,12 +272,13 @@ pub fn log_jti(jti: Uuid) {
 }
 
 /// Route templates as metric labels (anything else is `unmatched`).
-const KNOWN_ROUTES: [&str; 12] = [
+const KNOWN_ROUTES: [&str; 13] = [
     MINT_ROUTE,
     "/public-api/sessions/revoke",
     "/public-api/sessions/revocations",
     "/public-api/sessions/{jti}",
     "/public-api/sessions/introspect",
+    super::oauth::INTROSPECTION_PATH,
     "/docs",
     "/public-api/health",
     "/public-api/health/live",
@@ -291,7 +297,19 @@ struct Rendered {
     limit: Option<&'static str>,
 }
 
-fn render_error(response: Response, request_id: Uuid, span: &tracing::Span) -> Rendered {
+/// How a route writes its errors: our envelope, or (the OAuth endpoint) RFC 6749 §5.2's object.
+#[derive(Clone, Copy)]
+enum ErrorShape {
+    Envelope,
+    OAuth,
+}
+
+fn render_error(
+    response: Response,
+    request_id: Uuid,
+    span: &tracing::Span,
+    shape: ErrorShape,
+) -> Rendered {
     let (mut parts, _) = response.into_parts();
     let report = parts
         .extensions
@@ -318,7 +336,11 @@ fn render_error(response: Response, request_id: Uuid, span: &tracing::Span) -> R
         });
     }
     let code = report.code;
-    let body = match serde_json::to_vec(&report.into_body(request_id)) {
+    let body = match shape {
+        ErrorShape::Envelope => report.into_body(request_id),
+        ErrorShape::OAuth => super::oauth::error_body(parts.status, &report),
+    };
+    let body = match serde_json::to_vec(&body) {
         Ok(body) => body,
         Err(_) => {
             return Rendered {

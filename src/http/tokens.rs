@@ -178,16 +178,59 @@ pub struct IntrospectionRequest {
     pub token: String,
 }
 
-/// RFC 7662: `active`, and the token's claims when it is active.
+/// RFC 7662's answer: an active token's claims, or `active: false` alone.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Introspection {
+#[serde(untagged)]
+pub enum Introspection {
+    Active(Box<ActiveToken>),
+    Inactive(InactiveToken),
+}
+
+/// An active token: `active: true`, its type, and every claim it carries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActiveToken {
+    #[schema(schema_with = always_true)]
     pub active: bool,
-    /// `neo-session+jwt` when active.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_type: Option<&'static str>,
+    /// `neo-session+jwt` (the JWT's `typ`) in the envelope; `Bearer` (an OAuth access token
+    /// type, how the chat service receives it) at `/oauth2/introspect`.
+    pub token_type: &'static str,
     #[serde(flatten)]
-    #[schema(value_type = Option<Object>)]
-    pub claims: Option<SessionClaims>,
+    pub claims: SessionClaims,
+}
+
+/// Anything else: revoked, expired, another tenant's, forged or malformed. Nothing more is said.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InactiveToken {
+    #[schema(schema_with = always_false)]
+    pub active: bool,
+}
+
+fn always_true() -> utoipa::openapi::Object {
+    boolean_constant(true)
+}
+
+fn always_false() -> utoipa::openapi::Object {
+    boolean_constant(false)
+}
+
+fn boolean_constant(value: bool) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Boolean)
+        .enum_values(Some([value]))
+        .build()
+}
+
+impl Introspection {
+    pub fn of(claims: Option<SessionClaims>, token_type: &'static str) -> Self {
+        match claims {
+            Some(claims) => Self::Active(Box::new(ActiveToken {
+                active: true,
+                token_type,
+                claims,
+            })),
+            None => Self::Inactive(InactiveToken { active: false }),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -196,13 +239,49 @@ pub struct IntrospectionEnvelope {
     pub meta: SuccessMeta,
 }
 
+/// Only service accounts (API keys) introspect; a route says so before it reads the body.
+pub fn may_introspect(principal: &Principal) -> Result<(), ApiError> {
+    match principal {
+        Principal::ApiKey { .. } => Ok(()),
+        _ => Err(ApiError::Forbidden(
+            "Introspection is for service accounts (API keys).",
+        )),
+    }
+}
+
+/// The one introspection rule both routes answer by (the envelope's and RFC 7662's): the claims
+/// of a token of ours that verifies, is recorded, is neither revoked nor expired and that
+/// `principal` may see; `None` for anything else. Only service accounts (API keys) introspect.
+pub async fn introspect(
+    state: &AppState,
+    principal: &Principal,
+    token: &str,
+    timings: &mut Timings,
+) -> Result<Option<SessionClaims>, ApiError> {
+    may_introspect(principal)?;
+    let Ok(claims) = state.authenticator.session_tokens.claims(token) else {
+        return Ok(None);
+    };
+    let row = timings
+        .time("db", state.store.find_mint(claims.jti))
+        .await?;
+    // No leeway on expiry: verification tolerates clock skew between machines, introspection
+    // answers from the one clock that issued the token, as the record does.
+    let now = Utc::now();
+    let active = claims.exp > now.timestamp()
+        && row.is_some_and(|row| {
+            row.revoked_at.is_none() && row.expires_at > now && visible(principal, &row)
+        });
+    Ok(active.then_some(claims))
+}
+
 #[utoipa::path(
     post,
     path = "/public-api/sessions/introspect",
     operation_id = "public_api.session_token_introspect",
     tag = "Chat",
-    summary = "Is this token active? (RFC 7662, for service accounts)",
-    description = "`active: true` with the claims for a token of ours that verifies, is recorded, is neither revoked nor expired (no leeway: `active: false` from the second `exp` passes) and belongs to the caller's tenant (or is a Neo Support token the platform key minted); `active: false` for anything else: revoked, expired, foreign, forged or malformed.",
+    summary = "Is this token active? (RFC 7662's answer in the envelope, for service accounts)",
+    description = "`active: true` with the claims for a token of ours that verifies, is recorded, is neither revoked nor expired (no leeway: `active: false` from the second `exp` passes) and belongs to the caller's tenant (or is a Neo Support token the platform key minted); `active: false` for anything else: revoked, expired, foreign, forged or malformed. A standard RFC 7662 client uses `POST /oauth2/introspect` instead (a form, the bare answer).",
     request_body(content = IntrospectionRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The answer.", body = IntrospectionEnvelope),
@@ -223,47 +302,14 @@ pub async fn introspect_session_token(
     Authorized { principal, .. }: Authorized<ManageTokens>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<Success<Introspection>>, ApiError> {
-    if !matches!(principal, Principal::ApiKey { .. }) {
-        return Err(ApiError::Forbidden(
-            "Introspection is for service accounts (API keys).",
-        ));
-    }
+    may_introspect(&principal)?;
     let Some(token) = body.get("token").and_then(serde_json::Value::as_str) else {
         return Err(ApiError::invalid_field("token", "is required, a string"));
     };
     let mut timings = Timings::default();
-    let inactive = Introspection {
-        active: false,
-        token_type: None,
-        claims: None,
-    };
-    let Ok(claims) = state.authenticator.session_tokens.claims(token) else {
-        return Ok(Success::new(
-            inactive,
-            SuccessMeta::new(ctx, timings, Vec::new()),
-        ));
-    };
-    let row = timings
-        .time("db", state.store.find_mint(claims.jti))
-        .await?;
-    // No leeway on expiry: verification tolerates clock skew between machines, introspection
-    // answers from the one clock that issued the token, as the record does.
-    let now = Utc::now();
-    let active = claims.exp > now.timestamp()
-        && row.is_some_and(|row| {
-            row.revoked_at.is_none() && row.expires_at > now && visible(&principal, &row)
-        });
-    let answer = if active {
-        Introspection {
-            active: true,
-            token_type: Some(SESSION_TOKEN_TYP),
-            claims: Some(claims),
-        }
-    } else {
-        inactive
-    };
+    let claims = introspect(&state, &principal, token, &mut timings).await?;
     Ok(Success::new(
-        answer,
+        Introspection::of(claims, SESSION_TOKEN_TYP),
         SuccessMeta::new(ctx, timings, Vec::new()),
     ))
 }

@@ -80,6 +80,25 @@ fn the_printed_demo_commands_mint_and_decode_a_token_on_every_start() {
             "start {start}: {minted}"
         );
         assert_eq!(minted["data"]["session_id"], "s-acme-1");
+        // The discovery document points at the demo itself, not at the production issuer.
+        let base = commands[0]
+            .split_whitespace()
+            .find_map(|word| word.strip_suffix("/public-api/sessions"))
+            .expect("the demo's address in the mint command")
+            .to_owned();
+        let discovery: Value = serde_json::from_str(&shell(&format!(
+            "curl -s {base}/.well-known/openid-configuration"
+        )))
+        .expect("discovery is JSON");
+        assert_eq!(
+            discovery["jwks_uri"],
+            format!("{base}/.well-known/jwks.json"),
+            "{discovery}"
+        );
+        assert_eq!(
+            discovery["introspection_endpoint"],
+            format!("{base}/oauth2/introspect")
+        );
 
         let decoded = shell(&commands[1]);
         assert!(

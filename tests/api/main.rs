@@ -37,6 +37,7 @@ mod invalidation;
 mod logging;
 mod metrics;
 mod mint;
+mod oauth;
 mod openapi;
 mod rate_limit;
 mod retention;

@@ -158,6 +158,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
             "GET /public-api/sessions",
             "GET /public-api/sessions/revocations",
             "GET /public-api/sessions/{jti}",
+            "POST /oauth2/introspect",
             "POST /public-api/sessions",
             "POST /public-api/sessions/introspect",
             "POST /public-api/sessions/revoke",
@@ -242,7 +243,99 @@ async fn the_jwks_publishes_only_public_key_material(backend: Backend) {
     );
 }
 
+/// The token's claims have a named schema with every claim a token always carries required, and
+/// both introspection answers (the envelope's `data` and RFC 7662's bare object) reference it.
+async fn the_claims_have_a_schema_that_both_introspections_reference(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let doc: Value = app.get_json("/public-api/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    let claims = &schemas["SessionClaims"];
+    let mut required: Vec<&str> = claims["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    required.sort_unstable();
+    assert_eq!(
+        required,
+        [
+            "allowed_agent_ids",
+            "aud",
+            "client_id",
+            "exp",
+            "iat",
+            "iss",
+            "jti",
+            "nbf",
+            "scope",
+            "session_id",
+            "sub"
+        ]
+    );
+    for nullable in ["end_company_id", "end_user", "end_user_email"] {
+        assert_eq!(
+            claims["properties"][nullable]["type"],
+            serde_json::json!(["string", "null"]),
+            "{nullable}"
+        );
+    }
+    let answer_schema = |path: &str| {
+        doc["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+            ["$ref"]
+            .clone()
+    };
+    assert_eq!(
+        answer_schema("/oauth2/introspect"),
+        "#/components/schemas/Introspection"
+    );
+    assert_eq!(
+        answer_schema("/public-api/sessions/introspect"),
+        "#/components/schemas/IntrospectionEnvelope"
+    );
+    assert_eq!(
+        schemas["IntrospectionEnvelope"]["properties"]["data"]["$ref"],
+        "#/components/schemas/Introspection"
+    );
+    let one_of = schemas["Introspection"]["oneOf"].clone();
+    assert_eq!(
+        one_of,
+        serde_json::json!([
+            {"$ref": "#/components/schemas/ActiveToken"},
+            {"$ref": "#/components/schemas/InactiveToken"}
+        ])
+    );
+    let active = &schemas["ActiveToken"]["allOf"];
+    assert_eq!(active[0]["$ref"], "#/components/schemas/SessionClaims");
+    assert_eq!(
+        active[1]["properties"]["active"]["enum"],
+        serde_json::json!([true])
+    );
+    assert_eq!(
+        schemas["InactiveToken"]["properties"]["active"]["enum"],
+        serde_json::json!([false])
+    );
+
+    // What a token really carries is what the schema says: every claim named, every required
+    // one present.
+    let (data, _) = app
+        .mint_ok(
+            crate::support::ACME_KEY,
+            serde_json::json!({"session_id": "s-acme-1"}),
+        )
+        .await;
+    let token = data["token"].as_str().expect("token");
+    let carried = app.verify(token).await;
+    let carried = serde_json::to_value(carried).expect("claims");
+    let carried = carried.as_object().expect("object");
+    let named = claims["properties"].as_object().expect("properties");
+    let mut carried_names: Vec<&String> = carried.keys().collect();
+    let mut named_names: Vec<&String> = named.keys().collect();
+    carried_names.sort_unstable();
+    named_names.sort_unstable();
+    assert_eq!(carried_names, named_names);
+}
+
 backend_tests!(
+    the_claims_have_a_schema_that_both_introspections_reference,
     the_docs_page_is_served_from_the_binary,
     the_committed_document_is_the_served_document,
     the_document_keeps_the_seed_contract,

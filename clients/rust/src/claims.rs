@@ -12,22 +12,39 @@ use crate::VerifyError;
 /// The explicit `typ` of our session tokens (RFC 8725 §3.11): no other JWT carries it.
 pub const SESSION_TOKEN_TYP: &str = "neo-session+jwt";
 
+// With the `schema` feature: the `SessionClaims` schema of the server's OpenAPI document.
 /// The claims of a minted session token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct SessionClaims {
+    /// The issuer (the service's configured `token.issuer`).
     pub iss: String,
+    /// The audience (the chat service, `token.audience`).
     pub aud: String,
+    /// The end user, else the session id.
     pub sub: String,
+    /// The token's id (a UUID), as the mint answered it.
+    #[cfg_attr(feature = "schema", schema(value_type = String, format = Uuid))]
     pub jti: Uuid,
+    /// Issued at (seconds since the epoch).
     pub iat: i64,
+    /// Not before (seconds since the epoch; equals `iat`).
     pub nbf: i64,
+    /// Expires at (seconds since the epoch): `exp - iat` is the TTL.
     pub exp: i64,
+    /// The one chat session the token is bound to.
     pub session_id: String,
+    /// The tenant the token is for.
     pub client_id: String,
+    /// The session's end company (a white-label tenant's customer), or null.
     pub end_company_id: Option<String>,
+    /// The end user the caller named, or null.
     pub end_user: Option<String>,
+    /// The end user's email the caller named, or null.
     pub end_user_email: Option<String>,
+    /// The agents the token may talk to (empty: the session's own rules apply).
     pub allowed_agent_ids: Vec<i64>,
+    /// Space-separated scopes (`chat:session`).
     pub scope: String,
 }
 
