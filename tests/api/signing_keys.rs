@@ -802,7 +802,7 @@ async fn withdrawing_the_signing_key_brings_the_next_key_forward(backend: Backen
         time_until_unpublished(&app, &active, Instant::now())
             .await
             .0,
-        [next.clone()]
+        std::slice::from_ref(&next)
     );
     let (data, _) = app
         .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
@@ -825,7 +825,7 @@ async fn withdrawing_the_signing_key_brings_the_next_key_forward(backend: Backen
         time_until_unpublished(&app, &pending, Instant::now())
             .await
             .0,
-        [next.clone()]
+        std::slice::from_ref(&next)
     );
     let (data, _) = app
         .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
