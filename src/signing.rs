@@ -716,8 +716,18 @@ pub async fn withdraw(
     let mut generated = None;
     let successor = if signing_now {
         let kek = kek?;
-        // Every key that stays published must open: the withdrawn one need not.
-        let staying: Vec<SigningKeyRow> = rows.iter().filter(|r| r.kid != kid).cloned().collect();
+        // Every key that stays published must open: the withdrawn one need not (marked here
+        // as it will be, so its predecessor's turn still ends where it did).
+        let staying: Vec<SigningKeyRow> = rows
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if r.kid == kid {
+                    r.withdrawn_at = Some(now);
+                }
+                r
+            })
+            .collect();
         check_opens_stored_keys(config, &kek, &staying)?;
         match staying
             .iter()
@@ -795,6 +805,49 @@ mod tests {
         let mut config = Config::default();
         config.data.dir = dir.path().join("data");
         (dir, config)
+    }
+
+    fn row(kid: &str, generation: i64, activates_at: DateTime<Utc>) -> SigningKeyRow {
+        SigningKeyRow {
+            kid: kid.to_owned(),
+            generation,
+            algorithm: "ES256".to_owned(),
+            sealed_private_key: Vec::new(),
+            created_at: activates_at,
+            activates_at,
+            withdrawn_at: None,
+        }
+    }
+
+    /// A withdrawn key is listed `withdrawn` and published by no one; one that had signed still
+    /// ended its predecessor's turn, one withdrawn before its time ends nobody's.
+    #[test]
+    fn a_withdrawn_key_ends_its_predecessors_turn_only_if_it_signed() {
+        let (_dir, config) = config_in_temp_dir();
+        let now = Utc::now();
+        let minutes = |m: i64| chrono::Duration::minutes(m);
+        let mut rows = vec![
+            row("k1", 1, now - minutes(30)),
+            row("k2", 2, now - minutes(10)),
+            row("k3", 3, now),
+            row("k4", 4, now + minutes(10)),
+        ];
+        // k2 signed from -10 min and was withdrawn now, k3 brought forward to now; k4 (next)
+        // withdrawn before its time.
+        rows[1].withdrawn_at = Some(now);
+        rows[3].withdrawn_at = Some(now);
+        let listed = listing(&config, &rows, now);
+        let states: Vec<&str> = listed.iter().map(|k| k.state).collect();
+        assert_eq!(states, ["retired", WITHDRAWN, "active", WITHDRAWN]);
+        assert_eq!(listed[0].retired_at, Some(now - minutes(10)));
+        assert_eq!(
+            listed[2].retired_at, None,
+            "k4 never signed: k3 stays active"
+        );
+        let published: Vec<&str> = published(&config, &rows)
+            .map(|(row, _)| row.kid.as_str())
+            .collect();
+        assert_eq!(published, ["k1", "k3"]);
     }
 
     #[tokio::test]

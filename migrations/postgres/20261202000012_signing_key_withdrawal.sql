@@ -19,11 +19,17 @@ CREATE TRIGGER signing_keys_notify AFTER INSERT OR UPDATE OR DELETE ON signing_k
 -- withdrawal takes this advisory lock exclusively before it marks the key and revokes; every
 -- insert takes it shared before it looks: either the insert commits first and the withdrawal's
 -- revocation sees its rows, or it waits for the withdrawal to commit and then sees the key
--- withdrawn. Shared holders never wait for each other.
+-- withdrawn. Shared holders never wait for each other. Once per statement (the recorder writes a
+-- batch in one), and while no key is withdrawn it stops at a look at the few key rows.
 CREATE FUNCTION neo_sessions_revoke_withdrawn_keys_tokens() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(7261120200012);
+    -- A statement after the lock: its snapshot sees a withdrawal committed before the lock.
+    PERFORM FROM signing_keys WHERE withdrawn_at IS NOT NULL;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
     UPDATE session_token_mints
        SET revoked_at = CURRENT_TIMESTAMP, revoked_by = 'signing-key withdraw ' || kid
      WHERE revoked_at IS NULL
