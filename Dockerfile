@@ -1,8 +1,12 @@
 # syntax=docker/dockerfile:1
 # Build:  docker build -t neo-sessions .
 # rust:1.93 rather than 1.88: the locked uuid 1.29.3 needs rustc >= 1.89.
+# Base images are pinned by digest, so a rebuild uses the bytes that were reviewed. To move to a
+# newer build of a tag: `docker buildx imagetools inspect rust:1.93-bookworm` (and
+# `... gcr.io/distroless/cc-debian12:nonroot`), then put the `Digest:` line's value here and in
+# docker-compose.yml (the tests service uses the same builder image).
 
-FROM rust:1.93-bookworm AS builder
+FROM rust:1.93-bookworm@sha256:7c4ae649a84014c467d79319bbf17ce2632ae8b8be123ac2fb2ea5be46823f31 AS builder
 WORKDIR /build
 
 # Dependency layer: compile every dependency against stub sources, so this
@@ -33,7 +37,7 @@ RUN find src clients/rust/src -name '*.rs' -exec touch {} + \
 RUN mkdir -p /out/data && chown 65532:65532 /out/data
 
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 COPY --from=builder /build/target/release/neo-sessions /usr/local/bin/neo-sessions
 COPY --from=builder --chown=65532:65532 /out/data /app/data
 # The example fixture, for `seed /app/fixtures/seed.example.json` (its keys are neo_sk_test_…,

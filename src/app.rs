@@ -170,7 +170,11 @@ async fn build_state(config: Config, public_url: String) -> anyhow::Result<Arc<A
     // is touched.
     let key_source = signing::KeySource::load(&config).context("cannot load the signing keys")?;
     let store = open_store_for_serving(&config, Arc::clone(&metrics)).await?;
-    let issuer = signing::start(&config, key_source, Arc::clone(&store))
+    // Caches answer once the change feed is live: no lookup is ever served from a cache that
+    // could miss a change. The signing keys follow it too (a withdrawal reaches every replica
+    // at once).
+    let freshness = Freshness::down();
+    let issuer = signing::start(&config, key_source, Arc::clone(&store), &freshness)
         .await
         .context("cannot load the signing keys")?;
     let entra_keys: Option<Arc<dyn EntraKeySource>> = if config.entra.enabled() {
@@ -182,9 +186,6 @@ async fn build_state(config: Config, public_url: String) -> anyhow::Result<Arc<A
     } else {
         None
     };
-    // Caches answer once the change feed is live: no lookup is ever served from a cache that
-    // could miss a change.
-    let freshness = Freshness::down();
     store::spawn_change_watcher(
         Arc::clone(&store),
         Arc::clone(&freshness),

@@ -134,7 +134,7 @@ pub enum SigningKeyCommand {
         #[arg(long, value_enum)]
         algorithm: Option<AlgorithmArg>,
     },
-    /// Every key with its state (next, active, retired, removed) and transition times.
+    /// Every key with its state (next, active, retired, removed, withdrawn) and transition times.
     List {
         /// `json` for scripts.
         #[arg(long, value_enum, default_value = "text")]
@@ -154,6 +154,20 @@ pub enum SigningKeyCommand {
     Discard {
         /// The key's kid (see `signing-key list`).
         kid: String,
+    },
+    /// Emergency: withdraw a (compromised) key now. In one transaction it stops signing, leaves
+    /// the JWKS and every live token it signed is revoked (the revocation feed carries them);
+    /// if it was the key signing, the `next` key signs from now on, or a key generated now
+    /// (which needs the key-encryption key). Every replica follows at once.
+    Withdraw {
+        /// The key's kid (see `signing-key list`).
+        kid: String,
+        /// The generated successor's algorithm (default: the withdrawn key's).
+        #[arg(long, value_enum)]
+        algorithm: Option<AlgorithmArg>,
+        /// `json` for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
     },
 }
 
@@ -687,6 +701,46 @@ async fn signing_key_command(
             println!(
                 "discarded key {kid} (it would have signed from {}); replicas stop publishing it within {} s",
                 would_have_signed_from.format("%Y-%m-%dT%H:%M:%SZ"),
+                config.signing.reload_seconds
+            );
+        }
+        SigningKeyCommand::Withdraw {
+            kid,
+            algorithm: arg,
+            output,
+        } => {
+            // Needed only when a successor must be checked or sealed (the key signs now): its
+            // absence is reported then, and nothing is written.
+            let kek = signing::key_encryption_key(config);
+            let store = connect_store(config).await?;
+            let done =
+                signing::withdraw(config, store.as_ref(), kek, &kid, arg.map(Into::into)).await?;
+            if output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "withdrew key {kid} (it was {}) at {}: no longer published nor signing",
+                done.was,
+                done.withdrawn_at.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+            match &done.successor {
+                Some(successor) if done.successor_generated => {
+                    println!("key {successor} was generated and signs from now on")
+                }
+                Some(successor) => {
+                    println!(
+                        "key {successor} (the next key) was brought forward and signs from now on"
+                    )
+                }
+                None => println!("the key signing now is unchanged"),
+            }
+            println!(
+                "revoked {} live token(s) it had signed: they are in the revocation feed",
+                done.revoked_tokens
+            );
+            println!(
+                "replicas follow on the change feed at once (at the latest within {} s); verify: GET /.well-known/jwks.json no longer lists {kid}",
                 config.signing.reload_seconds
             );
         }

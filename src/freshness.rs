@@ -28,16 +28,20 @@ pub enum Topic {
     Agents,
     EndCompanies,
     RateLimits,
+    /// Signing keys: every replica reloads its key ring at once (a withdrawal must not wait for
+    /// the next `signing.reload_seconds`).
+    SigningKeys,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 6] = [
+    pub const ALL: [Topic; 7] = [
         Topic::ApiKeys,
         Topic::Tenants,
         Topic::Sessions,
         Topic::Agents,
         Topic::EndCompanies,
         Topic::RateLimits,
+        Topic::SigningKeys,
     ];
 
     /// The topic of a table name as the triggers send it.
@@ -49,6 +53,7 @@ impl Topic {
             "agents" => Topic::Agents,
             "end_companies" => Topic::EndCompanies,
             "tenant_rate_limits" => Topic::RateLimits,
+            "signing_keys" => Topic::SigningKeys,
             _ => return None,
         })
     }

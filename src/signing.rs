@@ -5,7 +5,11 @@
 //! and at `activates_at` every replica signs with it (the time is stored, so replicas never
 //! compute it). Its predecessor is `retired` from that moment and stays published until the last
 //! token it signed has expired (max TTL plus leeway), then it is `removed` from the JWKS. Each
-//! replica reloads the keys every `signing.reload_seconds`.
+//! replica reloads the keys as soon as the change feed says they changed, and every
+//! `signing.reload_seconds` in any case.
+//!
+//! In an emergency a key is `withdrawn` ([`withdraw`]): at once it neither signs nor is
+//! published, a successor signs in its place, and the live tokens it signed are revoked.
 //!
 //! With `signing.key_file` there is one static key and nothing in the database.
 //!
@@ -20,7 +24,8 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::{
     config::{Config, DatabaseBackend, SigningAlgorithm},
-    store::{SigningKeyRow, Store, StoreError},
+    freshness::{Follower, Freshness, Topic},
+    store::{KeyWithdrawal, SigningKeyRow, Store, StoreError, Successor},
     tokens::{
         keys::{KeyError, SigningKey},
         seal::{ClaimsMac, Kek, SealError},
@@ -63,6 +68,11 @@ pub enum SigningError {
     },
     #[error("no signing key {kid} in the database")]
     NotFound { kid: String },
+    #[error("signing key {kid} was withdrawn at {withdrawn_at} already")]
+    AlreadyWithdrawn {
+        kid: String,
+        withdrawn_at: DateTime<Utc>,
+    },
     #[error("signing key {kid} is {state}: only a `next` key that has not started signing can be discarded (tokens it signed must keep verifying)")]
     NotDiscardable { kid: String, state: &'static str },
     #[error("signing key {kid} starts signing at {activates_at}, within {margin_seconds} s (a replica may not have reloaded by then, or its clock may run ahead): too late to discard; let it take over and rotate again")]
@@ -103,6 +113,27 @@ pub struct KeyListing {
     pub retired_at: Option<DateTime<Utc>>,
     /// When it leaves the JWKS (retired plus max TTL plus leeway).
     pub removed_at: Option<DateTime<Utc>>,
+    /// When it was withdrawn (state `withdrawn`): neither published nor signing since.
+    pub withdrawn_at: Option<DateTime<Utc>>,
+}
+
+/// The state `signing-key list` shows for a withdrawn key.
+pub const WITHDRAWN: &str = "withdrawn";
+
+/// What a withdrawal did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Withdrawal {
+    pub kid: String,
+    /// Its state when it was withdrawn: `active`, `next`, `retired` or `removed`.
+    pub was: &'static str,
+    pub withdrawn_at: DateTime<Utc>,
+    /// The key that signs instead, when it was the one signing.
+    pub successor: Option<String>,
+    /// Whether that successor was generated for it (else it was the `next` key, brought
+    /// forward).
+    pub successor_generated: bool,
+    /// Live tokens it had signed, now revoked.
+    pub revoked_tokens: u64,
 }
 
 /// How long a retired key stays published: the longest a token it signed can live, plus the
@@ -167,6 +198,7 @@ pub async fn start(
     config: &Config,
     source: KeySource,
     store: Arc<Store>,
+    freshness: &Freshness,
 ) -> Result<Arc<TokenIssuer>, SigningError> {
     let kek = match source {
         KeySource::File(key) => {
@@ -193,7 +225,16 @@ pub async fn start(
         Err(error) => return Err(error),
     };
     let issuer = Arc::new(TokenIssuer::new(ring, &config.token, kek.claims_mac()));
-    spawn_reload(config.clone(), store, kek, Arc::clone(&issuer), loaded);
+    let changed = Arc::new(KeysChanged::default());
+    freshness.follow(Arc::clone(&changed) as Arc<dyn Follower>);
+    spawn_reload(
+        config.clone(),
+        store,
+        kek,
+        Arc::clone(&issuer),
+        loaded,
+        changed,
+    );
     Ok(issuer)
 }
 
@@ -229,19 +270,43 @@ async fn load_or_create(
     Ok(ring)
 }
 
-/// The rows whose keys are still published (not `removed`): every row but those retired longer
-/// than the retire window ago.
+/// Whether a key has had (or is to have) its turn signing: every key but one withdrawn before
+/// its time came.
+fn takes_a_turn(row: &SigningKeyRow) -> bool {
+    // In whole seconds, as the key ring switches keys.
+    row.withdrawn_at
+        .is_none_or(|at| row.activates_at.timestamp() <= at.timestamp())
+}
+
+/// For each row (by generation), when its successor took over: the activation of the next key
+/// that takes a turn. A withdrawn key that had started signing still ended its predecessor's
+/// turn; one withdrawn before its time ends nothing.
+fn retirements(rows: &[SigningKeyRow]) -> Vec<Option<DateTime<Utc>>> {
+    (0..rows.len())
+        .map(|i| {
+            rows.get(i + 1..)
+                .unwrap_or_default()
+                .iter()
+                .find(|row| takes_a_turn(row))
+                .map(|row| row.activates_at)
+        })
+        .collect()
+}
+
+/// The rows whose keys are still published, with when each retired: every row but the
+/// withdrawn ones and those retired longer than the retire window ago (`removed`).
 fn published<'a>(
     config: &Config,
     rows: &'a [SigningKeyRow],
-) -> impl Iterator<Item = &'a SigningKeyRow> {
+) -> impl Iterator<Item = (&'a SigningKeyRow, Option<DateTime<Utc>>)> {
     let window = retire_window(config);
     let now = Utc::now().timestamp();
-    rows.iter().enumerate().filter_map(move |(i, row)| {
-        let retired_at = rows.get(i + 1).map(|next| next.activates_at.timestamp());
-        let removed = retired_at.is_some_and(|at| at.saturating_add(window) <= now);
-        (!removed).then_some(row)
-    })
+    rows.iter()
+        .zip(retirements(rows))
+        .filter(move |(row, retired_at)| {
+            let removed = retired_at.is_some_and(|at| at.timestamp().saturating_add(window) <= now);
+            row.withdrawn_at.is_none() && !removed
+        })
 }
 
 /// Decrypts the keys that are still published (reusing those decrypted before) into a ring.
@@ -252,7 +317,7 @@ fn ring_of(
     loaded: &mut HashMap<String, Arc<Vec<u8>>>,
 ) -> Result<KeyRing, SigningError> {
     let mut keys = Vec::new();
-    for row in published(config, rows) {
+    for (row, retired_at) in published(config, rows) {
         let algorithm = algorithm_of(row)?;
         let der = match loaded.get(&row.kid) {
             Some(der) => Arc::clone(der),
@@ -263,10 +328,17 @@ fn ring_of(
             }
         };
         let key = SigningKey::from_stored(&der, algorithm, &row.kid)?;
-        keys.push((key, row.activates_at.timestamp()));
+        keys.push((
+            key,
+            row.activates_at.timestamp(),
+            retired_at.map(|at| at.timestamp()),
+        ));
     }
-    // A discarded key's secret is not kept.
-    loaded.retain(|kid, _| rows.iter().any(|row| &row.kid == kid));
+    // A discarded or withdrawn key's secret is not kept.
+    loaded.retain(|kid, _| {
+        rows.iter()
+            .any(|row| &row.kid == kid && row.withdrawn_at.is_none())
+    });
     Ok(KeyRing::new(keys, retire_window(config))?)
 }
 
@@ -278,7 +350,7 @@ fn check_opens_stored_keys(
     rows: &[SigningKeyRow],
 ) -> Result<(), SigningError> {
     let now = Utc::now();
-    for row in published(config, rows) {
+    for (row, _) in published(config, rows) {
         if kek.open(&row.kid, &row.sealed_private_key).is_err() {
             return Err(SigningError::WrongKek {
                 kid: row.kid.clone(),
@@ -305,6 +377,7 @@ async fn insert(
         sealed_private_key: kek.seal(key.kid(), &der)?,
         created_at: Utc::now(),
         activates_at,
+        withdrawn_at: None,
     };
     if store.insert_signing_key(&row).await? {
         Ok(())
@@ -313,19 +386,39 @@ async fn insert(
     }
 }
 
-/// Reloads the keys every `signing.reload_seconds` and, with `signing.rotate_days`, rotates when
-/// the active key is that old. A reload that fails keeps the keys held.
+/// Wakes the reload loop when the change feed reports a change to the signing keys (a trigger
+/// on the table, whoever wrote it), and when the feed is lost or back (changes may have gone
+/// unseen).
+#[derive(Default)]
+struct KeysChanged(tokio::sync::Notify);
+
+impl Follower for KeysChanged {
+    fn row_changed(&self, topic: Topic, _tenant_id: &str, _id: &str) {
+        if topic == Topic::SigningKeys {
+            self.0.notify_one();
+        }
+    }
+
+    fn reset(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Reloads the keys when they change (`changed`) and every `signing.reload_seconds` in any
+/// case (a feed that is down says nothing) and, with `signing.rotate_days`, rotates when the
+/// active key is that old. A reload that fails keeps the keys held.
 fn spawn_reload(
     config: Config,
     store: Arc<Store>,
     kek: Kek,
     issuer: Arc<TokenIssuer>,
     mut loaded: HashMap<String, Arc<Vec<u8>>>,
+    changed: Arc<KeysChanged>,
 ) {
     let interval = Duration::from_secs(config.signing.reload_seconds.get());
     let issuer = Arc::downgrade(&issuer);
     tokio::spawn(async move {
-        let mut known: Vec<String> = Vec::new();
+        let mut known: Vec<KeyVersion> = Vec::new();
         loop {
             let Some(held) = issuer.upgrade() else {
                 return;
@@ -334,12 +427,14 @@ fn spawn_reload(
             // reload interval.
             let empty = held.ring().keys().is_empty();
             drop(held);
-            tokio::time::sleep(if empty {
-                Duration::from_secs(1)
-            } else {
-                interval
-            })
-            .await;
+            tokio::select! {
+                () = tokio::time::sleep(if empty {
+                    Duration::from_secs(1)
+                } else {
+                    interval
+                }) => {}
+                () = changed.0.notified() => {}
+            }
             let Some(issuer) = issuer.upgrade() else {
                 return;
             };
@@ -367,17 +462,17 @@ fn spawn_reload(
                     continue;
                 }
             };
-            let kids: Vec<String> = rows.iter().map(|r| r.kid.clone()).collect();
-            // States change with time alone (computed per request); only new rows need a
-            // rebuild.
-            if kids == known {
+            let versions: Vec<KeyVersion> = rows.iter().map(KeyVersion::of).collect();
+            // States change with time alone (computed per request); only new rows, and rows
+            // whose times changed (a withdrawal, a successor brought forward), need a rebuild.
+            if versions == known {
                 continue;
             }
             match ring_of(&config, &kek, &rows, &mut loaded) {
                 Ok(ring) => {
-                    tracing::info!(keys = kids.len(), "reloaded the signing keys");
+                    tracing::info!(keys = versions.len(), "reloaded the signing keys");
                     issuer.replace_ring(ring);
-                    known = kids;
+                    known = versions;
                 }
                 Err(error) => {
                     tracing::error!(%error, "cannot load the signing keys; keeping the keys held")
@@ -385,6 +480,24 @@ fn spawn_reload(
             }
         }
     });
+}
+
+/// What of a stored key decides the ring.
+#[derive(PartialEq, Eq)]
+struct KeyVersion {
+    kid: String,
+    activates_at: DateTime<Utc>,
+    withdrawn_at: Option<DateTime<Utc>>,
+}
+
+impl KeyVersion {
+    fn of(row: &SigningKeyRow) -> Self {
+        Self {
+            kid: row.kid.clone(),
+            activates_at: row.activates_at,
+            withdrawn_at: row.withdrawn_at,
+        }
+    }
 }
 
 /// A `next` key that starts signing `signing.lead_seconds` from now, sealed under `kek` (see
@@ -410,7 +523,10 @@ async fn add_next(
 ) -> Result<(String, DateTime<Utc>), SigningError> {
     check_opens_stored_keys(config, kek, rows)?;
     let now = Utc::now();
-    if let Some(pending) = rows.iter().find(|r| r.activates_at > now) {
+    if let Some(pending) = rows
+        .iter()
+        .find(|r| r.withdrawn_at.is_none() && r.activates_at > now)
+    {
         return Err(SigningError::RotationPending {
             kid: pending.kid.clone(),
             activates_at: pending.activates_at,
@@ -439,7 +555,7 @@ async fn rotate_if_due(
     kek: &Kek,
 ) -> Result<Option<String>, SigningError> {
     let rows = store.signing_keys().await?;
-    let Some(newest) = rows.last() else {
+    let Some(newest) = rows.iter().rev().find(|r| r.withdrawn_at.is_none()) else {
         return Ok(None);
     };
     let age = Utc::now() - newest.activates_at;
@@ -515,35 +631,169 @@ pub async fn discard(
 /// The keys with their states and transition times (nothing is decrypted).
 pub async fn list(config: &Config, store: &Store) -> Result<Vec<KeyListing>, SigningError> {
     let rows = store.signing_keys().await?;
+    Ok(listing(config, &rows, Utc::now()))
+}
+
+fn listing(config: &Config, rows: &[SigningKeyRow], now: DateTime<Utc>) -> Vec<KeyListing> {
     let window = retire_window(config);
-    let now = Utc::now();
     let at = |secs: i64| Utc.timestamp_opt(secs, 0).single();
-    Ok(rows
-        .iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let retired_at = rows.get(i + 1).map(|next| next.activates_at);
+    rows.iter()
+        .zip(retirements(rows))
+        .map(|(row, retired_at)| {
             let removed_at = retired_at.and_then(|r| at(r.timestamp().saturating_add(window)));
-            let state = if row.activates_at > now {
-                KeyState::Next
+            // In whole seconds, as the key ring (what replicas sign with) decides.
+            let now = now.timestamp();
+            let state = if row.withdrawn_at.is_some() {
+                WITHDRAWN
+            } else if row.activates_at.timestamp() > now {
+                KeyState::Next.as_str()
             } else {
                 match (retired_at, removed_at) {
-                    (Some(_), Some(removed)) if removed <= now => KeyState::Removed,
-                    (Some(retired), _) if retired <= now => KeyState::Retired,
-                    _ => KeyState::Active,
+                    (Some(_), Some(removed)) if removed.timestamp() <= now => {
+                        KeyState::Removed.as_str()
+                    }
+                    (Some(retired), _) if retired.timestamp() <= now => KeyState::Retired.as_str(),
+                    _ => KeyState::Active.as_str(),
                 }
             };
             KeyListing {
                 kid: row.kid.clone(),
                 algorithm: row.algorithm.clone(),
-                state: state.as_str(),
+                state,
                 created_at: row.created_at,
                 activates_at: row.activates_at,
                 retired_at,
                 removed_at,
+                withdrawn_at: row.withdrawn_at,
             }
         })
-        .collect())
+        .collect()
+}
+
+/// Who revoked the tokens of a withdrawn key, as their records say.
+pub const WITHDRAWAL_REVOKER: &str = "signing-key withdraw";
+
+/// Withdraws key `kid` at once (a compromised key), in one transaction: it stops signing and
+/// leaves the JWKS, and every live token it signed is revoked (in the revocation feed from the
+/// commit on). When it is the key signing now, a successor signs from this moment: the `next`
+/// key, brought forward, or else a key generated now (`algorithm`, by default the withdrawn
+/// key's), sealed under `kek`. Either way the key-encryption key is needed then, and must open
+/// every key that stays published: a successor no replica could open would leave them signing
+/// with the withdrawn key. Withdrawing a `next`, retired or removed key needs no successor and
+/// no key-encryption key. Every replica reloads on the change notification.
+///
+/// Records written before keys were recorded (migration 12) carry no `kid`: those issued within
+/// the key's signing window, widened by the leeway and a second on each side (a replica's clock
+/// may run behind or ahead, and `iat` is whole seconds), are revoked too; near a switch that can
+/// include a neighbouring key's tokens, never miss one of this key's.
+pub async fn withdraw(
+    config: &Config,
+    store: &Store,
+    kek: Result<Kek, SigningError>,
+    kid: &str,
+    algorithm: Option<SigningAlgorithm>,
+) -> Result<Withdrawal, SigningError> {
+    let rows = store.signing_keys().await?;
+    let now = Utc::now();
+    let listed = listing(config, &rows, now);
+    let Some((index, key)) = listed.iter().enumerate().find(|(_, k)| k.kid == kid) else {
+        return Err(SigningError::NotFound {
+            kid: kid.to_owned(),
+        });
+    };
+    let Some(row) = rows.get(index) else {
+        return Err(SigningError::NotFound {
+            kid: kid.to_owned(),
+        });
+    };
+    if let Some(withdrawn_at) = row.withdrawn_at {
+        return Err(SigningError::AlreadyWithdrawn {
+            kid: kid.to_owned(),
+            withdrawn_at,
+        });
+    }
+    let signing_now = key.state == KeyState::Active.as_str();
+    let mut generated = None;
+    let successor = if signing_now {
+        let kek = kek?;
+        // Every key that stays published must open: the withdrawn one need not (marked here
+        // as it will be, so its predecessor's turn still ends where it did).
+        let staying: Vec<SigningKeyRow> = rows
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if r.kid == kid {
+                    r.withdrawn_at = Some(now);
+                }
+                r
+            })
+            .collect();
+        check_opens_stored_keys(config, &kek, &staying)?;
+        match staying
+            .iter()
+            .find(|r| r.withdrawn_at.is_none() && r.activates_at.timestamp() > now.timestamp())
+        {
+            Some(next) => Some((next.kid.clone(), Some(next.activates_at))),
+            None => {
+                let algorithm = match algorithm {
+                    Some(algorithm) => algorithm,
+                    None => algorithm_of(row)?,
+                };
+                let new = SigningKey::generate(algorithm)?.0;
+                let der = new.to_pkcs8()?;
+                let generation = rows.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
+                generated = Some(SigningKeyRow {
+                    kid: new.kid().to_owned(),
+                    generation,
+                    algorithm: new.algorithm().as_str().to_owned(),
+                    sealed_private_key: kek.seal(new.kid(), &der)?,
+                    created_at: now,
+                    activates_at: now,
+                    withdrawn_at: None,
+                });
+                Some((new.kid().to_owned(), None))
+            }
+        }
+    } else {
+        None
+    };
+
+    let slack = chrono::Duration::seconds(
+        i64::try_from(config.token.leeway_seconds)
+            .unwrap_or(i64::MAX / 2)
+            .saturating_add(1),
+    );
+    let live_from = now - chrono::Duration::seconds(i64::from(config.token.max_ttl)) - slack;
+    let signed_from = row.activates_at - slack;
+    let signed_until = key.retired_at.map_or(now, |retired| retired.min(now)) + slack;
+    let revoked_by = format!("{WITHDRAWAL_REVOKER} {kid}");
+    let withdrawal = KeyWithdrawal {
+        kid,
+        activates_at: row.activates_at,
+        at: now,
+        successor: match (&successor, &generated) {
+            (Some((next, Some(activates_at))), _) => Some(Successor::Promote {
+                kid: next,
+                activates_at: *activates_at,
+            }),
+            (Some(_), Some(new)) => Some(Successor::Insert(new)),
+            _ => None,
+        },
+        issued_from: live_from.max(signed_from),
+        unrecorded_until: signed_until,
+        revoked_by: &revoked_by,
+    };
+    let Some(revoked_tokens) = store.withdraw_signing_key(&withdrawal).await? else {
+        return Err(SigningError::Conflict);
+    };
+    Ok(Withdrawal {
+        kid: kid.to_owned(),
+        was: key.state,
+        withdrawn_at: now,
+        successor: successor.map(|(kid, _)| kid),
+        successor_generated: generated.is_some(),
+        revoked_tokens,
+    })
 }
 
 #[cfg(test)]
@@ -555,6 +805,49 @@ mod tests {
         let mut config = Config::default();
         config.data.dir = dir.path().join("data");
         (dir, config)
+    }
+
+    fn row(kid: &str, generation: i64, activates_at: DateTime<Utc>) -> SigningKeyRow {
+        SigningKeyRow {
+            kid: kid.to_owned(),
+            generation,
+            algorithm: "ES256".to_owned(),
+            sealed_private_key: Vec::new(),
+            created_at: activates_at,
+            activates_at,
+            withdrawn_at: None,
+        }
+    }
+
+    /// A withdrawn key is listed `withdrawn` and published by no one; one that had signed still
+    /// ended its predecessor's turn, one withdrawn before its time ends nobody's.
+    #[test]
+    fn a_withdrawn_key_ends_its_predecessors_turn_only_if_it_signed() {
+        let (_dir, config) = config_in_temp_dir();
+        let now = Utc::now();
+        let minutes = |m: i64| chrono::Duration::minutes(m);
+        let mut rows = vec![
+            row("k1", 1, now - minutes(30)),
+            row("k2", 2, now - minutes(10)),
+            row("k3", 3, now),
+            row("k4", 4, now + minutes(10)),
+        ];
+        // k2 signed from -10 min and was withdrawn now, k3 brought forward to now; k4 (next)
+        // withdrawn before its time.
+        rows[1].withdrawn_at = Some(now);
+        rows[3].withdrawn_at = Some(now);
+        let listed = listing(&config, &rows, now);
+        let states: Vec<&str> = listed.iter().map(|k| k.state).collect();
+        assert_eq!(states, ["retired", WITHDRAWN, "active", WITHDRAWN]);
+        assert_eq!(listed[0].retired_at, Some(now - minutes(10)));
+        assert_eq!(
+            listed[2].retired_at, None,
+            "k4 never signed: k3 stays active"
+        );
+        let published: Vec<&str> = published(&config, &rows)
+            .map(|(row, _)| row.kid.as_str())
+            .collect();
+        assert_eq!(published, ["k1", "k3"]);
     }
 
     #[tokio::test]

@@ -267,6 +267,7 @@ impl Minter {
             allowed_agent_ids: agents_column,
             issued_at: minted.issued_at,
             expires_at: minted.expires_at,
+            kid: minted.kid.clone(),
         };
         if let Err(source) = timings.db(self.recorder.record(record)).await {
             let jti = minted.jti;

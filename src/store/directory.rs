@@ -51,7 +51,7 @@ pub type DirectoryResult<T> = StoreResult<Result<T, DirectoryRefusal>>;
 impl Pool {
     /// A writing transaction's first statement: on SQLite the write lock is taken at once, so a
     /// read before the first write cannot be overtaken by another writer.
-    fn begin_writing(&self) -> &'static str {
+    pub(super) fn begin_writing(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "BEGIN",
             Self::Sqlite(_) => "BEGIN IMMEDIATE",

@@ -379,6 +379,8 @@ pub struct MintRecord {
     pub allowed_agent_ids: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The signing key's `kid`: a withdrawal of that key revokes the token.
+    pub kid: String,
 }
 
 impl MintRecord {
@@ -511,6 +513,8 @@ pub struct SigningKeyRow {
     pub sealed_private_key: Vec<u8>,
     pub created_at: DateTime<Utc>,
     pub activates_at: DateTime<Utc>,
+    /// Set by an emergency withdrawal: never published nor signing again.
+    pub withdrawn_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for SigningKeyRow {
@@ -520,8 +524,44 @@ impl std::fmt::Debug for SigningKeyRow {
             .field("generation", &self.generation)
             .field("algorithm", &self.algorithm)
             .field("activates_at", &self.activates_at)
+            .field("withdrawn_at", &self.withdrawn_at)
             .finish_non_exhaustive()
     }
+}
+
+/// The advisory lock (PostgreSQL) a withdrawal holds exclusively and every insert of mint
+/// records takes shared (migration 12).
+pub(super) const WITHDRAWAL_LOCK: i64 = 7_261_120_200_012;
+
+/// One signing key's withdrawal, as [`Store::withdraw_signing_key`] applies it.
+#[derive(Debug)]
+pub struct KeyWithdrawal<'a> {
+    pub kid: &'a str,
+    /// Its `activates_at` as read: the withdrawal applies only to the row as the caller saw it.
+    pub activates_at: DateTime<Utc>,
+    /// The moment of the withdrawal: the successor signs from it.
+    pub at: DateTime<Utc>,
+    /// Who signs instead, when the key was the one signing.
+    pub successor: Option<Successor<'a>>,
+    /// Records issued before this are not looked at (they cannot be signed by it, or have
+    /// expired).
+    pub issued_from: DateTime<Utc>,
+    /// Records without a `kid` (written before keys were recorded) issued from `issued_from`
+    /// up to this are revoked too.
+    pub unrecorded_until: DateTime<Utc>,
+    pub revoked_by: &'a str,
+}
+
+/// The key that signs in a withdrawn key's place.
+#[derive(Debug)]
+pub enum Successor<'a> {
+    /// The `next` key, whose `activates_at` (as read) is brought forward to the withdrawal.
+    Promote {
+        kid: &'a str,
+        activates_at: DateTime<Utc>,
+    },
+    /// A key generated for it, signing from the withdrawal.
+    Insert(&'a SigningKeyRow),
 }
 
 #[derive(Debug, Clone)]

@@ -86,6 +86,7 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
     let mut agents = Vec::with_capacity(records.len());
     let mut issued_at = Vec::with_capacity(records.len());
     let mut expires_at = Vec::with_capacity(records.len());
+    let mut kid = Vec::with_capacity(records.len());
     for r in records {
         jti.push(r.jti);
         session_id.push(r.session_id.as_str());
@@ -98,14 +99,15 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
         agents.push(r.allowed_agent_ids.as_str());
         issued_at.push(r.issued_at);
         expires_at.push(r.expires_at);
+        kid.push(r.kid.as_str());
     }
     sqlx::query(
         "INSERT INTO session_token_mints
            (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
-            expires_at, minted_by_tenant, end_company_id, allowed_agent_ids)
+            expires_at, minted_by_tenant, end_company_id, allowed_agent_ids, kid)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                               $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                              $10::text[], $11::text[])",
+                              $10::text[], $11::text[], $12::text[])",
     )
     .bind(jti)
     .bind(session_id)
@@ -118,6 +120,7 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
     .bind(minted_by_tenant)
     .bind(end_company_id)
     .bind(agents)
+    .bind(kid)
     .execute(pool)
     .await?;
     Ok(())

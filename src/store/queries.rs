@@ -12,6 +12,7 @@ use super::{
     MintQuery, MintRow, NewApiKey, Revocation, SeedOutcome, SeedPlan, SessionRow, SigningKeyRow,
     Store, StoreError, StoreResult, TenantRow,
 };
+use super::{KeyWithdrawal, Pool, Successor, WITHDRAWAL_LOCK};
 
 /// The columns of a [`MintRow`], the token id read back as text on both backends.
 macro_rules! mint_columns {
@@ -463,7 +464,8 @@ impl Store {
     /// Every signing key, by generation.
     pub async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRow>> {
         run!(self, "signing_keys", Safe, |pool| sqlx::query_as(
-            "SELECT kid, generation, algorithm, sealed_private_key, created_at, activates_at
+            "SELECT kid, generation, algorithm, sealed_private_key, created_at, activates_at,
+                    withdrawn_at
              FROM signing_keys ORDER BY generation",
         )
         .fetch_all(pool)
@@ -507,6 +509,105 @@ impl Store {
         .await?
         .rows_affected()
             == 1)
+    }
+
+    /// Withdraws a signing key in one transaction: marks it withdrawn, brings its successor in
+    /// (when it was the key signing), and revokes the live tokens it signed. `None` (nothing
+    /// changed) when the keys are no longer as the caller read them: another command changed
+    /// them meanwhile. Else how many tokens were revoked.
+    pub async fn withdraw_signing_key(
+        &self,
+        withdrawal: &KeyWithdrawal<'_>,
+    ) -> StoreResult<Option<u64>> {
+        let w = withdrawal;
+        let begin = self.pool.begin_writing();
+        // PostgreSQL: the lock every mint record's insert takes shared (migration 12), so no
+        // record of this key commits unseen by the revocation below. SQLite's write lock,
+        // taken by BEGIN IMMEDIATE, does the same.
+        let exclude_recorders = match self.pool {
+            Pool::Postgres(_) => Some("SELECT pg_advisory_xact_lock($1)"),
+            Pool::Sqlite(_) => None,
+        };
+        run!(self, "withdraw_signing_key", Never, |pool| {
+            let mut tx = pool.begin_with(begin).await?;
+            if let Some(lock) = exclude_recorders {
+                sqlx::query(lock)
+                    .bind(WITHDRAWAL_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let marked = sqlx::query(
+                "UPDATE signing_keys SET withdrawn_at = $2
+                 WHERE kid = $1 AND withdrawn_at IS NULL AND activates_at = $3",
+            )
+            .bind(w.kid)
+            .bind(Ts(w.at))
+            .bind(Ts(w.activates_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if marked != 1 {
+                return Ok(None);
+            }
+            let succeeded = match &w.successor {
+                None => true,
+                Some(Successor::Promote { kid, activates_at }) => {
+                    sqlx::query(
+                        "UPDATE signing_keys SET activates_at = $2
+                         WHERE kid = $1 AND withdrawn_at IS NULL AND activates_at = $3",
+                    )
+                    .bind(kid)
+                    .bind(Ts(w.at))
+                    .bind(Ts(*activates_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1
+                }
+                Some(Successor::Insert(key)) => {
+                    sqlx::query(
+                        "INSERT INTO signing_keys
+                           (kid, generation, algorithm, sealed_private_key, created_at,
+                            activates_at)
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&key.kid)
+                    .bind(key.generation)
+                    .bind(&key.algorithm)
+                    .bind(&key.sealed_private_key)
+                    .bind(Ts(key.created_at))
+                    .bind(Ts(key.activates_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1
+                }
+            };
+            if !succeeded {
+                return Ok(None);
+            }
+            // Live records only, along (tenant_id, issued_at) as pruning goes: by the key
+            // recorded, or, for records from before keys were recorded, by the key's window.
+            let revoked = sqlx::query(
+                "UPDATE session_token_mints
+                 SET revoked_at = COALESCE($1, CURRENT_TIMESTAMP), revoked_by = $2
+                 WHERE revoked_at IS NULL AND expires_at > $3
+                   AND tenant_id IN (SELECT id FROM tenants) AND issued_at >= $4
+                   AND (kid = $5 OR (kid IS NULL AND issued_at <= $6))",
+            )
+            .bind(Now)
+            .bind(w.revoked_by)
+            .bind(Ts(w.at))
+            .bind(Ts(w.issued_from))
+            .bind(w.kid)
+            .bind(Ts(w.unrecorded_until))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Some(revoked)
+        })
     }
 
     /// Deletes at most `limit` idempotency claims made before `created_before`; how many.

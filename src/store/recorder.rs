@@ -168,6 +168,7 @@ mod tests {
             allowed_agent_ids: ",".to_owned(),
             issued_at: now,
             expires_at: now + chrono::Duration::seconds(900),
+            kid: "test-kid".to_owned(),
         }
     }
 

@@ -120,7 +120,7 @@ impl Follower for SessionCache {
                 .invalidate(&(tenant_id.to_owned(), id.to_owned())),
             // A tenant changed or went: what is held of it may no longer hold.
             Topic::Tenants => self.reset(),
-            Topic::ApiKeys | Topic::RateLimits => {}
+            Topic::ApiKeys | Topic::RateLimits | Topic::SigningKeys => {}
         }
     }
 

@@ -80,7 +80,7 @@ pub(super) async fn record_mints(pool: &SqlitePool, records: &[MintRecord]) -> S
     let mut insert = sqlx::QueryBuilder::new(
         "INSERT INTO session_token_mints
            (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
-            expires_at, minted_by_tenant, end_company_id, allowed_agent_ids) ",
+            expires_at, minted_by_tenant, end_company_id, allowed_agent_ids, kid) ",
     );
     insert.push_values(records, |mut row, r| {
         row.push_bind(Jti(r.jti))
@@ -93,7 +93,8 @@ pub(super) async fn record_mints(pool: &SqlitePool, records: &[MintRecord]) -> S
             .push_bind(Ts(r.expires_at))
             .push_bind(r.minted_by_tenant.clone())
             .push_bind(r.end_company_id.clone())
-            .push_bind(r.allowed_agent_ids.clone());
+            .push_bind(r.allowed_agent_ids.clone())
+            .push_bind(r.kid.clone());
     });
     insert.build().execute(pool).await?;
     Ok(())

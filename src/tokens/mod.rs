@@ -38,6 +38,8 @@ pub struct MintedToken {
     pub jti: Uuid,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The key that signed it.
+    pub kid: String,
     /// What was signed: kept (not the token) for an `Idempotency-Key` replay.
     pub claims: SessionClaims,
 }
@@ -91,16 +93,17 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// `keys` with their activation times (unix seconds), in any order.
-    pub fn new(mut keys: Vec<(SigningKey, i64)>, retire_window: i64) -> Result<Self, KeyError> {
-        keys.sort_by_key(|(_, at)| *at);
-        let successors: Vec<Option<i64>> = (0..keys.len())
-            .map(|i| keys.get(i + 1).map(|(_, at)| *at))
-            .collect();
+    /// `keys` with their activation times and the times their successors took over (unix
+    /// seconds; `None` while none has), in any order. The life cycle decides the retirements
+    /// (a withdrawn key, left out of the ring, may still have ended its predecessor's turn).
+    pub fn new(
+        mut keys: Vec<(SigningKey, i64, Option<i64>)>,
+        retire_window: i64,
+    ) -> Result<Self, KeyError> {
+        keys.sort_by_key(|(_, at, _)| *at);
         let keys = keys
             .into_iter()
-            .zip(successors)
-            .map(|((key, activates_at), retired_at)| {
+            .map(|(key, activates_at, retired_at)| {
                 let header = JwsHeader {
                     alg: key.algorithm().as_str(),
                     typ: SESSION_TOKEN_TYP,
@@ -123,7 +126,7 @@ impl KeyRing {
 
     /// A ring of one key that has always been active (a static key file).
     pub fn single(key: SigningKey) -> Result<Self, KeyError> {
-        Self::new(vec![(key, 0)], i64::MAX)
+        Self::new(vec![(key, 0, None)], i64::MAX)
     }
 
     pub fn state(&self, key: &RingKey, now: i64) -> KeyState {
@@ -325,6 +328,7 @@ impl TokenIssuer {
             jti: claims.jti,
             issued_at: at(claims.iat)?,
             expires_at: at(claims.exp)?,
+            kid: signer.key.kid().to_owned(),
             claims,
         })
     }

@@ -3,7 +3,9 @@
 //! still an end user, the retired key leaves the JWKS after its last token expired, a wrong
 //! key-encryption key stops start-up without touching a key, and the JWKS is cacheable. Off the
 //! embedded database the key-encryption key is required; a wrong one writes nothing; a `next`
-//! key is discarded (even one no replica can open) and leaves the JWKS.
+//! key is discarded (even one no replica can open) and leaves the JWKS. A compromised key is
+//! withdrawn at once on every replica: out of the JWKS, a successor signing, its live tokens
+//! revoked through the feed, other keys' tokens untouched.
 
 use std::num::NonZero;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::support::{
-    assert_error, cli::Cli, header, Backend, TestApp, TestDatabase, ACME_KEY, TEST_KEK,
+    assert_error, cli::Cli, header, Backend, TestApp, TestDatabase, ACME_KEY, NEO_KEY, TEST_KEK,
 };
 
 const BODY: fn() -> Value = || json!({"session_id": "s-acme-1", "ttl_seconds": 4});
@@ -467,6 +469,7 @@ async fn a_next_key_is_discarded_and_leaves_the_jwks(backend: Backend) {
             created_at: chrono::Utc::now(),
             // As `rotate` sets it with the default lead time.
             activates_at: chrono::Utc::now() + chrono::Duration::seconds(600),
+            withdrawn_at: None,
         })
         .await
         .expect("insert");
@@ -503,6 +506,335 @@ async fn wait_for_kids(app: &TestApp, done: impl Fn(&[String]) -> bool) -> Vec<S
     }
 }
 
+/// Replicas that reload their keys on the timer only every 9 s: whatever they do sooner, the
+/// change notification did. Tokens live 15 minutes; verifiers allow 1 s of skew.
+fn slow_reload(c: &mut Config) {
+    c.signing.key_encryption_key = Some(KEK.to_owned().into());
+    c.signing.lead_seconds = 10;
+    c.signing.jwks_max_age_seconds = 1;
+    c.signing.reload_seconds = NonZero::new(9).unwrap();
+    c.token.leeway_seconds = 1;
+}
+
+/// The same configuration for the CLI.
+const CLI_ENV: [(&str, &str); 2] = [
+    ("NEO_KEY_ENCRYPTION_KEY", KEK),
+    ("NEO_TOKEN_LEEWAY_SECONDS", "1"),
+];
+
+/// A key `next` for `lead_seconds`, added as `signing-key rotate` does.
+async fn rotate_with_lead(app: &TestApp, lead_seconds: u64) -> String {
+    let mut config = app.config.clone();
+    config.signing.lead_seconds = lead_seconds;
+    neo_sessions::signing::rotate(
+        &config,
+        app.state.store.as_ref(),
+        &kek_of(&config),
+        SigningAlgorithm::ES256,
+    )
+    .await
+    .expect("rotate")
+    .0
+}
+
+/// A token minted by `app`, once `app` signs with `kid` (within 10 s).
+async fn token_signed_by(app: &TestApp, kid: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (data, _) = app
+            .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+            .await;
+        let token = data["token"].as_str().expect("token").to_owned();
+        if kid_of(&token) == kid {
+            return (token, data["jti"].as_str().expect("jti").to_owned());
+        }
+        assert!(Instant::now() < deadline, "{kid} never signed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn introspect_active(app: &TestApp, token: &str) -> bool {
+    let response = app
+        .client
+        .post(app.url("/public-api/sessions/introspect"))
+        .bearer_auth(ACME_KEY)
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    body["data"]["active"].as_bool().expect("active")
+}
+
+/// A mint record written as an earlier version (no `kid`), issued at `issued_at`.
+async fn unrecorded_key_mint(app: &TestApp, issued_at: chrono::DateTime<chrono::Utc>) -> String {
+    let record = neo_sessions::store::MintRecord {
+        jti: uuid::Uuid::new_v4(),
+        session_id: "s-acme-1".to_owned(),
+        tenant_id: "acme".to_owned(),
+        minted_by_kind: "api_key",
+        minted_by: "k-acme".to_owned(),
+        minted_by_tenant: "acme".to_owned(),
+        end_user: None,
+        end_company_id: None,
+        allowed_agent_ids: ",".to_owned(),
+        issued_at,
+        expires_at: issued_at + chrono::Duration::minutes(15),
+        kid: "unrecorded".to_owned(),
+    };
+    app.state
+        .store
+        .record_mints(std::slice::from_ref(&record))
+        .await
+        .expect("record");
+    sqlx::query("UPDATE session_token_mints SET kid = NULL WHERE kid = 'unrecorded'")
+        .execute(&app.db.pool)
+        .await
+        .expect("forget the kid");
+    record.jti.to_string()
+}
+
+/// The JWKS of `app` once it no longer lists `kid`; how long that took.
+async fn time_until_unpublished(
+    app: &TestApp,
+    kid: &str,
+    since: Instant,
+) -> (Vec<String>, Duration) {
+    let deadline = since + Duration::from_secs(8);
+    loop {
+        let kids = published_kids(app).await;
+        if !kids.iter().any(|k| k == kid) {
+            return (kids, since.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kid} is still published: {kids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `signing-key withdraw` of the key signing now on two replicas: both stop publishing it at
+/// once (the change notification, not the 9 s reload), a generated key signs in its place, the
+/// live tokens it signed (and the records of an earlier version within its signing window) are
+/// in the revocation feed and introspect inactive, the retired key's token is untouched, a
+/// record a lagging replica writes for it afterwards is revoked as it is written, and it cannot
+/// be withdrawn twice.
+async fn withdrawing_the_signing_key_revokes_its_tokens_on_every_replica(backend: Backend) {
+    let first = TestApp::builder(backend).config(slow_reload).spawn().await;
+    let shared = TestDatabase::seeded_at(backend, &first.db.name, first.db.url.clone()).await;
+    let second = TestApp::builder(backend)
+        .database(shared)
+        .config(slow_reload)
+        .spawn()
+        .await;
+    let cli = Cli::new(&first.db);
+    let old_kid = published_kids(&first).await.remove(0);
+    let (old_token, old_jti) = token_signed_by(&first, &old_kid).await;
+
+    // A rotation (2 s lead) makes `old_kid` retired; both replicas sign with the new key.
+    let kid = rotate_with_lead(&first, 2).await;
+    let (token_a, jti_a) = token_signed_by(&first, &kid).await;
+    let (token_b, jti_b) = token_signed_by(&second, &kid).await;
+    let activated = chrono::Utc::now();
+    // Records of an earlier version: one within the key's window, one from long before it.
+    let unrecorded_in = unrecorded_key_mint(&first, activated).await;
+    let unrecorded_out =
+        unrecorded_key_mint(&first, activated - chrono::Duration::seconds(30)).await;
+
+    let run = cli
+        .run_with(&["signing-key", "withdraw", &kid], &CLI_ENV)
+        .await;
+    let withdrawn = Instant::now();
+    run.assert_success();
+    assert!(
+        run.stdout
+            .contains(&format!("withdrew key {kid} (it was active)")),
+        "{run}"
+    );
+    assert!(run.stdout.contains("revoked 3 live token(s)"), "{run}");
+    let (on_second, second_took) = time_until_unpublished(&second, &kid, withdrawn).await;
+    let (on_first, first_took) = time_until_unpublished(&first, &kid, withdrawn).await;
+    eprintln!("{backend:?}: the withdrawn key left the JWKS within {second_took:?} (second replica), {first_took:?} (first)");
+    // Far sooner than the 9 s reload: the change notification (SQLite: the change log polled
+    // every 200 ms).
+    assert!(second_took < Duration::from_secs(2), "{second_took:?}");
+    let successor = on_second
+        .iter()
+        .find(|k| **k != old_kid)
+        .expect("a successor is published")
+        .clone();
+    assert!(
+        run.stdout
+            .contains(&format!("key {successor} was generated")),
+        "{run}"
+    );
+    assert_eq!(on_second, [old_kid.clone(), successor.clone()]);
+    assert_eq!(on_first, on_second);
+    for app in [&first, &second] {
+        let (data, _) = app
+            .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+            .await;
+        assert_eq!(kid_of(data["token"].as_str().expect("token")), successor);
+    }
+
+    // Its tokens (and the earlier version's record within its window) are in the feed on both
+    // replicas, nothing else is; they introspect inactive, the retired key's token active.
+    for app in [&first, &second] {
+        let mut revoked = app.revoked_jtis(NEO_KEY, 3).await;
+        revoked.sort();
+        let mut expected = vec![jti_a.clone(), jti_b.clone(), unrecorded_in.clone()];
+        expected.sort();
+        assert_eq!(revoked, expected);
+        assert!(!introspect_active(app, &token_a).await);
+        assert!(!introspect_active(app, &token_b).await);
+        assert!(introspect_active(app, &old_token).await);
+    }
+    assert!(!first.revoked_jtis(NEO_KEY, 0).await.contains(&old_jti));
+    assert!(!first
+        .revoked_jtis(NEO_KEY, 0)
+        .await
+        .contains(&unrecorded_out));
+
+    // A replica that had not heard of it yet: its record is revoked as it is written.
+    let late = neo_sessions::store::MintRecord {
+        jti: uuid::Uuid::new_v4(),
+        session_id: "s-acme-1".to_owned(),
+        tenant_id: "acme".to_owned(),
+        minted_by_kind: "api_key",
+        minted_by: "k-acme".to_owned(),
+        minted_by_tenant: "acme".to_owned(),
+        end_user: None,
+        end_company_id: None,
+        allowed_agent_ids: ",".to_owned(),
+        issued_at: chrono::Utc::now(),
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(15),
+        kid: kid.clone(),
+    };
+    second
+        .state
+        .store
+        .record_mints(std::slice::from_ref(&late))
+        .await
+        .expect("record");
+    let row = second
+        .state
+        .store
+        .find_mint(late.jti)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert!(row.revoked_at.is_some(), "{row:?}");
+    assert_eq!(
+        row.revoked_by.as_deref(),
+        Some(format!("signing-key withdraw {kid}").as_str())
+    );
+    assert!(second
+        .revoked_jtis(NEO_KEY, 4)
+        .await
+        .contains(&late.jti.to_string()));
+
+    let again = cli
+        .run_with(&["signing-key", "withdraw", &kid], &CLI_ENV)
+        .await;
+    again.assert_failure();
+    assert!(again.stderr.contains("withdrawn"), "{again}");
+    let unknown = cli
+        .run_with(&["signing-key", "withdraw", "no-such-kid"], &CLI_ENV)
+        .await;
+    unknown.assert_failure();
+    assert!(unknown.stderr.contains("no-such-kid"), "{unknown}");
+    let listed = cli.run(&["signing-key", "list", "--output", "json"]).await;
+    listed.assert_success();
+    let listed: Value = serde_json::from_str(&listed.stdout).expect("json");
+    let state_of = |k: &str| {
+        listed
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|key| key["kid"] == k)
+            .map(|key| key["state"].as_str().expect("state").to_owned())
+    };
+    assert_eq!(state_of(&kid).as_deref(), Some("withdrawn"));
+    assert_eq!(state_of(&successor).as_deref(), Some("active"));
+    assert_eq!(state_of(&old_kid).as_deref(), Some("retired"));
+}
+
+/// Withdrawing the key signing now brings the `next` key forward: it signs at once. Without the
+/// key-encryption key the replicas use, nothing changes (a successor no replica could open would
+/// leave them signing with the withdrawn key). A `next` key is withdrawn without one, and the
+/// key signing stays.
+async fn withdrawing_the_signing_key_brings_the_next_key_forward(backend: Backend) {
+    let app = TestApp::builder(backend).config(slow_reload).spawn().await;
+    let cli = Cli::new(&app.db);
+    let active = published_kids(&app).await.remove(0);
+    let (_, jti) = token_signed_by(&app, &active).await;
+    let next = rotate_with_lead(&app, 600).await;
+    wait_for_kids(&app, |kids| kids.len() == 2).await;
+    let before = stored_keys(&app.db).await;
+
+    // No key-encryption key (PostgreSQL), or another one (SQLite generates one in the CLI's own
+    // data directory): refused, nothing written.
+    let refused = cli.run(&["signing-key", "withdraw", &active]).await;
+    refused.assert_failure();
+    assert!(refused.stderr.contains("key-encryption key"), "{refused}");
+    assert_eq!(stored_keys(&app.db).await, before);
+    let withdrawn: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE withdrawn_at IS NOT NULL")
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(withdrawn, 0);
+    assert_eq!(published_kids(&app).await, [active.clone(), next.clone()]);
+
+    let run = cli
+        .run_with(&["signing-key", "withdraw", &active], &CLI_ENV)
+        .await;
+    run.assert_success();
+    assert!(
+        run.stdout
+            .contains(&format!("key {next} (the next key) was brought forward")),
+        "{run}"
+    );
+    assert!(run.stdout.contains("revoked 1 live token(s)"), "{run}");
+    assert_eq!(
+        time_until_unpublished(&app, &active, Instant::now())
+            .await
+            .0,
+        std::slice::from_ref(&next)
+    );
+    let (data, _) = app
+        .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+        .await;
+    assert_eq!(kid_of(data["token"].as_str().expect("token")), next);
+    assert!(app.revoked_jtis(ACME_KEY, 1).await.contains(&jti));
+
+    // A `next` key: withdrawn without a key-encryption key; the key signing stays.
+    let pending = rotate_with_lead(&app, 600).await;
+    wait_for_kids(&app, |kids| kids.len() == 2).await;
+    let run = cli
+        .run(&["signing-key", "withdraw", &pending, "--output", "json"])
+        .await;
+    run.assert_success();
+    let done: Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(done["was"], "next");
+    assert_eq!(done["successor"], Value::Null);
+    assert_eq!(done["revoked_tokens"], 0);
+    assert_eq!(
+        time_until_unpublished(&app, &pending, Instant::now())
+            .await
+            .0,
+        std::slice::from_ref(&next)
+    );
+    let (data, _) = app
+        .mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+        .await;
+    assert_eq!(kid_of(data["token"].as_str().expect("token")), next);
+    // A rotation is possible again (the withdrawn key is not pending).
+    rotate_with_lead(&app, 600).await;
+}
+
 backend_tests!(
     without_a_key_encryption_key_only_the_embedded_database_gets_keys,
     a_wrong_key_encryption_key_writes_no_key,
@@ -513,4 +845,6 @@ backend_tests!(
     a_retired_keys_token_is_still_an_end_user,
     a_wrong_key_encryption_key_stops_start_up_and_changes_nothing,
     the_jwks_is_cacheable_and_discoverable,
+    withdrawing_the_signing_key_revokes_its_tokens_on_every_replica,
+    withdrawing_the_signing_key_brings_the_next_key_forward,
 );

@@ -29,6 +29,7 @@ fn mint(session_id: &str, issued_at: DateTime<Utc>) -> MintRecord {
         allowed_agent_ids: MintRecord::agents_column(&[101]),
         issued_at,
         expires_at: issued_at + Duration::minutes(15),
+        kid: "test-kid".to_owned(),
     }
 }
 
