@@ -34,8 +34,8 @@ use crate::{
     config::{self, Config},
     freshness::Freshness,
     http::{
-        authenticate, directory, health, jwks, openapi, prometheus, rate_limit, request_context,
-        sessions, tokens,
+        authenticate, directory, docs, health, jwks, openapi, prometheus, rate_limit,
+        request_context, sessions, tokens,
     },
     metrics::Metrics,
     mint::{Minter, TtlBounds},
@@ -376,7 +376,8 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(health::health))
         .routes(routes!(health::live))
         .routes(routes!(openapi::openapi_json))
-        .routes(routes!(openapi::docs))
+        .routes(routes!(docs::docs))
+        .routes(routes!(docs::redoc_bundle))
         .routes(routes!(jwks::jwks))
         .routes(routes!(jwks::openid_configuration))
         .routes(routes!(prometheus::metrics))

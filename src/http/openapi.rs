@@ -22,14 +22,17 @@ pub struct OpenApiJson(pub Bytes);
 #[openapi(
     info(
         title = "Neo Public API — session tokens",
-        description = "Mints short-lived JWTs bound to one chat session. Every response is wrapped in a `{data, meta}` envelope; errors use `{error: {code, message, details?}, meta: {request_id}}`. Authenticate with a `Bearer neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user)."
+        description = "Mints short-lived JWTs bound to one chat session. Every response is wrapped in a `{data, meta}` envelope; errors use `{error: {code, message, details?}, meta: {request_id}}`. Authenticate with a `Bearer neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user).\n\nStart with **`POST /public-api/sessions`** (mint an end-user session token): the one call a relay or the dashboard makes for each chat. The chat service verifies the token it returns offline, with the keys at `/.well-known/jwks.json`.\n\n- Every answer carries `X-Request-Id`, also in `meta.request_id` (a UUID the caller sends in that header is kept).\n- `429` and `503` answers carry `Retry-After`; authenticated routes answer the `RateLimit` and `RateLimit-Policy` headers.\n- Lists are keyset-paginated: pass `meta.pagination.next_cursor` as `cursor` while `has_more`."
     ),
     servers((url = "https://api.neoagent.io")),
     components(schemas(ErrorEnvelope, SuccessMeta, Pagination)),
     modifiers(&BearerAuth),
+    // In the order a reader needs them (renderers follow it): the mint, alone in its tag, first.
     tags(
-        (name = "Meta", description = "Service metadata — health, OpenAPI, JWKS."),
-        (name = "Chat", description = "End-user chat session tokens."),
+        (name = "Chat", description = "End-user chat session tokens: the mint."),
+        (name = "Tokens", description = "Minted tokens: list, read, revoke one or a session's, introspect, and the revocation feed verifiers follow."),
+        (name = "Directory", description = "The tenants, end companies, agents and chat sessions the platform describes, which the mint rules read."),
+        (name = "Meta", description = "Service metadata — health, OpenAPI, this page, JWKS, discovery, metrics."),
     )
 )]
 pub struct ApiDoc;
@@ -59,7 +62,7 @@ impl Modify for BearerAuth {
     operation_id = "public_api.openapi_get",
     tag = "Meta",
     summary = "This OpenAPI document",
-    responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json"))
+    responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json", body = Object))
 )]
 pub async fn openapi_json(
     Extension(OpenApiJson(document)): Extension<OpenApiJson>,
@@ -221,27 +224,4 @@ pub fn document_responses(document: &mut Value) {
             }
         }
     }
-}
-
-#[utoipa::path(
-    get,
-    path = "/docs",
-    operation_id = "docs_get",
-    tag = "Meta",
-    summary = "This API, rendered for people (a page built into the binary: nothing from a CDN)",
-    responses((status = 200, description = "An HTML page that renders `/public-api/openapi.json`.", content_type = "text/html"))
-)]
-pub async fn docs() -> impl IntoResponse {
-    (
-        [
-            (CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
-            (
-                axum::http::header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
-                ),
-            ),
-        ],
-        include_str!("docs.html"),
-    )
 }

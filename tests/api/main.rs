@@ -28,6 +28,7 @@ mod connections;
 mod demo;
 mod directory;
 mod directory_import;
+mod docs_page;
 mod entra;
 mod faults;
 mod hostile;
