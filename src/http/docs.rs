@@ -195,7 +195,7 @@ mod tests {
         let bundle = inflated_bundle().expect("the embedded bundle is valid gzip");
         let text = std::str::from_utf8(bundle).expect("the bundle is UTF-8");
         assert!(
-            text.contains(&format!("\"ReDoc Version: \",\"{}\"", REDOC_VERSION.trim())),
+            text.contains(&format!("ReDoc Version: \",\"{}\"", REDOC_VERSION.trim())),
             "assets/redoc/VERSION does not name the bundle's version"
         );
     }
