@@ -267,13 +267,14 @@ pub fn log_jti(jti: Uuid) {
 }
 
 /// Route templates as metric labels (anything else is `unmatched`).
-const KNOWN_ROUTES: [&str; 12] = [
+const KNOWN_ROUTES: [&str; 13] = [
     MINT_ROUTE,
     "/public-api/sessions/revoke",
     "/public-api/sessions/revocations",
     "/public-api/sessions/{jti}",
     "/public-api/sessions/introspect",
     "/docs",
+    "/docs/redoc.standalone.js",
     "/public-api/health",
     "/public-api/health/live",
     "/public-api/openapi.json",

@@ -210,4 +210,15 @@ async fn the_docs_page_and_its_script_come_from_the_binary() {
         .unwrap();
     assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(header(&revalidated, "etag"), Some(etag));
+
+    // Counted under its own route, not as `unmatched`.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("neo_sessions_http_requests_total{")
+                && line.contains("route=\"/docs/redoc.standalone.js\"")
+                && line.contains("status=\"200\"")),
+        "{metrics}"
+    );
 }
