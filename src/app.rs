@@ -389,9 +389,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_seconds.get());
     let (routes, document) = api_routes(&state).split_for_parts();
-    let mut document = serde_json::to_value(&document).unwrap_or_default();
-    openapi::document_responses(&mut document);
-    let document = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+    let document = Bytes::from(openapi::served_document(&document));
 
     let layers = ServiceBuilder::new()
         // Outermost, so that every answer has them, errors included. Tokens and claims must

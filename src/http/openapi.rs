@@ -129,6 +129,93 @@ pub(crate) const ERROR_CODES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The document as served: [`document_responses`] applied, and the paths in the order the
+/// router registered them (a list before its items), each path's operations in the order get,
+/// put, post, delete. Renderers list a tag's operations in the document's order, and this order
+/// reads better than the alphabetical one a JSON object would otherwise get.
+pub fn served_document(openapi: &utoipa::openapi::OpenApi) -> Vec<u8> {
+    let path_order: Vec<&String> = openapi.paths.paths.keys().collect();
+    let mut document = serde_json::to_value(openapi).unwrap_or_default();
+    document_responses(&mut document);
+    let mut out = Vec::new();
+    write_ordered(&mut out, &document, &path_order);
+    out
+}
+
+/// The document's own keys in the order of the OpenAPI specification's examples.
+const ROOT_ORDER: [&str; 7] = [
+    "openapi",
+    "info",
+    "servers",
+    "security",
+    "tags",
+    "paths",
+    "components",
+];
+
+/// Operations within a path item, in reading order; any other key of the item comes first.
+const METHOD_ORDER: [&str; 8] = [
+    "get", "put", "post", "delete", "patch", "options", "head", "trace",
+];
+
+/// `document` as JSON, its own keys in `ROOT_ORDER`, `paths` in `path_order` (any path not in it
+/// last).
+fn write_ordered(out: &mut Vec<u8>, document: &Value, path_order: &[&String]) {
+    let (Some(root), Some(paths)) = (
+        document.as_object(),
+        document.get("paths").and_then(Value::as_object),
+    ) else {
+        let _ = serde_json::to_writer(&mut *out, document);
+        return;
+    };
+    let mut ordered_paths: Vec<(&String, &Value)> = path_order
+        .iter()
+        .filter_map(|path| paths.get_key_value(path.as_str()))
+        .collect();
+    ordered_paths.extend(paths.iter().filter(|(path, _)| !path_order.contains(path)));
+    let rank = |key: &str| ROOT_ORDER.iter().position(|k| *k == key);
+    let mut root: Vec<(&String, &Value)> = root.iter().collect();
+    root.sort_by_key(|(key, _)| rank(key).unwrap_or(ROOT_ORDER.len()));
+    write_object(out, root.into_iter(), |out, key, _| {
+        if key != "paths" {
+            return false;
+        }
+        write_object(out, ordered_paths.iter().copied(), |out, _, item| {
+            let Some(item) = item.as_object() else {
+                return false;
+            };
+            let rank = |key: &str| METHOD_ORDER.iter().position(|m| *m == key);
+            let mut entries: Vec<(&String, &Value)> = item.iter().collect();
+            // Stable: the non-method keys keep their order, ahead of the operations.
+            entries.sort_by_key(|(key, _)| rank(key).map_or(0, |r| r + 1));
+            write_object(out, entries.into_iter(), |_, _, _| false);
+            true
+        });
+        true
+    });
+}
+
+/// Writes `{"key": value, ...}` in the entries' order; `special` writes a value itself (and
+/// says so) or leaves it to serde_json.
+fn write_object<'a>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    mut special: impl FnMut(&mut Vec<u8>, &str, &'a Value) -> bool,
+) {
+    out.push(b'{');
+    for (index, (key, value)) in entries.enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        if !special(out, key, value) {
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+    }
+    out.push(b'}');
+}
+
 fn header(description: &str) -> Value {
     json!({ "description": description, "schema": { "type": "string" } })
 }

@@ -121,6 +121,14 @@ async fn the_docs_page_renders_the_mint_first_with_its_parameters_and_schemas() 
         .flat_map(|item| item.as_object().unwrap().values())
         .count();
     assert_eq!(operations.len(), documented, "{operations:?}");
+    // Within a tag, the router's order: a list before its items, an item's PUT before its DELETE.
+    let position = |id: &str| operations.iter().position(|op| *op == id).unwrap();
+    assert!(
+        position("public_api.directory_tenants_list") < position("public_api.directory_tenant_put")
+            && position("public_api.directory_tenant_put")
+                < position("public_api.directory_tenant_delete"),
+        "{operations:?}"
+    );
 
     let start = dom
         .find(&format!("data-section-id=\"operation/{MINT}\""))

@@ -137,8 +137,17 @@ async fn the_mint_comes_first_and_every_tag_is_declared(backend: Backend) {
             in_page_order.push((position, id));
         }
     }
-    // A stable sort keeps the document's order within a tag, as renderers do.
+    // (Within a tag this keeps the parsed document's order, not the served one: the mint must
+    // have its tag to itself, the first declared.)
     in_page_order.sort_by_key(|(position, _)| *position);
+    let first_tag = in_page_order
+        .iter()
+        .filter(|(position, _)| *position == 0)
+        .count();
+    assert_eq!(
+        first_tag, 1,
+        "the first tag holds more than the mint: {in_page_order:?}"
+    );
     assert_eq!(
         in_page_order.first().map(|(_, id)| *id),
         Some("public_api.session_token_mint_post"),
