@@ -312,3 +312,46 @@ pub fn document_responses(document: &mut Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_order_changes_nothing_but_the_order() {
+        use utoipa::openapi::{
+            path::{HttpMethod, OperationBuilder, PathItemBuilder},
+            PathsBuilder,
+        };
+        let operation = |id: &str| OperationBuilder::new().operation_id(Some(id)).build();
+        let mut openapi = ApiDoc::openapi();
+        openapi.paths = PathsBuilder::new()
+            .path(
+                "/z/list",
+                PathItemBuilder::new()
+                    .operation(HttpMethod::Get, operation("list"))
+                    .build(),
+            )
+            .path(
+                "/a/{item}",
+                PathItemBuilder::new()
+                    .operation(HttpMethod::Delete, operation("delete"))
+                    .operation(HttpMethod::Put, operation("put"))
+                    .operation(HttpMethod::Get, operation("get"))
+                    .build(),
+            )
+            .build();
+        let mut expected = serde_json::to_value(&openapi).unwrap();
+        document_responses(&mut expected);
+        let served = served_document(&openapi);
+        let parsed: Value = serde_json::from_slice(&served).unwrap();
+        assert_eq!(parsed, expected);
+        let text = String::from_utf8(served).unwrap();
+        assert!(text.starts_with("{\"openapi\":"), "{text}");
+        let at = |needle: &str| text.find(needle).unwrap();
+        assert!(at("\"/z/list\"") < at("\"/a/{item}\""), "{text}");
+        let item = &text[at("\"/a/{item}\"")..];
+        let at = |needle: &str| item.find(needle).unwrap();
+        assert!(at("\"get\"") < at("\"put\"") && at("\"put\"") < at("\"delete\""));
+    }
+}
