@@ -28,6 +28,8 @@ COPY clients/rust/src/ clients/rust/src/
 COPY migrations/ migrations/
 COPY openapi/ openapi/
 COPY config/ config/
+# The vendored Redoc bundle /docs serves (include_bytes! in src/http/docs.rs).
+COPY assets/ assets/
 # COPY keeps the context's mtimes, which may be older than the stub build;
 # touch the sources so cargo rebuilds the crate itself.
 RUN find src clients/rust/src -name '*.rs' -exec touch {} + \

@@ -34,7 +34,7 @@ use crate::{
     config::{self, Config},
     freshness::Freshness,
     http::{
-        authenticate, directory, health, jwks, oauth, openapi, prometheus, rate_limit,
+        authenticate, directory, docs, health, jwks, oauth, openapi, prometheus, rate_limit,
         request_context, sessions, tokens,
     },
     metrics::Metrics,
@@ -408,7 +408,8 @@ fn api_routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(health::health))
         .routes(routes!(health::live))
         .routes(routes!(openapi::openapi_json))
-        .routes(routes!(openapi::docs))
+        .routes(routes!(docs::docs))
+        .routes(routes!(docs::redoc_bundle))
         .routes(routes!(jwks::jwks))
         .routes(routes!(jwks::openid_configuration))
         .routes(routes!(prometheus::metrics))
@@ -421,9 +422,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_seconds.get());
     let (routes, document) = api_routes(&state).split_for_parts();
-    let mut document = serde_json::to_value(&document).unwrap_or_default();
-    openapi::document_responses(&mut document);
-    let document = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+    let document = Bytes::from(openapi::served_document(&document));
 
     let layers = ServiceBuilder::new()
         // Outermost, so that every answer has them, errors included. Tokens and claims must

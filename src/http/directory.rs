@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{
-    envelope::{page_limit, ErrorEnvelope, Pagination, SuccessMeta, Timings},
+    envelope::{page_limit, ErrorEnvelope, PageParams, Pagination, SuccessMeta, Timings},
     error::ApiError,
     extract::{ApiJson, Authorized, ReadDirectory, WriteDirectory},
     request_context::RequestContext,
@@ -258,8 +258,7 @@ pub async fn get_tenant(
     summary = "Tenants, by id",
     description = "Every tenant for the platform; the caller's own otherwise. Keyset-paginated (`meta.pagination`).",
     params(
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`meta.pagination.next_cursor` of the previous page."),
+        PageParams,
     ),
     responses(
         (status = 200, description = "One page.", body = DirectoryPage<TenantEntry>),
@@ -425,8 +424,7 @@ pub async fn get_end_company(
     summary = "A tenant's end companies, by id",
     params(
         ("tenant_id" = String, Path, description = "The tenant's id."),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`meta.pagination.next_cursor` of the previous page."),
+        PageParams,
     ),
     responses(
         (status = 200, description = "One page.", body = DirectoryPage<EndCompanyEntry>),
@@ -621,8 +619,7 @@ pub async fn get_agent(
     summary = "A tenant's agents, by id",
     params(
         ("tenant_id" = String, Path, description = "The tenant's id."),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`meta.pagination.next_cursor` of the previous page."),
+        PageParams,
     ),
     responses(
         (status = 200, description = "One page.", body = DirectoryPage<AgentEntry>),
@@ -789,8 +786,7 @@ pub async fn get_session(
     summary = "A tenant's chat sessions, by id",
     params(
         ("tenant_id" = String, Path, description = "The tenant's id."),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`meta.pagination.next_cursor` of the previous page."),
+        PageParams,
     ),
     responses(
         (status = 200, description = "One page.", body = DirectoryPage<SessionEntry>),

@@ -45,6 +45,18 @@ pub struct Pagination {
     pub has_more: bool,
 }
 
+/// The query parameters of a list's page, as the OpenAPI document declares them: `page_limit`
+/// reads `limit`, and each list decodes its own `cursor` (an opaque position it gave out).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+    /// `meta.pagination.next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
 /// Rows a list answers per page by default, and at most.
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;

@@ -3,6 +3,7 @@
 
 pub mod authenticate;
 pub mod directory;
+pub mod docs;
 pub mod envelope;
 pub mod error;
 pub mod extract;

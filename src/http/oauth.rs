@@ -57,7 +57,7 @@ pub struct OAuthError {
     post,
     path = "/oauth2/introspect",
     operation_id = "oauth2.introspect",
-    tag = "Chat",
+    tag = "Tokens",
     summary = "RFC 7662 token introspection, for standard OAuth 2.0 clients",
     description = "The same answer as `POST /public-api/sessions/introspect`, as RFC 7662 writes it: a form (`token`, and `token_type_hint`, which is ignored) in, and out the bare object: `active: true` with the token's claims (`token_type` `Bearer`) for a token of ours that verifies, is recorded, is neither revoked nor expired (no leeway) and belongs to the caller's tenant (or is a Neo Support token the platform key minted); exactly `{\"active\": false}` for anything else. The caller is an API key holding `tokens:manage`, as HTTP Basic client credentials (user name: the key's id, e.g. `key_…`; password: the key; each form-urlencoded first, RFC 6749 §2.3.1) or as `Authorization: Bearer <key>`. Errors are RFC 6749 §5.2's `{error, error_description}`; a 401 challenges with the scheme the client used (both when it sent none).",
     request_body(content = IntrospectionForm, content_type = "application/x-www-form-urlencoded"),

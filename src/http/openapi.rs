@@ -22,14 +22,17 @@ pub struct OpenApiJson(pub Bytes);
 #[openapi(
     info(
         title = "Neo Public API — session tokens",
-        description = "Mints short-lived JWTs bound to one chat session. Every response is wrapped in a `{data, meta}` envelope; errors use `{error: {code, message, details?}, meta: {request_id}}`. Authenticate with a `Bearer neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user)."
+        description = "Mints short-lived JWTs bound to one chat session. Every response is wrapped in a `{data, meta}` envelope; errors use `{error: {code, message, details?}, meta: {request_id}}`. Authenticate with a `Bearer neo_sk_<env>_<secret>` API key (service account) or a Microsoft Entra ID access token (dashboard user).\n\nStart with **`POST /public-api/sessions`** (mint an end-user session token): the one call a relay or the dashboard makes for each chat. The chat service verifies the token it returns offline, with the keys at `/.well-known/jwks.json`.\n\n- Every answer carries `X-Request-Id`, also in `meta.request_id` (a UUID the caller sends in that header is kept).\n- `429` and `503` answers carry `Retry-After`; authenticated routes answer the `RateLimit` and `RateLimit-Policy` headers.\n- Lists are keyset-paginated: pass `meta.pagination.next_cursor` as `cursor` while `has_more`."
     ),
     servers((url = "https://api.neoagent.io")),
     components(schemas(ErrorEnvelope, SuccessMeta, Pagination)),
     modifiers(&BearerAuth),
+    // In the order a reader needs them (renderers follow it): the mint, alone in its tag, first.
     tags(
-        (name = "Meta", description = "Service metadata — health, OpenAPI, JWKS."),
-        (name = "Chat", description = "End-user chat session tokens."),
+        (name = "Chat", description = "End-user chat session tokens: the mint."),
+        (name = "Tokens", description = "Minted tokens: list, read, revoke one or a session's, introspect, and the revocation feed verifiers follow."),
+        (name = "Directory", description = "The tenants, end companies, agents and chat sessions the platform describes, which the mint rules read."),
+        (name = "Meta", description = "Service metadata — health, OpenAPI, this page, JWKS, discovery, metrics."),
     )
 )]
 pub struct ApiDoc;
@@ -70,7 +73,7 @@ impl Modify for BearerAuth {
     operation_id = "public_api.openapi_get",
     tag = "Meta",
     summary = "This OpenAPI document",
-    responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json"))
+    responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json", body = Object))
 )]
 pub async fn openapi_json(
     Extension(OpenApiJson(document)): Extension<OpenApiJson>,
@@ -136,6 +139,93 @@ pub(crate) const ERROR_CODES: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+/// The document as served: [`document_responses`] applied, and the paths in the order the
+/// router registered them (a list before its items), each path's operations in the order get,
+/// put, post, delete. Renderers list a tag's operations in the document's order, and this order
+/// reads better than the alphabetical one a JSON object would otherwise get.
+pub fn served_document(openapi: &utoipa::openapi::OpenApi) -> Vec<u8> {
+    let path_order: Vec<&String> = openapi.paths.paths.keys().collect();
+    let mut document = serde_json::to_value(openapi).unwrap_or_default();
+    document_responses(&mut document);
+    let mut out = Vec::new();
+    write_ordered(&mut out, &document, &path_order);
+    out
+}
+
+/// The document's own keys in the order of the OpenAPI specification's examples.
+const ROOT_ORDER: [&str; 7] = [
+    "openapi",
+    "info",
+    "servers",
+    "security",
+    "tags",
+    "paths",
+    "components",
+];
+
+/// Operations within a path item, in reading order; any other key of the item comes first.
+const METHOD_ORDER: [&str; 8] = [
+    "get", "put", "post", "delete", "patch", "options", "head", "trace",
+];
+
+/// `document` as JSON, its own keys in `ROOT_ORDER`, `paths` in `path_order` (any path not in it
+/// last).
+fn write_ordered(out: &mut Vec<u8>, document: &Value, path_order: &[&String]) {
+    let (Some(root), Some(paths)) = (
+        document.as_object(),
+        document.get("paths").and_then(Value::as_object),
+    ) else {
+        let _ = serde_json::to_writer(&mut *out, document);
+        return;
+    };
+    let mut ordered_paths: Vec<(&String, &Value)> = path_order
+        .iter()
+        .filter_map(|path| paths.get_key_value(path.as_str()))
+        .collect();
+    ordered_paths.extend(paths.iter().filter(|(path, _)| !path_order.contains(path)));
+    let rank = |key: &str| ROOT_ORDER.iter().position(|k| *k == key);
+    let mut root: Vec<(&String, &Value)> = root.iter().collect();
+    root.sort_by_key(|(key, _)| rank(key).unwrap_or(ROOT_ORDER.len()));
+    write_object(out, root.into_iter(), |out, key, _| {
+        if key != "paths" {
+            return false;
+        }
+        write_object(out, ordered_paths.iter().copied(), |out, _, item| {
+            let Some(item) = item.as_object() else {
+                return false;
+            };
+            let rank = |key: &str| METHOD_ORDER.iter().position(|m| *m == key);
+            let mut entries: Vec<(&String, &Value)> = item.iter().collect();
+            // Stable: the non-method keys keep their order, ahead of the operations.
+            entries.sort_by_key(|(key, _)| rank(key).map_or(0, |r| r + 1));
+            write_object(out, entries.into_iter(), |_, _, _| false);
+            true
+        });
+        true
+    });
+}
+
+/// Writes `{"key": value, ...}` in the entries' order; `special` writes a value itself (and
+/// says so) or leaves it to serde_json.
+fn write_object<'a>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    mut special: impl FnMut(&mut Vec<u8>, &str, &'a Value) -> bool,
+) {
+    out.push(b'{');
+    for (index, (key, value)) in entries.enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        if !special(out, key, value) {
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+    }
+    out.push(b'}');
+}
 
 fn header(description: &str) -> Value {
     json!({ "description": description, "schema": { "type": "string" } })
@@ -234,25 +324,45 @@ pub fn document_responses(document: &mut Value) {
     }
 }
 
-#[utoipa::path(
-    get,
-    path = "/docs",
-    operation_id = "docs_get",
-    tag = "Meta",
-    summary = "This API, rendered for people (a page built into the binary: nothing from a CDN)",
-    responses((status = 200, description = "An HTML page that renders `/public-api/openapi.json`.", content_type = "text/html"))
-)]
-pub async fn docs() -> impl IntoResponse {
-    (
-        [
-            (CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
-            (
-                axum::http::header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
-                ),
-            ),
-        ],
-        include_str!("docs.html"),
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_order_changes_nothing_but_the_order() {
+        use utoipa::openapi::{
+            path::{HttpMethod, OperationBuilder, PathItemBuilder},
+            PathsBuilder,
+        };
+        let operation = |id: &str| OperationBuilder::new().operation_id(Some(id)).build();
+        let mut openapi = ApiDoc::openapi();
+        openapi.paths = PathsBuilder::new()
+            .path(
+                "/z/list",
+                PathItemBuilder::new()
+                    .operation(HttpMethod::Get, operation("list"))
+                    .build(),
+            )
+            .path(
+                "/a/{item}",
+                PathItemBuilder::new()
+                    .operation(HttpMethod::Delete, operation("delete"))
+                    .operation(HttpMethod::Put, operation("put"))
+                    .operation(HttpMethod::Get, operation("get"))
+                    .build(),
+            )
+            .build();
+        let mut expected = serde_json::to_value(&openapi).unwrap();
+        document_responses(&mut expected);
+        let served = served_document(&openapi);
+        let parsed: Value = serde_json::from_slice(&served).unwrap();
+        assert_eq!(parsed, expected);
+        let text = String::from_utf8(served).unwrap();
+        assert!(text.starts_with("{\"openapi\":"), "{text}");
+        let at = |needle: &str| text.find(needle).unwrap();
+        assert!(at("\"/z/list\"") < at("\"/a/{item}\""), "{text}");
+        let item = &text[at("\"/a/{item}\"")..];
+        let at = |needle: &str| item.find(needle).unwrap();
+        assert!(at("\"get\"") < at("\"put\"") && at("\"put\"") < at("\"delete\""));
+    }
 }

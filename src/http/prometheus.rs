@@ -22,7 +22,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
     summary = "Prometheus metrics (OpenMetrics text)",
     description = "Requests, mints, authentication failures, rate-limit decisions, database pool and latency, the mint recorder, Entra JWKS fetches, the signing key's age and the cache invalidation feed. Label values are bounded. 404 when `NEO_METRICS_LISTEN` serves them elsewhere.",
     responses(
-        (status = 200, description = "The metrics.", content_type = "application/openmetrics-text"),
+        (status = 200, description = "The metrics.", content_type = "application/openmetrics-text", body = String),
         (status = 404, description = "Served on `NEO_METRICS_LISTEN` instead."),
     )
 )]

@@ -280,6 +280,7 @@ const KNOWN_ROUTES: [&str; 13] = [
     "/public-api/sessions/introspect",
     super::oauth::INTROSPECTION_PATH,
     "/docs",
+    "/docs/redoc.standalone.js",
     "/public-api/health",
     "/public-api/health/live",
     "/public-api/openapi.json",

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    envelope::{ErrorEnvelope, Success, SuccessMeta, Timings},
+    envelope::{ErrorEnvelope, PageParams, Success, SuccessMeta, Timings},
     error::ApiError,
     extract::{ApiJson, Authorized, ManageTokens, ReadRevocations},
     request_context::RequestContext,
@@ -107,7 +107,7 @@ async fn visible_record(
     get,
     path = "/public-api/sessions/{jti}",
     operation_id = "public_api.session_token_get",
-    tag = "Chat",
+    tag = "Tokens",
     summary = "One minted token's record",
     params(("jti" = String, Path, description = "The token's `jti`.")),
     responses(
@@ -139,7 +139,7 @@ pub async fn get_session_token(
     delete,
     path = "/public-api/sessions/{jti}",
     operation_id = "public_api.session_token_revoke",
-    tag = "Chat",
+    tag = "Tokens",
     summary = "Revoke one token",
     description = "Idempotent: revoking a revoked token changes nothing and answers the record as it is. Verifiers learn of it through introspection.",
     params(("jti" = String, Path, description = "The token's `jti`.")),
@@ -279,7 +279,7 @@ pub async fn introspect(
     post,
     path = "/public-api/sessions/introspect",
     operation_id = "public_api.session_token_introspect",
-    tag = "Chat",
+    tag = "Tokens",
     summary = "Is this token active? (RFC 7662's answer in the envelope, for service accounts)",
     description = "`active: true` with the claims for a token of ours that verifies, is recorded, is neither revoked nor expired (no leeway: `active: false` from the second `exp` passes) and belongs to the caller's tenant (or is a Neo Support token the platform key minted); `active: false` for anything else: revoked, expired, foreign, forged or malformed. A standard RFC 7662 client uses `POST /oauth2/introspect` instead (a form, the bare answer).",
     request_body(content = IntrospectionRequest, content_type = "application/json"),
@@ -346,7 +346,7 @@ pub struct SessionRevocationEnvelope {
     post,
     path = "/public-api/sessions/revoke",
     operation_id = "public_api.session_tokens_revoke",
-    tag = "Chat",
+    tag = "Tokens",
     summary = "Revoke every token of a chat session",
     description = "Revokes the session's tokens issued before `issued_before` (default now) that the caller may revoke one by one: its tenant's tokens; a platform key also those it minted into another tenant's Neo Support session. The session must be the caller's tenant's (or, for a platform key, a Neo Support session). A call that revoked nothing says so in `meta.warnings`.",
     request_body(content = RevokeSessionRequest, content_type = "application/json"),
@@ -473,7 +473,7 @@ const FEED_PAGE: u32 = 1000;
     get,
     path = "/public-api/sessions/revocations",
     operation_id = "public_api.session_token_revocations",
-    tag = "Chat",
+    tag = "Tokens",
     summary = "Revoked tokens that have not expired yet (a verifier's deny-list feed)",
     description = "Revoked tokens that have not expired, at most 1000 per call, each handed out once it has committed and no revocation that could sort before it is still in flight. Follow the feed by passing the answer's `next_cursor` as `cursor` each time (ask again at once while `has_more`): every revocation reaches a verifier that does, whatever order they commit in. The first poll has no `cursor` (everything, or `since` a time). `next_since`/`next_after` are deprecated: followed instead of the cursor, a revocation that commits after a later one can be missed. A verifier keeps the jtis in memory until their `expires_at`. A tenant's key sees its tenant's tokens; the platform key sees every tenant's (the chat service verifies them all).",
     params(
@@ -734,14 +734,13 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, uuid::Uuid)> {
     get,
     path = "/public-api/sessions",
     operation_id = "public_api.session_tokens_list",
-    tag = "Chat",
+    tag = "Tokens",
     summary = "The caller's tenant's minted tokens, newest first",
     description = "Keyset-paginated (`meta.pagination`: pass `next_cursor` as `cursor`); stable while new tokens are minted. A tenant also sees the tokens the platform minted into its Neo Support session (`minted_by_platform`); the platform key also sees those it minted into other tenants.",
     params(
         ("session_id" = Option<String>, Query, description = "Only this chat session's tokens."),
         ("active" = Option<bool>, Query, description = "`true`: neither revoked nor expired; `false`: revoked or expired."),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`meta.pagination.next_cursor` of the previous page."),
+        PageParams,
     ),
     responses(
         (status = 200, description = "One page.", body = SessionTokenList),

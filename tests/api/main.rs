@@ -29,6 +29,7 @@ mod data_dir;
 mod demo;
 mod directory;
 mod directory_import;
+mod docs_page;
 mod entra;
 mod faults;
 mod hostile;

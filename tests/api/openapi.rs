@@ -112,6 +112,49 @@ async fn the_document_keeps_the_seed_contract(backend: Backend) {
     );
 }
 
+/// Renderers list operations by the declared tags, in their order, and within a tag in the
+/// document's order: the mint must open the page, and an undeclared tag would trail at its end.
+async fn the_mint_comes_first_and_every_tag_is_declared(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let doc: Value = app.get_json("/public-api/openapi.json").await;
+    let declared: Vec<&str> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tag| tag["name"].as_str())
+        .collect();
+    let mut in_page_order: Vec<(usize, &str)> = Vec::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            let tags = operation["tags"].as_array().unwrap();
+            let id = operation["operationId"].as_str().unwrap();
+            assert_eq!(tags.len(), 1, "{id}: {tags:?}");
+            let tag = tags[0].as_str().unwrap();
+            let position = declared
+                .iter()
+                .position(|declared| *declared == tag)
+                .unwrap_or_else(|| panic!("{id}: tag {tag} is not declared in ApiDoc's tags"));
+            in_page_order.push((position, id));
+        }
+    }
+    // (Within a tag this keeps the parsed document's order, not the served one: the mint must
+    // have its tag to itself, the first declared.)
+    in_page_order.sort_by_key(|(position, _)| *position);
+    let first_tag = in_page_order
+        .iter()
+        .filter(|(position, _)| *position == 0)
+        .count();
+    assert_eq!(
+        first_tag, 1,
+        "the first tag holds more than the mint: {in_page_order:?}"
+    );
+    assert_eq!(
+        in_page_order.first().map(|(_, id)| *id),
+        Some("public_api.session_token_mint_post"),
+        "{in_page_order:?}"
+    );
+}
+
 async fn every_route_is_documented_and_every_documented_route_exists(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let doc: Value = app.get_json("/public-api/openapi.json").await;
@@ -143,6 +186,7 @@ async fn every_route_is_documented_and_every_documented_route_exists(backend: Ba
             "GET /.well-known/jwks.json",
             "GET /.well-known/openid-configuration",
             "GET /docs",
+            "GET /docs/redoc.standalone.js",
             "GET /metrics",
             "GET /public-api/directory/sessions/{session_id}",
             "GET /public-api/directory/tenants",
@@ -339,6 +383,7 @@ backend_tests!(
     the_docs_page_is_served_from_the_binary,
     the_committed_document_is_the_served_document,
     the_document_keeps_the_seed_contract,
+    the_mint_comes_first_and_every_tag_is_declared,
     every_route_is_documented_and_every_documented_route_exists,
     health_reports_the_database,
     the_jwks_publishes_only_public_key_material,
