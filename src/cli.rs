@@ -808,13 +808,21 @@ async fn migrate(config: &Config, status: bool, output: OutputFormat) -> anyhow:
     }
     // Look without changing anything: no database is created, nothing migrated.
     let url = config.database_url();
-    let store = crate::store::connect(&url, 1).await.with_context(|| {
-        format!(
-            "cannot connect to the database {}",
-            crate::config::redact_url(&url)
-        )
-    })?;
-    let migrations = store.migration_status().await?;
+    let shown = crate::config::redact_url(&url);
+    let exists = crate::store::database_exists(&url)
+        .await
+        .with_context(|| format!("cannot reach the database server of {shown}"))?;
+    let migrations = if exists {
+        let store = crate::store::connect(&url, 1)
+            .await
+            .with_context(|| format!("cannot connect to the database {shown}"))?;
+        store.migration_status().await?
+    } else {
+        eprintln!(
+            "the database {shown} does not exist yet: every migration is pending (`migrate`, or `serve` with server.migrate_on_start, creates it)"
+        );
+        crate::store::migrations_of_a_new_database(&url)?
+    };
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&migrations)?);
     } else {
