@@ -37,6 +37,7 @@ mod logging;
 mod metrics;
 mod mint;
 mod openapi;
+mod operator;
 mod rate_limit;
 mod retention;
 mod schema;
