@@ -359,6 +359,10 @@ fn two_different_key_encryption_keys_are_refused() {
     assert!(with_file(&a, &b64(&a)).is_ok());
 }
 
+/// A key, a bad value of it (`None`: any text is valid), other variables the rule needs, and a
+/// piece of what a valid value looks like.
+type Row<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+
 /// Words of the Rust types behind the keys, which mean nothing to an operator.
 const SERDE_WORDS: &[&str] = &[
     "u16",
@@ -378,7 +382,7 @@ const SERDE_WORDS: &[&str] = &[
 fn every_key_explains_a_bad_value_with_its_source_key_and_valid_form() {
     const ENTRA_ON: &[(&str, &str)] = &[("NEO_ENTRA_AUDIENCE", "api://neo")];
     #[rustfmt::skip]
-    let rows: &[(&str, Option<&str>, &[(&str, &str)], &str)] = &[
+    let rows: &[Row] = &[
         ("server.listen", Some("8080"), &[], "127.0.0.1:8080"),
         ("server.migrate_on_start", Some("yes"), &[], "true or false"),
         ("server.request_timeout_seconds", Some("0"), &[], "at least 1"),
