@@ -76,17 +76,19 @@ impl App {
     }
 
     async fn build_serving(config: Config, demo: bool) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.server.listen)
+        let listen = config.server.listen;
+        let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            .map_err(|error| ListenError::new(listen, "server.listen", error))?;
         let address = listener.local_addr()?;
-        let metrics_listener =
-            match config.server.metrics_listen {
-                Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
-                    format!("cannot listen on {address} (server.metrics_listen)")
-                })?),
-                None => None,
-            };
+        let metrics_listener = match config.server.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|error| ListenError::new(address, "server.metrics_listen", error))?,
+            ),
+            None => None,
+        };
         let public_url = match &config.server.public_url {
             Some(url) => url.as_str().to_owned(),
             None if demo => format!("http://{address}"),
@@ -156,6 +158,41 @@ impl App {
         server::serve_connections(listener, app, limits, shutdown)
             .await
             .context("server error")
+    }
+}
+
+/// A listener that cannot be bound: the address, the setting that chose it, and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({key}): {reason}")]
+pub struct ListenError {
+    pub address: SocketAddr,
+    pub key: &'static str,
+    reason: String,
+}
+
+impl ListenError {
+    fn new(address: SocketAddr, key: &'static str, error: std::io::Error) -> Self {
+        let set_it = match key {
+            "server.listen" => "serve --listen, NEO_LISTEN or server.listen in the config file",
+            _ => "NEO_METRICS_LISTEN or server.metrics_listen in the config file",
+        };
+        let reason = match error.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "the address is already in use (another process listens there): stop it, or choose another address with {set_it}"
+            ),
+            std::io::ErrorKind::AddrNotAvailable => format!(
+                "no interface of this host has that IP address: choose another with {set_it} (0.0.0.0 listens on every interface)"
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "permission denied (ports below 1024 need privileges): choose another port with {set_it}"
+            ),
+            _ => format!("{error}; the address is set with {set_it}"),
+        };
+        Self {
+            address,
+            key,
+            reason,
+        }
     }
 }
 

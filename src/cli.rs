@@ -16,7 +16,7 @@ use crate::{
         api_key,
         principal::{Scope, Scopes},
     },
-    config::{Config, SigningAlgorithm},
+    config::{Config, FlagValue, Loaded, Origin, Provenance, SigningAlgorithm},
     directory,
     seed::Fixture,
     signing,
@@ -45,6 +45,10 @@ pub enum Command {
         /// Seed the example fixture (idempotent) and print a ready-to-paste curl walk-through.
         #[arg(long)]
         demo: bool,
+        /// Listen on ADDR (an IP address and a port, e.g. 0.0.0.0:8080): server.listen, over
+        /// NEO_LISTEN and the config file.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Apply pending database migrations (NEO_DATABASE_URL; the embedded database by default).
     Migrate {
@@ -121,8 +125,14 @@ pub enum RateLimitCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the effective configuration as JSON, secrets redacted.
-    Show,
+    /// Print the effective configuration, secrets redacted, and where each value came from: the
+    /// built-in default, the config file, an environment variable or a flag. `json` (the
+    /// default): the configuration as one document on stdout, the file read and the keys not at
+    /// their default on stderr; `text`: every key, its value and its origin.
+    Show {
+        #[arg(long, value_enum, default_value = "json")]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,31 +250,115 @@ pub enum ApiKeyCommand {
     Revoke { id: String },
 }
 
-pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
+impl Cli {
+    /// The settings given as flags, the top configuration layer.
+    pub fn config_flags(&self) -> Vec<FlagValue> {
+        match &self.command {
+            Command::Serve {
+                listen: Some(listen),
+                ..
+            } => vec![FlagValue {
+                flag: "--listen",
+                key: "server.listen",
+                value: listen.clone(),
+            }],
+            _ => Vec::new(),
+        }
+    }
+}
+
+pub async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
+    let Loaded { config, provenance } = loaded;
     match cli.command {
-        Command::Serve { demo } => serve_command(config, demo).await,
+        Command::Serve { demo, .. } => serve_command(config, &provenance, demo).await,
         Command::Migrate { status, output } => migrate(&config, status, output).await,
         Command::Seed { file } => seed(&config, file).await,
         Command::Directory(command) => directory_command(&config, command).await,
         Command::ApiKey(command) => api_key_command(&config, command).await,
         Command::RateLimit(command) => rate_limit_command(&config, command).await,
         Command::SigningKey(command) => signing_key_command(&config, command).await,
-        Command::Config(ConfigCommand::Show) => {
-            println!("{}", serde_json::to_string_pretty(&config)?);
-            Ok(ExitCode::SUCCESS)
+        Command::Config(ConfigCommand::Show { output }) => {
+            config_show(&config, &provenance, output)
         }
         Command::Healthcheck => healthcheck(&config).await,
         Command::Token(TokenCommand::Decode { token, output }) => decode_token(token, output),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            let mut command = Cli::command();
-            clap_complete::generate(shell, &mut command, "neo-sessions", &mut std::io::stdout());
+            print!("{}", completion_script(shell)?);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn serve_command(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
+/// The binary's name, as shells complete it.
+const BIN_NAME: &str = "neo-sessions";
+
+/// A shell's completion script. clap_complete's bash script spells the state of a subcommand of
+/// a hyphenated binary two ways (clap-rs/clap#6421): the loop that walks the words builds
+/// `neo__sessions__subcmd__signing__subcmd__key`, the `case` arms it is matched against say
+/// `neo__subcmd__sessions__subcmd__…`, so nothing below the top level ever completed. The arms
+/// are respelled the way the loop spells them (a no-op once clap_complete is fixed).
+pub fn completion_script(shell: clap_complete::Shell) -> anyhow::Result<String> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, BIN_NAME, &mut script);
+    let script = String::from_utf8(script).context("the completion script is not UTF-8")?;
+    if shell != clap_complete::Shell::Bash {
+        return Ok(script);
+    }
+    let escaped = BIN_NAME.replace('-', "__");
+    let misspelled = BIN_NAME.replace('-', "__subcmd__");
+    Ok(script.replace(
+        &format!("{misspelled}__subcmd__"),
+        &format!("{escaped}__subcmd__"),
+    ))
+}
+
+/// `config show`: the configuration (secrets redacted) and where each value came from.
+fn config_show(
+    config: &Config,
+    provenance: &Provenance,
+    output: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let file = match &provenance.file {
+        Some(path) => format!("config file: {}", path.display()),
+        None => format!(
+            "config file: none (no --config, NEO_CONFIG or {})",
+            crate::config::DEFAULT_CONFIG_FILE
+        ),
+    };
+    let shown = serde_json::to_value(config)?;
+    if output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        // The document stays what scripts read; where it came from goes beside it.
+        eprintln!("{file}");
+        for (key, origin) in provenance.keys() {
+            if origin != Origin::Default {
+                eprintln!("{key}: from {origin}");
+            }
+        }
+        eprintln!("every other key: its built-in default (`config show --output text` lists all)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("# {file}");
+    println!("{:<40} {:<44} FROM", "KEY", "VALUE");
+    for (key, origin) in provenance.keys() {
+        let (section, field) = key.split_once('.').unwrap_or((&key, ""));
+        let value = match &shown[section][field] {
+            serde_json::Value::Null => "(unset)".to_owned(),
+            serde_json::Value::String(text) => format!("{text:?}"),
+            other => other.to_string(),
+        };
+        println!("{key:<40} {value:<44} {}", origin.short());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_command(
+    config: Config,
+    provenance: &Provenance,
+    demo: bool,
+) -> anyhow::Result<ExitCode> {
     if demo && config.api_key.env != DEMO_KEY_ENV {
         bail!("--demo seeds keys that are published in the README; it runs only with NEO_API_KEY_ENV=test");
     }
@@ -280,10 +374,28 @@ async fn serve_command(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let app = if demo {
-        App::build_demo(config).await?
+    let (database_backend, database) = describe_database(&config.database_url());
+    let key_encryption_key = key_encryption_key_origin(&config, provenance);
+    let key_env = config.api_key.env.clone();
+    let metrics_apart = config.server.metrics_listen.is_some();
+    let built = if demo {
+        App::build_demo(config).await
     } else {
-        App::build(config).await?
+        App::build(config).await
+    };
+    let app = match built {
+        Ok(app) => app,
+        Err(error) => {
+            // Which setting chose the address, so the operator knows what to change.
+            if let Some(listen) = error.downcast_ref::<crate::app::ListenError>() {
+                bail!(
+                    "{listen} ({} came from {})",
+                    listen.key,
+                    provenance.origin(listen.key)
+                );
+            }
+            return Err(error);
+        }
     };
     let address = app.address();
     let state = app.state();
@@ -300,13 +412,68 @@ async fn serve_command(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         .ring()
         .active(chrono::Utc::now().timestamp())
         .map(|k| k.key.kid().to_owned());
-    tracing::info!(%address, kid, version = env!("CARGO_PKG_VERSION"), "neo-sessions listening");
+    tracing::info!(
+        %address,
+        kid,
+        database_backend,
+        database,
+        key_env,
+        key_encryption_key,
+        version = env!("CARGO_PKG_VERSION"),
+        "neo-sessions listening"
+    );
     if demo {
-        println!("{}", demo_banner(&address.to_string()));
+        let kek_generated = key_encryption_key.starts_with("generated");
+        println!(
+            "{}",
+            demo_banner(&address.to_string(), metrics_apart, kek_generated)
+        );
     }
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The database backend and where it is, without credentials: `("postgres",
+/// "db.internal:5432/neo_sessions")`, `("sqlite", "data/neo-sessions.db")`.
+fn describe_database(url: &str) -> (&'static str, String) {
+    use crate::config::DatabaseBackend;
+    match DatabaseBackend::of_url(url) {
+        Some(DatabaseBackend::Sqlite) => {
+            let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or_default();
+            ("sqlite", path.to_owned())
+        }
+        Some(DatabaseBackend::Postgres) => {
+            let location = url::Url::parse(url)
+                .map(|url| {
+                    let host = url.host_str().unwrap_or("(socket)");
+                    let port = url.port().unwrap_or(5432);
+                    format!("{host}:{port}{}", url.path())
+                })
+                .unwrap_or_else(|_| "(unparsable URL)".to_owned());
+            ("postgres", location)
+        }
+        None => ("unknown", String::new()),
+    }
+}
+
+/// Where the key-encryption key comes from, for the start-up line (never the key).
+fn key_encryption_key_origin(config: &Config, provenance: &Provenance) -> String {
+    let signing = &config.signing;
+    if signing.key_file.is_some() {
+        return "none: signing.key_file is the one signing key".to_owned();
+    }
+    if signing.key_encryption_key.is_some() {
+        return provenance.origin("signing.key_encryption_key").to_string();
+    }
+    if let Some(path) = &signing.key_encryption_key_file {
+        return format!("file {}", path.display());
+    }
+    format!(
+        "generated in the data directory: {}",
+        crate::tokens::seal::Kek::generated_path(&config.data.dir).display()
+    )
 }
 
 /// The example fixture; its keys are `neo_sk_test_…`, inert unless `api_key.env` is `test`.
@@ -315,19 +482,35 @@ const DEMO_KEY_ENV: &str = "test";
 const DEMO_KEY: &str = "neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd";
 const DEMO_SESSION: &str = "s-acme-1";
 
-fn demo_banner(address: &str) -> String {
+fn demo_banner(address: &str, metrics_apart: bool, kek_generated: bool) -> String {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "neo-sessions".to_owned());
     let mint = format!(
         "curl -s http://{address}/public-api/sessions -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' -d '{{\"session_id\": \"{DEMO_SESSION}\", \"end_user\": \"demo-user\"}}'"
     );
+    let metrics = if metrics_apart {
+        "on server.metrics_listen (NEO_METRICS_LISTEN)".to_owned()
+    } else {
+        format!("http://{address}/metrics")
+    };
+    let kek = if kek_generated {
+        "\nThe signing keys are kept in the embedded database, encrypted with a key-encryption key\n\
+         (KEK) generated in the data directory on the first start: fine for this demo on one\n\
+         machine. In production every replica gets the same KEK from a secret:\n\
+         NEO_KEY_ENCRYPTION_KEY (make one with `openssl rand -base64 32`) or\n\
+         NEO_KEY_ENCRYPTION_KEY_FILE; see docs/operating.md.\n"
+    } else {
+        ""
+    };
     format!(
         "\nneo-sessions demo is listening on http://{address}\n\
          \x20 demo API key:    {DEMO_KEY}  (tenant acme)\n\
-         \x20 demo session id: {DEMO_SESSION}\n\n\
+         \x20 demo session id: {DEMO_SESSION}\n\
+         \x20 API reference:   http://{address}/docs\n\
+         \x20 metrics:         {metrics}\n\n\
          Mint a token:\n  {mint}\n\n\
-         Mint one and decode it:\n  {mint} | {exe} token decode\n"
+         Mint one and decode it:\n  {mint} | {exe} token decode\n{kek}"
     )
 }
 
@@ -644,13 +827,21 @@ async fn migrate(config: &Config, status: bool, output: OutputFormat) -> anyhow:
     }
     // Look without changing anything: no database is created, nothing migrated.
     let url = config.database_url();
-    let store = crate::store::connect(&url, 1).await.with_context(|| {
-        format!(
-            "cannot connect to the database {}",
-            crate::config::redact_url(&url)
-        )
-    })?;
-    let migrations = store.migration_status().await?;
+    let shown = crate::config::redact_url(&url);
+    let exists = crate::store::database_exists(&url)
+        .await
+        .with_context(|| format!("cannot reach the database server of {shown}"))?;
+    let migrations = if exists {
+        let store = crate::store::connect(&url, 1)
+            .await
+            .with_context(|| format!("cannot connect to the database {shown}"))?;
+        store.migration_status().await?
+    } else {
+        eprintln!(
+            "the database {shown} does not exist yet: every migration is pending (`migrate`, or `serve` with server.migrate_on_start, creates it)"
+        );
+        crate::store::migrations_of_a_new_database(&url)?
+    };
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&migrations)?);
     } else {

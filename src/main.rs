@@ -14,8 +14,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     neo_sessions_verify::install_crypto_provider();
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), std::env::vars_os().filter_map(utf8)) {
-        Ok(config) => config,
+    let loaded = match Config::load_with_flags(
+        cli.config.as_deref(),
+        std::env::vars_os().filter_map(utf8),
+        &cli.config_flags(),
+    ) {
+        Ok(loaded) => loaded,
+        // Before logging exists: said once, as text, on stderr.
         Err(error) => {
             eprintln!("neo-sessions: {error}");
             return ExitCode::from(2);
@@ -26,7 +31,7 @@ async fn main() -> ExitCode {
         _ => LogTarget::Stderr,
     };
     // Held until exit: dropping it flushes the log lines still queued.
-    let _log_guard = match telemetry::init(&config.log, log_target) {
+    let _log_guard = match telemetry::init(&loaded.config.log, log_target) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("neo-sessions: {error}");
@@ -39,15 +44,18 @@ async fn main() -> ExitCode {
             "unknown NEO_* variable ignored (a typo? see docs/operating.md#configuration)"
         );
     }
-    match neo_sessions::cli::run(cli, config).await {
+    match neo_sessions::cli::run(cli, loaded).await {
         Ok(code) => code,
         Err(error) => {
             let error = neo_sessions::cli::describe_error(&error);
-            // serve logs its fatal error for the log collector; other commands just say it.
+            // Said once, where the command's messages go: serve's is its last log line (JSON for
+            // the collector, or a readable line on a terminal); any other command says it on
+            // stderr, as text.
             if log_target == LogTarget::Stdout {
-                tracing::error!(error, "command failed");
+                tracing::error!(fatal = true, "{error}");
+            } else {
+                eprintln!("neo-sessions: {error}");
             }
-            eprintln!("neo-sessions: {error}");
             ExitCode::FAILURE
         }
     }

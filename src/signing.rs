@@ -423,13 +423,14 @@ fn spawn_reload(
             let Some(held) = issuer.upgrade() else {
                 return;
             };
-            // Without keys (the database was down at start) look every second, not every
-            // reload interval.
+            // Without keys (the database was down at start) look five times a second, not every
+            // reload interval: readiness waits for them (a refused call costs nothing while the
+            // database is down).
             let empty = held.ring().keys().is_empty();
             drop(held);
             tokio::select! {
                 () = tokio::time::sleep(if empty {
-                    Duration::from_secs(1)
+                    Duration::from_millis(200)
                 } else {
                     interval
                 }) => {}

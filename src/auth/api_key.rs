@@ -157,7 +157,12 @@ impl ApiKeyVerifier {
             return Err(invalid("unknown API key"));
         }
         if row.revoked_at.is_some() {
-            return Err(invalid("revoked API key"));
+            // The key's id and tenant (never the key), so an operator can tell whose
+            // integration still sends a revoked key.
+            return Err(invalid(format!(
+                "revoked API key {} of tenant {}",
+                row.id, row.tenant_id
+            )));
         }
         Ok(row)
     }

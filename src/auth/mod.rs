@@ -29,9 +29,12 @@ pub enum AuthError {
     /// No bearer credential at all (no header, or another scheme).
     #[error("missing bearer credentials")]
     Missing,
-    /// `reason` is for logs only; the client sees a generic message.
+    /// `reason` is for logs only (it may name a key id and its tenant); the client sees a
+    /// generic message.
     #[error("invalid bearer credentials: {reason}")]
-    Invalid { reason: &'static str },
+    Invalid {
+        reason: std::borrow::Cow<'static, str>,
+    },
     #[error("ambiguous credentials: {0}")]
     Ambiguous(&'static str),
     /// A valid credential whose holder may not do this (an end user, an app-only or
@@ -93,8 +96,10 @@ impl AuthError {
     }
 }
 
-fn invalid(reason: &'static str) -> AuthError {
-    AuthError::Invalid { reason }
+fn invalid(reason: impl Into<std::borrow::Cow<'static, str>>) -> AuthError {
+    AuthError::Invalid {
+        reason: reason.into(),
+    }
 }
 
 pub struct Authenticator {

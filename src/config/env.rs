@@ -229,14 +229,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("from environment variable NEO_SERVER_MAX_CONNECTIONS"),
+            err.contains("environment variable NEO_SERVER_MAX_CONNECTIONS"),
             "{err}"
         );
         let err = Config::load(None, env(&[("NEO_MAX_CONNECTIONS", "x")]))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("from environment variable NEO_MAX_CONNECTIONS"),
+            err.contains("environment variable NEO_MAX_CONNECTIONS"),
             "{err}"
         );
     }

@@ -10,6 +10,7 @@ mod auth;
 mod docs;
 mod env;
 mod log;
+mod origin;
 mod secret;
 mod server;
 mod storage;
@@ -25,7 +26,6 @@ use std::{
 };
 
 use figment::{
-    error::Kind,
     providers::{Format, Toml},
     value::Value,
     Figment,
@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     auth::{is_valid_key_env, ApiKeyConfig, EntraConfig, RateLimitConfig},
     log::{LogConfig, LogFormat},
+    origin::{FlagValue, Origin, Provenance},
     secret::{redact_url, Secret},
     server::{PublicUrl, ServerConfig, TrustedProxies, MIN_MAX_HEADER_BYTES},
     storage::{AuditConfig, CacheConfig, DataConfig, DatabaseBackend, DatabaseConfig},
@@ -110,6 +111,13 @@ section_defaults!(
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
 
+/// A configuration and where each of its values came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub provenance: Provenance,
+}
+
 impl Config {
     /// Layers the configuration. `file` is `--config`; when it is `None`, `config/default.toml` is
     /// read if it exists. `env` is the process environment (passed in so tests need no globals).
@@ -117,68 +125,80 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::load_with_flags(file, env, &[]).map(|loaded| loaded.config)
+    }
+
+    /// [`Config::load`] with command-line flags as the top layer (`serve --listen`), and the
+    /// origin of every value.
+    pub fn load_with_flags(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[FlagValue],
+    ) -> Result<Loaded, ConfigError> {
         let mut figment = Figment::from(Toml::string(EMBEDDED_DEFAULTS));
+        let mut provenance = Provenance::default();
         match file {
             Some(path) if !path.is_file() => {
                 return Err(ConfigError(format!(
-                    "config file {} does not exist",
+                    "config file {} (--config or NEO_CONFIG) does not exist",
                     path.display()
                 )))
             }
-            Some(path) => figment = figment.merge(Toml::file(path)),
+            Some(path) => {
+                figment = figment.merge(Toml::file(path));
+                provenance.file = Some(path.to_owned());
+            }
             None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
-                figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE))
+                figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE));
+                provenance.file = Some(PathBuf::from(DEFAULT_CONFIG_FILE));
             }
             None => {}
         }
-
-        let env: HashMap<String, String> = env.into_iter().collect();
-        // Which variable set which key (the last one merged wins: a key's derived name over its alias).
-        let mut set_by: HashMap<String, String> = HashMap::new();
-        for (var, key) in env::variables() {
-            if let Some(raw) = env.get(&var) {
-                let value: Value = match raw.parse() {
-                    Ok(value) => value,
-                    Err(never) => match never {},
-                };
-                figment = figment.merge((key.as_str(), value));
-                set_by.insert(key, var);
+        // The file's keys, by the file's own metadata (a key it does not set keeps its default).
+        for (_, key) in env::keys(EMBEDDED_DEFAULTS) {
+            if let Some(figment::Source::File(path)) =
+                figment.find_metadata(&key).and_then(|m| m.source.as_ref())
+            {
+                provenance
+                    .origins
+                    .insert(key.clone(), Origin::File(path.clone()));
             }
         }
-        // A problem is reported with where its value really came from.
-        let source_of = |key: &str| -> String {
-            if let Some(var) = set_by.get(key) {
-                return format!(" (from environment variable {var})");
+
+        let env: HashMap<String, String> = env.into_iter().collect();
+        // Merged in order, the last one wins: a key's derived name over its alias, a flag over both.
+        for (var, key) in env::variables() {
+            if let Some(raw) = env.get(&var) {
+                figment = figment.merge((key.as_str(), variable_value(&key, raw)));
+                provenance.origins.insert(key, Origin::Variable(var));
             }
-            match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
-                Some(figment::Source::File(path)) => {
-                    format!(" (from {}, key {key})", path.display())
-                }
-                _ => " (built-in default)".to_owned(),
-            }
-        };
+        }
+        for flag in flags {
+            figment = figment.merge((flag.key, variable_value(flag.key, &flag.value)));
+            provenance
+                .origins
+                .insert(flag.key.to_owned(), Origin::Flag(flag.flag));
+        }
 
         let config: Config = figment.extract().map_err(|error| {
             let messages: Vec<String> = error
                 .into_iter()
                 .map(|e| {
                     let key = e.path.join(".");
-                    match &e.kind {
-                        _ if key.is_empty() => e.kind.to_string(),
-                        // A `NonZero*` key given 0 (or less).
-                        Kind::InvalidValue(_, expected) if expected.starts_with("a nonzero") => {
-                            format!("{key} must be at least 1{}", source_of(&key))
-                        }
-                        kind => format!("{key}: {kind}{}", source_of(&key)),
+                    if key.is_empty() {
+                        e.kind.to_string()
+                    } else {
+                        provenance.explain(&key, &e.kind)
                     }
                 })
                 .collect();
             ConfigError(messages.join("; "))
         })?;
-        validate(&config).map_err(|Invalid { key, message }| {
-            ConfigError(format!("{key} {message}{}", source_of(key)))
+        validate(&config).map_err(|Invalid { keys, message }| {
+            let shown = serde_json::to_value(&config).unwrap_or_default();
+            ConfigError(provenance.explain_rule(keys, &message, |key| value_at(&shown, key)))
         })?;
-        Ok(config)
+        Ok(Loaded { config, provenance })
     }
 
     /// `NEO_*` variables that set nothing (a typo, or a setting that does not exist): worth a
@@ -206,5 +226,29 @@ impl Config {
 
     pub fn embedded_database_path(&self) -> PathBuf {
         self.data.dir.join("neo-sessions.db")
+    }
+}
+
+/// A variable's (or flag's) value as a layer: as it is for a key that takes text, else read as
+/// TOML reads a value (`true`, `10`).
+fn variable_value(key: &str, raw: &str) -> Value {
+    if origin::takes_text(key) {
+        return Value::from(raw.to_owned());
+    }
+    match raw.parse() {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
+}
+
+/// A key's value in the serialized configuration (secrets already redacted), for messages.
+fn value_at(config: &serde_json::Value, key: &str) -> String {
+    let Some((section, field)) = key.split_once('.') else {
+        return String::new();
+    };
+    match &config[section][field] {
+        serde_json::Value::Null => "unset".to_owned(),
+        serde_json::Value::String(text) => format!("{text:?}"),
+        other => other.to_string(),
     }
 }

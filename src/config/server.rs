@@ -109,7 +109,11 @@ impl TrustedProxies {
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
+                    .map_err(|_| {
+                        format!(
+                            "{s:?} is not an IP address or CIDR; expected comma-separated IP addresses and CIDRs, e.g. \"10.0.0.0/8, 192.0.2.7\""
+                        )
+                    })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
@@ -136,15 +140,29 @@ impl Serialize for TrustedProxies {
 }
 
 /// `server.listen` and `server.metrics_listen`: an IP address and a port. A host name is not
-/// resolved; saying so beats "invalid socket address syntax".
+/// resolved; saying so beats "invalid socket address syntax". A bare port (`8080`, or the number
+/// 8080 in a file) is answered with the two addresses it could have meant.
 fn socket_address<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<SocketAddr, D::Error> {
-    let text = String::deserialize(deserializer)?;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(i64),
+    }
+    const VALID: &str = "expected an IP address and a port, e.g. 127.0.0.1:8080 (this host only), 0.0.0.0:8080 (every interface) or [::1]:8080; host names such as localhost are not resolved";
+    let text = match Written::deserialize(deserializer)? {
+        Written::Text(text) => text,
+        Written::Number(port) => port.to_string(),
+    };
+    if let Ok(port) = text.trim().parse::<u16>() {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is a port without an address; {VALID} (for this port: 127.0.0.1:{port} or 0.0.0.0:{port})"
+        )));
+    }
     text.trim().parse().map_err(|_| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not an IP address and port, e.g. 127.0.0.1:8080 or [::1]:8080 (host names such as localhost are not resolved)"
-        ))
+        serde::de::Error::custom(format!("{text:?} is not an IP address and port; {VALID}"))
     })
 }
 

@@ -110,7 +110,7 @@ fn an_error_names_the_source_it_really_came_from() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("from environment variable NEO_TOKEN_MIN_TTL"),
+        err.contains("environment variable NEO_TOKEN_MIN_TTL, key token.min_ttl"),
         "{err}"
     );
 }
@@ -209,7 +209,7 @@ fn a_zero_where_at_least_one_is_needed_names_its_key() {
             .to_string();
         assert!(
             err.contains(&format!(
-                "{key} must be at least 1 (from environment variable {var})"
+                "environment variable {var}, key {key}: must be at least 1"
             )),
             "{err}"
         );
@@ -218,7 +218,7 @@ fn a_zero_where_at_least_one_is_needed_names_its_key() {
         let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
-                "{key} must be at least 1 (from {}",
+                "{}, key {key}: must be at least 1",
                 path.display()
             )),
             "{err}"
@@ -384,4 +384,186 @@ fn two_different_key_encryption_keys_are_refused() {
 
     assert!(with_file(format!("{}\n", b64(&a)).as_bytes(), &b64(&a)).is_ok());
     assert!(with_file(&a, &b64(&a)).is_ok());
+}
+
+/// A key, a bad value of it (`None`: any text is valid), other variables the rule needs, and a
+/// piece of what a valid value looks like.
+type Row<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+
+/// Words of the Rust types behind the keys, which mean nothing to an operator.
+const SERDE_WORDS: &[&str] = &[
+    "u16",
+    "u32",
+    "u64",
+    "usize",
+    "nonzero",
+    "invalid type",
+    "found ",
+];
+
+/// One row per key of `config/default.toml`: a bad value (with any other variable the rule
+/// needs), and a piece of what a valid value looks like. Each error must name the source that
+/// was set (the variable; the file and key), the key, and the valid form, in an operator's
+/// words. `None`: any text is a valid value of that key.
+#[test]
+fn every_key_explains_a_bad_value_with_its_source_key_and_valid_form() {
+    const ENTRA_ON: &[(&str, &str)] = &[("NEO_ENTRA_AUDIENCE", "api://neo")];
+    #[rustfmt::skip]
+    let rows: &[Row] = &[
+        ("server.listen", Some("8080"), &[], "127.0.0.1:8080"),
+        ("server.migrate_on_start", Some("yes"), &[], "true or false"),
+        ("server.request_timeout_seconds", Some("0"), &[], "at least 1"),
+        ("server.body_limit_bytes", Some("100"), &[], "at least 1024"),
+        ("server.header_timeout_seconds", Some("soon"), &[], "a whole number"),
+        ("server.idle_timeout_seconds", Some("-1"), &[], "a whole number"),
+        ("server.max_connections", Some("0"), &[], "a whole number of 1 or more"),
+        ("server.max_connections_per_address", Some("many"), &[], "a whole number"),
+        ("server.max_header_bytes", Some("1024"), &[], "at least 8192"),
+        ("server.shutdown_grace_seconds", Some("1.5"), &[], "a whole number"),
+        ("server.trusted_proxies", Some("10.0.0.0/33"), &[], "10.0.0.0/8"),
+        ("server.metrics_listen", Some("localhost:9090"), &[], "127.0.0.1:8080"),
+        ("database.url", Some("mysql://db/neo"), &[], "postgres://"),
+        ("database.max_connections", Some("0"), &[], "whole number from 1"),
+        ("data.dir", Some(""), &[], "a path"),
+        ("api_key.env", Some("Live_1"), &[], "lowercase letters or digits"),
+        ("api_key.last_used_resolution_seconds", Some("1m"), &[], "a whole number"),
+        ("api_key.cache_seconds", Some("-5"), &[], "a whole number"),
+        ("token.issuer", Some(" "), &[], "https://api.neoagent.io"),
+        ("token.audience", Some(""), &[], "https://api.neoagent.io/chat"),
+        ("token.default_ttl", Some("10"), &[], "from 60 to 3600"),
+        ("token.min_ttl", Some("7200"), &[], "3600 or less"),
+        ("token.max_ttl", Some("10"), &[], "60 or more"),
+        ("token.scope", Some("chat mint"), &[], "chat:session"),
+        ("token.leeway_seconds", Some("thirty"), &[], "a whole number"),
+        ("signing.key_file", Some(""), &[], "a path"),
+        ("signing.algorithm", Some("HS256"), &[], "ES256, EdDSA, RS256"),
+        ("signing.key_encryption_key", Some("c2hvcnQ="), &[], "openssl rand -base64 32"),
+        ("signing.key_encryption_key_file", Some(""), &[], "a path"),
+        ("signing.rotate_days", Some("weekly"), &[], "a whole number"),
+        ("signing.lead_seconds", Some("60"), &[], "301 or more"),
+        ("signing.reload_seconds", Some("900"), &[], "from 1 to 599"),
+        ("signing.jwks_max_age_seconds", Some("3600"), &[], "599 or less"),
+        ("entra.audience", None, &[], ""),
+        ("entra.jwks_url", Some("http://example.com/keys"), ENTRA_ON, "https://"),
+        ("entra.required_scope", None, &[], ""),
+        ("entra.leeway_seconds", Some("1e3"), &[], "a whole number"),
+        ("entra.refresh_seconds", Some("0"), &[], "1 or more"),
+        ("entra.key_max_age_seconds", Some("60"), ENTRA_ON, "3600 or more"),
+        ("entra.kid_cooldown_seconds", Some("five"), &[], "a whole number"),
+        ("entra.retry_seconds", Some("true"), &[], "a whole number"),
+        ("entra.http_timeout_seconds", Some("0"), &[], "1 or more"),
+        ("entra.token_cache_entries", Some("lots"), &[], "a whole number"),
+        ("rate_limit.per_minute", Some("0"), &[], "from 1 to 4294967295"),
+        ("rate_limit.burst", Some("99999999999"), &[], "from 1 to 4294967295"),
+        ("rate_limit.auth_failure_per_minute", Some("-1"), &[], "from 1"),
+        ("rate_limit.auth_failure_burst", Some("x"), &[], "from 1"),
+        ("rate_limit.redis_url", Some("http://cache:6379"), &[], "redis://127.0.0.1:6379"),
+        ("rate_limit.redis_prefix", None, &[], ""),
+        ("rate_limit.redis_timeout_ms", Some("fast"), &[], "a whole number"),
+        ("rate_limit.override_cache_seconds", Some("-30"), &[], "a whole number"),
+        ("audit.retention_days", Some("forever"), &[], "from 0 to 4294967295"),
+        ("cache.session_entries", Some("all"), &[], "a whole number"),
+        ("log.format", Some("xml"), &[], "auto, json, pretty"),
+        ("log.filter", Some("a=b=c"), &[], "info,neo_sessions=debug"),
+    ];
+    let mut covered: Vec<&str> = rows.iter().map(|(key, ..)| *key).collect();
+    covered.sort();
+    let mut keys: Vec<String> = env::keys(env::EMBEDDED_DEFAULTS).map(|(_, k)| k).collect();
+    keys.sort();
+    assert_eq!(covered, keys, "one row per key of config/default.toml");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("operator.toml");
+    for (key, bad, extra, valid) in rows {
+        let var = env::derived_name(key);
+        let Some(bad) = bad else {
+            let mut vars = extra.to_vec();
+            vars.push((&var, "anything at all"));
+            assert!(
+                Config::load(None, env(&vars)).is_ok(),
+                "{key} takes any text"
+            );
+            continue;
+        };
+        let mut vars = extra.to_vec();
+        vars.push((&var, bad));
+        let from_variable = Config::load(None, env(&vars))
+            .map(|_| ())
+            .expect_err(&format!("{var}={bad} must be refused"))
+            .to_string();
+        // A file holding the same value (text quoted, as an operator would write it).
+        let (section, field) = key.split_once('.').unwrap();
+        let number_or_bool = bad.parse::<f64>().is_ok() || bad.parse::<bool>().is_ok();
+        let literal = if origin::takes_text(key) || !number_or_bool {
+            format!("{bad:?}")
+        } else {
+            (*bad).to_owned()
+        };
+        std::fs::write(&path, format!("[{section}]\n{field} = {literal}\n")).unwrap();
+        let from_file = Config::load(Some(&path), env(extra))
+            .map(|_| ())
+            .expect_err(&format!("{field} = {literal} in a file must be refused"))
+            .to_string();
+        for (err, source) in [
+            (
+                &from_variable,
+                format!("environment variable {var}, key {key}"),
+            ),
+            (&from_file, format!("{}, key {key}", path.display())),
+        ] {
+            assert!(
+                err.contains(&source),
+                "{key}: the source that set it: {err}"
+            );
+            assert!(
+                err.contains(*valid),
+                "{key}: what a valid value is ({valid}): {err}"
+            );
+            for word in SERDE_WORDS {
+                assert!(
+                    !err.contains(word),
+                    "{key}: {word:?} means nothing to an operator: {err}"
+                );
+            }
+        }
+    }
+}
+
+/// A rule between two keys blames the one that was set, not the other one's built-in default.
+#[test]
+fn a_rule_between_keys_blames_the_key_that_was_set() {
+    let err = Config::load(None, env(&[("NEO_TOKEN_MAX_TTL", "10")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid configuration: environment variable NEO_TOKEN_MAX_TTL, key token.max_ttl = 10:"),
+        "{err}"
+    );
+    // (The built-in default, or config/default.toml when the tests run where it is.)
+    assert!(err.contains("; token.min_ttl is 60, from the "), "{err}");
+
+    let err = Config::load(None, env(&[("NEO_TOKEN_MIN_TTL", "7200")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid configuration: environment variable NEO_TOKEN_MIN_TTL, key token.min_ttl = 7200:"),
+        "{err}"
+    );
+}
+
+/// A variable of a key that takes text is that text: `NEO_LISTEN=8080` is an address problem,
+/// not "expected a string".
+#[test]
+fn a_port_alone_is_answered_with_the_addresses_it_could_mean() {
+    let err = Config::load(None, env(&[("NEO_LISTEN", "8080")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("environment variable NEO_LISTEN, key server.listen"),
+        "{err}"
+    );
+    assert!(err.contains("127.0.0.1:8080 or 0.0.0.0:8080"), "{err}");
+    assert!(!err.contains("a string"), "{err}");
+    let config = Config::load(None, env(&[("NEO_TOKEN_ISSUER", "12345")])).unwrap();
+    assert_eq!(config.token.issuer, "12345");
 }

@@ -43,7 +43,9 @@ pub enum ApiError {
     MissingCredentials,
     /// `reason` is for logs only; the client sees a generic message.
     #[error("invalid bearer credentials: {reason}")]
-    InvalidCredentials { reason: &'static str },
+    InvalidCredentials {
+        reason: std::borrow::Cow<'static, str>,
+    },
     #[error("ambiguous credentials: {0}")]
     AmbiguousCredentials(&'static str),
     #[error("insufficient scope")]
@@ -338,7 +340,7 @@ impl ApiError {
             }
         };
         let cause = match &self {
-            Self::InvalidCredentials { reason } => Some((*reason).to_owned()),
+            Self::InvalidCredentials { reason } => Some(reason.to_string()),
             Self::Store(_) | Self::Internal(_) | Self::DatabaseUnavailable(_) => {
                 Some(self.to_string())
             }
@@ -493,7 +495,7 @@ mod tests {
             ),
             (
                 AuthError::Invalid {
-                    reason: "unknown API key",
+                    reason: "unknown API key".into(),
                 },
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
@@ -732,7 +734,7 @@ mod tests {
         };
         let errors = vec![
             ApiError::MissingCredentials,
-            ApiError::InvalidCredentials { reason: "x" },
+            ApiError::InvalidCredentials { reason: "x".into() },
             ApiError::AmbiguousCredentials("x"),
             ApiError::InsufficientScope { needed: None },
             ApiError::InsufficientScope {

@@ -79,8 +79,10 @@ pub async fn health(
     ))
 }
 
-/// How long one database ping answers readiness for everyone.
+/// How long one database ping answers readiness for everyone; a failed ping for less, so a
+/// database that comes back is seen soon.
 const READINESS_TTL: Duration = Duration::from_secs(1);
+const NOT_READY_TTL: Duration = Duration::from_millis(200);
 
 /// The last readiness ping, shared: a flood of unauthenticated probes costs at most one ping a
 /// second, and concurrent probes wait for the one ping in flight instead of each taking a
@@ -101,7 +103,7 @@ impl ReadinessCache {
     pub async fn database(&self, store: &Store) -> Result<(), ()> {
         let mut last = self.last.lock().await;
         if let Some((at, ok)) = *last {
-            if at.elapsed() < READINESS_TTL {
+            if at.elapsed() < if ok { READINESS_TTL } else { NOT_READY_TTL } {
                 return if ok { Ok(()) } else { Err(()) };
             }
         }

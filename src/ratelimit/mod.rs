@@ -155,7 +155,9 @@ impl RateLimits {
         if let Some(redis) = &self.redis {
             if !redis.wait_connected(within).await {
                 tracing::warn!(
-                    "Redis is not reachable yet; rate limits use this process's memory until it is"
+                    redis = %redis.host,
+                    "Redis at {} is not reachable yet; rate limits use this process's memory until it is",
+                    redis.host
                 );
             }
         }
@@ -191,6 +193,7 @@ impl RateLimits {
                     Ok(decision) => {
                         if self.redis_down.swap(false, Ordering::Relaxed) {
                             tracing::info!(
+                                redis = %redis.host,
                                 "Redis answers again; rate limits are shared across replicas"
                             );
                         }
@@ -199,7 +202,7 @@ impl RateLimits {
                     Err(error) => {
                         redis.back_off();
                         if !self.redis_down.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(%error, "Redis unreachable; rate limits fall back to this process's memory");
+                            tracing::warn!(redis = %redis.host, %error, "Redis at {} unreachable; rate limits fall back to this process's memory", redis.host);
                         }
                     }
                 }

@@ -42,6 +42,19 @@ pub struct RedisLimits {
     timeout: Duration,
     /// After a failure Redis is not tried again before this instant.
     retry_at: Mutex<Option<Instant>>,
+    /// `host:port` of the URL, for log lines (never its password).
+    pub host: String,
+}
+
+/// `host:port` of a Redis URL: what a log line may say of it.
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|url| {
+            let host = url.host_str()?.to_owned();
+            Some(format!("{host}:{}", url.port().unwrap_or(6379)))
+        })
+        .unwrap_or_else(|| "(unparsable URL)".to_owned())
 }
 
 impl RedisLimits {
@@ -52,10 +65,12 @@ impl RedisLimits {
         neo_sessions_verify::install_crypto_provider();
         let client = redis::Client::open(url).map_err(|e| BackendError(e.to_string()))?;
         let connection = Arc::new(OnceLock::new());
+        let host = host_of(url);
         tokio::spawn(connect_in_background(
             client,
             Arc::downgrade(&connection),
             timeout,
+            host.clone(),
         ));
         Ok(Self {
             connection,
@@ -63,6 +78,7 @@ impl RedisLimits {
             prefix: prefix.to_owned(),
             timeout,
             retry_at: Mutex::new(None),
+            host,
         })
     }
 
@@ -127,6 +143,7 @@ async fn connect_in_background(
     client: redis::Client,
     slot: std::sync::Weak<OnceLock<ConnectionManager>>,
     timeout: Duration,
+    host: String,
 ) {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(timeout.max(Duration::from_secs(1)))
@@ -146,15 +163,15 @@ async fn connect_in_background(
             Ok(Ok(connection)) => {
                 if let Some(slot) = slot.upgrade() {
                     let _ = slot.set(connection);
-                    tracing::info!("connected to Redis; rate limits are shared across replicas");
+                    tracing::info!(redis = %host, "connected to Redis; rate limits are shared across replicas");
                 }
                 return;
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, retry_in_seconds = delay.as_secs(), "cannot connect to Redis; rate limits use this process's memory meanwhile");
+                tracing::warn!(redis = %host, %error, retry_in_seconds = delay.as_secs(), "cannot connect to Redis at {host}; rate limits use this process's memory meanwhile");
             }
             Err(_) => {
-                tracing::warn!(retry_in_seconds = delay.as_secs(), "Redis did not accept a connection in time; rate limits use this process's memory meanwhile");
+                tracing::warn!(redis = %host, retry_in_seconds = delay.as_secs(), "Redis at {host} did not accept a connection in time; rate limits use this process's memory meanwhile");
             }
         }
         tokio::time::sleep(delay).await;

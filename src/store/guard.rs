@@ -32,6 +32,14 @@ use crate::metrics::Metrics;
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A database unreachable at start is tried again after 100 ms, doubling up to 1 s: a replica
+/// turns ready within about a second of the database answering (a back-off to 30 s cost up to
+/// 9 s), and one attempt a second costs the database nothing.
+const STARTING_RETRY_FIRST: Duration = Duration::from_millis(100);
+const STARTING_RETRY_CAP: Duration = Duration::from_secs(1);
+/// How often the still-failing start is logged.
+const STARTING_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// Whether a store operation may run a second time when its pooled connection died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -99,8 +107,9 @@ impl Store {
 
     /// A store whose database was not reachable at start: every call is refused until the
     /// background preparation (create the database if missing and migrate, with
-    /// `migrate_on_start`; else a ping) succeeds, retried with a logged back-off of 1 s doubling
-    /// to 30 s.
+    /// `migrate_on_start`; else a ping) succeeds, retried with a back-off of 100 ms doubling to
+    /// [`STARTING_RETRY_CAP`], so a replica turns ready within about a second of the database
+    /// coming back. A failure is logged at first and then at most every 30 s.
     pub(super) fn starting(
         pool: Pool,
         losses: Arc<ConnectionLosses>,
@@ -112,7 +121,8 @@ impl Store {
         let prepared = Arc::clone(&down);
         let background = pool.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_secs(1);
+            let mut delay = STARTING_RETRY_FIRST;
+            let mut logged: Option<Instant> = None;
             loop {
                 let attempt = async {
                     if migrate_on_start {
@@ -129,9 +139,12 @@ impl Store {
                         return;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, retry_in_seconds = delay.as_secs(), "database not ready yet");
+                        if logged.is_none_or(|at| at.elapsed() >= STARTING_LOG_EVERY) {
+                            tracing::warn!(%error, retry_every_ms = u64::try_from(STARTING_RETRY_CAP.as_millis()).unwrap_or(u64::MAX), "database not ready yet; retrying");
+                            logged = Some(Instant::now());
+                        }
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(30));
+                        delay = (delay * 2).min(STARTING_RETRY_CAP);
                     }
                 }
             }

@@ -815,6 +815,28 @@ pub async fn create_database_if_missing(url: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// Whether the database `url` names exists, without creating it (a PostgreSQL database on its
+/// server, a SQLite file).
+pub async fn database_exists(url: &str) -> StoreResult<bool> {
+    use sqlx::migrate::MigrateDatabase;
+    match DatabaseBackend::of_url(url) {
+        Some(DatabaseBackend::Postgres) => Ok(sqlx::Postgres::database_exists(url).await?),
+        Some(DatabaseBackend::Sqlite) => Ok(sqlx::Sqlite::database_exists(url).await?),
+        None => Err(StoreError::UnsupportedUrl),
+    }
+}
+
+/// Every migration the binary embeds for the backend of `url`, none applied: the status of a
+/// database that does not exist yet.
+pub fn migrations_of_a_new_database(url: &str) -> StoreResult<Vec<MigrationStatus>> {
+    let migrator = match DatabaseBackend::of_url(url) {
+        Some(DatabaseBackend::Postgres) => &postgres::MIGRATOR,
+        Some(DatabaseBackend::Sqlite) => &sqlite::MIGRATOR,
+        None => return Err(StoreError::UnsupportedUrl),
+    };
+    Ok(migration_status_of(migrator, &[]))
+}
+
 /// A PostgreSQL store that connects on first use, behind a guard that refuses calls until the
 /// database is reachable and migrated (see `Store::starting`).
 pub fn connect_when_reachable(

@@ -144,9 +144,11 @@ impl Kek {
                 source,
             }
         })?;
-        tracing::warn!(
+        // Expected on a first start (a demo, one machine): said once, with what it is and what
+        // production needs, rather than as a warning nothing explains.
+        tracing::info!(
             path = %path.display(),
-            "generated a key-encryption key in the data directory (embedded database only; a shared database needs NEO_KEY_ENCRYPTION_KEY)"
+            "generated a key-encryption key (KEK: the secret that encrypts the signing keys kept in the database) in the data directory; fine on one machine with the embedded database; in production give every replica the same KEK from a secret (NEO_KEY_ENCRYPTION_KEY or NEO_KEY_ENCRYPTION_KEY_FILE, see docs/operating.md)"
         );
         Self::from_bytes(&bytes, path.display().to_string())
     }

@@ -134,5 +134,8 @@ fn demo_refuses_to_run_outside_the_test_key_environment() {
         .output()
         .expect("run");
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("NEO_API_KEY_ENV=test"));
+    // serve's fatal error is its last log line (stdout), said once.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("NEO_API_KEY_ENV=test"), "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).trim().is_empty());
 }

@@ -171,6 +171,16 @@ async fn request_logs_carry_identity_but_never_secrets_and_sigterm_stops_cleanly
     assert_eq!(first["span"]["jti"], minted["data"]["jti"]);
     assert_eq!(completed[1]["status"], 401);
     assert_eq!(completed[1]["span"]["code"], "invalid_credentials");
+    // The refusal of a revoked key says whose key it is (its id and tenant; never the key).
+    let refused = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["message"] == "request refused" && e["code"] == "invalid_credentials")
+        .unwrap_or_else(|| panic!("no refusal line:\n{log}"));
+    assert_eq!(
+        refused["cause"], "revoked API key k-old of tenant acme",
+        "{refused}"
+    );
     assert_eq!(completed[2]["status"], 403);
     assert_eq!(completed[2]["span"]["code"], "insufficient_scope");
     assert_eq!(completed[2]["span"]["principal_kind"], "end_user");

@@ -40,6 +40,7 @@ mod metrics;
 mod mint;
 mod oauth;
 mod openapi;
+mod operator;
 mod rate_limit;
 mod retention;
 mod schema;
