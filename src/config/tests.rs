@@ -422,6 +422,8 @@ fn every_key_explains_a_bad_value_with_its_source_key_and_valid_form() {
         ("server.shutdown_grace_seconds", Some("1.5"), &[], "a whole number"),
         ("server.trusted_proxies", Some("10.0.0.0/33"), &[], "10.0.0.0/8"),
         ("server.metrics_listen", Some("localhost:9090"), &[], "127.0.0.1:8080"),
+        ("server.public_url", Some("https://sessions.example.com/api"), &[], "https://sessions.example.com"),
+        ("server.public_url_from_request", Some("sometimes"), &[], "true or false"),
         ("database.url", Some("mysql://db/neo"), &[], "postgres://"),
         ("database.max_connections", Some("0"), &[], "whole number from 1"),
         ("data.dir", Some(""), &[], "a path"),
