@@ -45,13 +45,14 @@ cargo build --release --locked --bin neo-sessions --example entra_fixture --exam
 
 work=$(mktemp -d)
 pids=()
+pgroot=""
 pgdir=""
 as_pg=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [ -n "$pgdir" ]; then
     "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir" -m fast stop >/dev/null 2>&1 || true
-    rm -rf "$pgdir"
+    rm -rf "$pgroot"
   fi
   if [ "${KEEP:-0}" = 1 ]; then echo "raw outputs kept in $work" >&2; else rm -rf "$work"; fi
 }
@@ -60,12 +61,12 @@ trap cleanup EXIT
 if [ "$PRIVATE" = 1 ]; then
   pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
   [ -x "$pgbin/initdb" ] || { echo "initdb not found (install postgresql, or PRIVATE=0)" >&2; exit 1; }
-  pgdir=$(mktemp -d /tmp/neo-costs-pg.XXXXXX)
-  if [ "$(id -u)" = 0 ]; then chown postgres: "$pgdir"; as_pg=(runuser -u postgres --); else as_pg=(env); fi
-  "${as_pg[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres >/dev/null
-  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start \
-    -o "-p $PG_PORT -k $pgdir -c listen_addresses=127.0.0.1 -c synchronous_commit=on" >/dev/null
-  pgdir=$pgdir/data
+  pgroot=$(mktemp -d /tmp/neo-costs-pg.XXXXXX)
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$pgroot"; as_pg=(runuser -u postgres --); else as_pg=(env); fi
+  pgdir=$pgroot/data
+  "${as_pg[@]}" "$pgbin/initdb" -D "$pgdir" -A trust -U postgres >/dev/null
+  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir" -l "$pgroot/log" -w start \
+    -o "-p $PG_PORT -k $pgroot -c listen_addresses=127.0.0.1 -c synchronous_commit=on" >/dev/null
   PG_ADMIN=postgres://postgres@127.0.0.1:$PG_PORT/postgres
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 &
   pids+=($!)
