@@ -11,12 +11,15 @@
 //! loadgen --get http://127.0.0.1:18180/public-api/sessions/<jti> --bearer neo_sk_... --duration 10
 //! loadgen --plan plan.json --url ... --requests 1000000   # stop after that many instead
 //! loadgen --plan plan.json --url ... --sweep               # each session of the plan once, in order
+//! loadgen --plan plan.json --url ... --idempotency-keys run1 # request n sends `Idempotency-Key: run1-n`
 //! ```
 //!
 //! The plan: `{"sessions": [["s-1", "acme"], ...]` (most popular first), `"credentials":
 //! {"acme": ["neo_sk_...", "eyJ..."]}`, `"agents": {"acme": [101, 102]}`, `"zipf_s": 1.1`,
 //! `"agents_share": 0.2}`. With `--rate`, requests are scheduled at that rate and each latency
-//! is measured from its scheduled time (no coordinated omission).
+//! is measured from its scheduled time (no coordinated omission). Each second of the run also
+//! counts its outcomes (status codes, and `connection`/`timeout` for requests that got no
+//! answer), so a run that loses a replica midway shows when requests failed and how.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -119,6 +122,7 @@ struct Args {
     bearer: Option<String>,
     requests: Option<u64>,
     sweep: bool,
+    idempotency_prefix: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -132,6 +136,7 @@ fn args() -> anyhow::Result<Args> {
         bearer: None,
         requests: None,
         sweep: false,
+        idempotency_prefix: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -149,6 +154,7 @@ fn args() -> anyhow::Result<Args> {
             "--bearer" => args.bearer = Some(value()?),
             "--requests" => args.requests = Some(value()?.parse()?),
             "--sweep" => args.sweep = true,
+            "--idempotency-keys" => args.idempotency_prefix = Some(value()?),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -173,6 +179,8 @@ struct Tally {
     samples: Vec<Sample>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
+    /// Outcomes per second of the schedule: status code or error kind → count.
+    outcomes: BTreeMap<u64, BTreeMap<String, u64>>,
 }
 
 /// p50, p99 and p99.9 of `latencies` (sorted here), in seconds.
@@ -204,6 +212,9 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let started = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     // A count of requests (or a sweep) runs until done; otherwise the duration bounds the run.
     let limit = match (&workload, args.sweep) {
         (Some(workload), true) => Some(workload.plan.sessions.len() as u64),
@@ -248,11 +259,17 @@ async fn main() -> anyhow::Result<()> {
                     Some(workload) => {
                         let (credential, body) = workload.request(&mut rng, n, args.sweep);
                         api_key = credential.starts_with("neo_sk_");
-                        client
+                        let request = client
                             .post(&args.url)
                             .bearer_auth(credential)
                             .header("content-type", "application/json")
-                            .body(body)
+                            .body(body);
+                        match &args.idempotency_prefix {
+                            Some(prefix) => {
+                                request.header("idempotency-key", format!("{prefix}-{n}"))
+                            }
+                            None => request,
+                        }
                     }
                     None => match &args.bearer {
                         Some(bearer) => client.get(&args.url).bearer_auth(bearer),
@@ -264,6 +281,12 @@ async fn main() -> anyhow::Result<()> {
                         let status = response.status().as_u16();
                         let _ = response.bytes().await;
                         *local.statuses.entry(status).or_default() += 1;
+                        *local
+                            .outcomes
+                            .entry((due - started).as_secs())
+                            .or_default()
+                            .entry(status.to_string())
+                            .or_default() += 1;
                         local.samples.push(Sample {
                             due: due - started,
                             latency: due.elapsed(),
@@ -277,6 +300,12 @@ async fn main() -> anyhow::Result<()> {
                             "connection"
                         };
                         *local.errors.entry(kind.to_owned()).or_default() += 1;
+                        *local
+                            .outcomes
+                            .entry((due - started).as_secs())
+                            .or_default()
+                            .entry(kind.to_owned())
+                            .or_default() += 1;
                     }
                 }
             }
@@ -287,6 +316,12 @@ async fn main() -> anyhow::Result<()> {
             }
             for (error, count) in local.errors {
                 *tally.errors.entry(error).or_default() += count;
+            }
+            for (second, outcomes) in local.outcomes {
+                let into = tally.outcomes.entry(second).or_default();
+                for (outcome, count) in outcomes {
+                    *into.entry(outcome).or_default() += count;
+                }
             }
         }));
     }
@@ -313,6 +348,7 @@ async fn main() -> anyhow::Result<()> {
         .samples
         .iter()
         .map(|s| s.due.as_secs())
+        .chain(tally.outcomes.keys().copied())
         .max()
         .map_or(0, |m| m + 1);
     let by_second: Vec<_> = (0..seconds)
@@ -321,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
             let count = in_second.len();
             let mut p = percentiles(&mut in_second);
             p["count"] = json!(count);
+            p["outcomes"] = json!(tally.outcomes.get(&second).cloned().unwrap_or_default());
             p
         })
         .collect();
@@ -336,6 +373,9 @@ async fn main() -> anyhow::Result<()> {
             "requestsPerSec": total as f64 / elapsed,
             "successRate": if total > 0 { ok as f64 / total as f64 } else { 0.0 },
             "total": elapsed,
+            // When second 0 of the per-second figures began (Unix time), to line them up
+            // with events outside the run.
+            "startedUnix": started_unix,
         },
         "latencyPercentiles": percentiles(&mut latencies(&|_| true)),
         "latencyPercentilesByCredential": by_credential,

@@ -111,7 +111,13 @@ impl RedisLimits {
             return Err(BackendError("not connected to Redis yet".into()));
         };
         let mut connection = connection.clone();
-        let period_us = i64::try_from(quota.period().as_micros()).unwrap_or(i64::MAX);
+        // The script counts in whole microseconds: a quota above one request per microsecond
+        // (60,000,000 a minute) would cost 0 µs per request, and Redis refuses the expiry of 0
+        // ms the script then sets (which sent every principal to memory for a second). Such a
+        // quota is one per microsecond on Redis.
+        let period_us = i64::try_from(quota.period().as_micros())
+            .unwrap_or(i64::MAX)
+            .max(1);
         let mut invocation = self.script.key(format!("{}{key}", self.prefix));
         invocation
             .arg(period_us)

@@ -301,6 +301,46 @@ async fn two_replicas_sharing_redis_enforce_one_budget(backend: Backend) {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+/// A quota above one request per microsecond (60,000,000 a minute: "unlimited" in practice) is
+/// a valid Redis check like any other: it once sent Redis an expiry of 0, which Redis refuses,
+/// and each refusal sent every principal of the replica, not only that one, to its in-memory
+/// buckets for a second, so the limited ones got a full budget on each replica.
+async fn a_very_high_quota_keeps_the_other_budgets_shared(backend: Backend) {
+    let prefix = unique_prefix();
+    let configure = |c: &mut Config| {
+        c.rate_limit.per_minute = NonZero::new(1).unwrap();
+        c.rate_limit.burst = NonZero::new(3).unwrap();
+        c.rate_limit.redis_url = Some(redis_url().into());
+        c.rate_limit.redis_prefix = prefix.clone();
+    };
+    let first = TestApp::builder(backend).config(configure).spawn().await;
+    let second = TestApp::builder(backend).config(configure).spawn().await;
+    for app in [&first, &second] {
+        assert!(app
+            .state
+            .store
+            .set_tenant_rate_limit("acme", Some((u32::MAX, 1_000_000)))
+            .await
+            .unwrap());
+    }
+    let globex = json!({"session_id": "s-globex-1"});
+    let mut globex_ok = 0;
+    for i in 0..10 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let response = app.mint(ACME_KEY, BODY()).await;
+        assert_eq!(response.status(), StatusCode::OK, "acme's quota is huge");
+        match app.mint(GLOBEX_KEY, globex.clone()).await.status() {
+            StatusCode::OK => globex_ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        globex_ok, 3,
+        "globex's budget of 3 is shared by both replicas through Redis, not 3 each"
+    );
+}
+
 #[tokio::test]
 async fn without_redis_requests_are_still_answered_and_limited_in_memory() {
     let mut redis = OwnRedis::start().await;
@@ -554,4 +594,5 @@ backend_tests!(
     a_valid_key_is_never_refused_for_a_guesser_at_its_address,
     a_spoofed_forwarded_for_gets_no_fresh_bucket,
     two_replicas_sharing_redis_enforce_one_budget,
+    a_very_high_quota_keeps_the_other_budgets_shared,
 );
