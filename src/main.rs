@@ -25,9 +25,11 @@ async fn main() -> ExitCode {
         Command::Serve { .. } => LogTarget::Stdout,
         _ => LogTarget::Stderr,
     };
-    // Held until exit: dropping it flushes the log lines still queued.
-    let _log_guard = match telemetry::init(&config.log, log_target) {
-        Ok(guard) => guard,
+    // Only `serve` exports spans. Held until exit: its shutdown exports the last spans, and
+    // dropping it flushes the log lines still queued.
+    let traces = (log_target == LogTarget::Stdout).then_some(&config.trace);
+    let mut telemetry = match telemetry::init(&config.log, traces, log_target) {
+        Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("neo-sessions: {error}");
             return ExitCode::from(2);
@@ -39,7 +41,9 @@ async fn main() -> ExitCode {
             "unknown NEO_* variable ignored (a typo? see docs/operating.md#configuration)"
         );
     }
-    match neo_sessions::cli::run(cli, config).await {
+    let outcome = neo_sessions::cli::run(cli, config).await;
+    telemetry.shutdown_traces().await;
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             let error = neo_sessions::cli::describe_error(&error);

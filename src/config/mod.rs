@@ -16,6 +16,7 @@ mod storage;
 #[cfg(test)]
 mod tests;
 mod tokens;
+mod trace;
 mod validate;
 
 use std::{
@@ -40,6 +41,7 @@ pub use self::{
     server::{ServerConfig, TrustedProxies, MIN_MAX_HEADER_BYTES},
     storage::{AuditConfig, CacheConfig, DataConfig, DatabaseBackend, DatabaseConfig},
     tokens::{SigningAlgorithm, SigningConfig, TokenConfig},
+    trace::TraceConfig,
 };
 use self::{
     env::EMBEDDED_DEFAULTS,
@@ -64,6 +66,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub trace: TraceConfig,
 }
 
 /// The shipped defaults, parsed once.
@@ -104,6 +107,7 @@ section_defaults!(
     audit: AuditConfig,
     cache: CacheConfig,
     log: LogConfig,
+    trace: TraceConfig,
 );
 
 #[derive(Debug, thiserror::Error)]

@@ -358,3 +358,50 @@ fn two_different_key_encryption_keys_are_refused() {
     assert!(with_file(format!("{}\n", b64(&a)).as_bytes(), &b64(&a)).is_ok());
     assert!(with_file(&a, &b64(&a)).is_ok());
 }
+
+/// The OpenTelemetry exporter's standard variables feed `[trace]`; a bad URL names its variable.
+#[test]
+fn the_standard_otel_variables_configure_trace_export() {
+    let config = Config::load(None, env(&[])).unwrap();
+    assert_eq!(config.trace.traces_url(), None, "export is off by default");
+    assert_eq!(config.trace.service_name, "neo-sessions");
+
+    let config = Config::load(
+        None,
+        env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SERVICE_NAME", "sessions-eu"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.trace.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(config.trace.service_name, "sessions-eu");
+
+    let config = Config::load(
+        None,
+        env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://collector/otlp/traces",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.trace.traces_url().as_deref(),
+        Some("https://collector/otlp/traces")
+    );
+
+    let err = Config::load(
+        None,
+        env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("trace.otlp_endpoint must be an http:// or https:// URL")
+            && err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{err}"
+    );
+}

@@ -47,6 +47,25 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
             "must be 1 to 16 lowercase letters or digits",
         ));
     }
+    let trace = &config.trace;
+    for (key, url) in [
+        ("trace.otlp_endpoint", &trace.otlp_endpoint),
+        ("trace.otlp_traces_endpoint", &trace.otlp_traces_endpoint),
+    ] {
+        let Some(url) = url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            continue;
+        };
+        let parsed = url::Url::parse(url).ok();
+        if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+            return Err(invalid(
+                key,
+                "must be an http:// or https:// URL (e.g. http://otel-collector:4318)",
+            ));
+        }
+    }
+    if trace.service_name.trim().is_empty() {
+        return Err(invalid("trace.service_name", "must not be empty"));
+    }
     let signing = &config.signing;
     if signing.lead_seconds <= signing.jwks_max_age_seconds {
         return Err(invalid(

@@ -45,4 +45,5 @@ mod session_cache;
 mod signing_keys;
 mod store;
 mod tokens;
+mod traces;
 mod verify;
