@@ -205,10 +205,11 @@ pub async fn request_context(
         .find(|known| *known == route)
         .unwrap_or("unmatched");
     let metrics = &state.metrics;
+    let method_name = method_label(&method);
     metrics
         .requests
         .get_or_create(&RequestLabels {
-            method: method_label(&method),
+            method: method_name,
             route: route_label,
             status: status.as_u16(),
         })
@@ -216,7 +217,7 @@ pub async fn request_context(
     metrics
         .request_seconds
         .get_or_create(&RouteLabels {
-            method: method_label(&method),
+            method: method_name,
             route: route_label,
         })
         .observe(elapsed.as_secs_f64());
