@@ -30,9 +30,11 @@ async fn main() -> ExitCode {
         Command::Serve { .. } => LogTarget::Stdout,
         _ => LogTarget::Stderr,
     };
-    // Held until exit: dropping it flushes the log lines still queued.
-    let _log_guard = match telemetry::init(&loaded.config.log, log_target) {
-        Ok(guard) => guard,
+    // Only `serve` exports spans. Held until exit: its shutdown exports the last spans, and
+    // dropping it flushes the log lines still queued.
+    let traces = (log_target == LogTarget::Stdout).then_some(&loaded.config.trace);
+    let mut telemetry = match telemetry::init(&loaded.config.log, traces, log_target) {
+        Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("neo-sessions: {error}");
             return ExitCode::from(2);
@@ -44,7 +46,9 @@ async fn main() -> ExitCode {
             "unknown NEO_* variable ignored (a typo? see docs/operating.md#configuration)"
         );
     }
-    match neo_sessions::cli::run(cli, loaded).await {
+    let outcome = neo_sessions::cli::run(cli, loaded).await;
+    telemetry.shutdown_traces().await;
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             let error = neo_sessions::cli::describe_error(&error);

@@ -76,6 +76,7 @@ pub fn jwks_cache(
         retry_cap: ENTRA_RETRY_CAP.max(Duration::from_secs(config.retry_seconds)),
         accept: entra_key,
     };
+    metrics.start_jwks_fetches();
     let cache = KeySetCache::new(client, keys).observing_fetches(move |ok| {
         metrics
             .jwks_fetches

@@ -112,8 +112,9 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Resolves the request's bearer credential. Skips all fields so no credential reaches a log.
-    #[instrument(skip_all, name = "authenticate")]
+    /// Resolves the request's bearer credential. Skips all fields so no credential reaches a log
+    /// or a trace; the span is for export only (`telemetry::SPAN_TARGET`).
+    #[instrument(skip_all, name = "authenticate", target = "neo_sessions_otel")]
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -250,6 +251,26 @@ mod tests {
             map.append(AUTHORIZATION, HeaderValue::from_static(v));
         }
         map
+    }
+
+    /// `auth_failures_total` starts every reason at zero: the list it starts must be this one.
+    #[test]
+    fn every_failure_reason_is_a_metric_label_from_the_start() {
+        let reasons: Vec<&str> = [
+            AuthError::Missing,
+            invalid("x"),
+            AuthError::Ambiguous("x"),
+            AuthError::InsufficientScope,
+            AuthError::UnknownDirectory,
+            AuthError::EntraUnavailable {
+                retry_after: Duration::ZERO,
+            },
+            AuthError::Store(StoreError::Unavailable),
+        ]
+        .iter()
+        .map(AuthError::reason)
+        .collect();
+        assert_eq!(reasons, crate::metrics::AUTH_FAILURE_REASONS);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../../config/default.toml");
 
 /// Names older than the `NEO_<SECTION>_<KEY>` rule, kept because operators use them (docs/operating.md
-/// fixes `DATABASE_URL` and `NEO_LISTEN`). Each key's own derived name works too and wins when
+/// fixes `DATABASE_URL` and `NEO_LISTEN`), and the standard names other tools set
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`). Each key's own derived name works too and wins when
 /// both are set, as `NEO_DATABASE_URL` always won over `DATABASE_URL`.
 pub const ALIASES: &[(&str, &str)] = &[
     // The name many tools (sqlx-cli, PaaS add-ons) set.
@@ -49,6 +50,13 @@ pub const ALIASES: &[(&str, &str)] = &[
     ),
     ("NEO_AUTH_FAILURE_BURST", "rate_limit.auth_failure_burst"),
     ("NEO_SESSION_CACHE_ENTRIES", "cache.session_entries"),
+    // The OpenTelemetry exporter's standard variables, as every OTLP exporter reads them.
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "trace.otlp_endpoint"),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "trace.otlp_traces_endpoint",
+    ),
+    ("OTEL_SERVICE_NAME", "trace.service_name"),
 ];
 
 /// `NEO_*` variables that are not configuration keys: the config file's path (a CLI argument),

@@ -17,6 +17,7 @@ mod storage;
 #[cfg(test)]
 mod tests;
 mod tokens;
+mod trace;
 mod validate;
 
 use std::{
@@ -41,6 +42,7 @@ pub use self::{
     server::{PublicUrl, ServerConfig, TrustedProxies, MIN_MAX_HEADER_BYTES},
     storage::{AuditConfig, CacheConfig, DataConfig, DatabaseBackend, DatabaseConfig},
     tokens::{SigningAlgorithm, SigningConfig, TokenConfig},
+    trace::TraceConfig,
 };
 use self::{
     env::EMBEDDED_DEFAULTS,
@@ -65,6 +67,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub trace: TraceConfig,
 }
 
 /// The shipped defaults, parsed once.
@@ -105,6 +108,7 @@ section_defaults!(
     audit: AuditConfig,
     cache: CacheConfig,
     log: LogConfig,
+    trace: TraceConfig,
 );
 
 #[derive(Debug, thiserror::Error)]

@@ -467,6 +467,9 @@ fn every_key_explains_a_bad_value_with_its_source_key_and_valid_form() {
         ("cache.session_entries", Some("all"), &[], "a whole number"),
         ("log.format", Some("xml"), &[], "auto, json, pretty"),
         ("log.filter", Some("a=b=c"), &[], "info,neo_sessions=debug"),
+        ("trace.otlp_endpoint", Some("collector:4318"), &[], "http://"),
+        ("trace.otlp_traces_endpoint", Some("ftp://collector/v1/traces"), &[], "http://"),
+        ("trace.service_name", None, &[], ""),
     ];
     let mut covered: Vec<&str> = rows.iter().map(|(key, ..)| *key).collect();
     covered.sort();
@@ -568,4 +571,51 @@ fn a_port_alone_is_answered_with_the_addresses_it_could_mean() {
     assert!(!err.contains("a string"), "{err}");
     let config = Config::load(None, env(&[("NEO_TOKEN_ISSUER", "12345")])).unwrap();
     assert_eq!(config.token.issuer, "12345");
+}
+
+/// The OpenTelemetry exporter's standard variables feed `[trace]`; a bad URL names its variable.
+#[test]
+fn the_standard_otel_variables_configure_trace_export() {
+    let config = Config::load(None, env(&[])).unwrap();
+    assert_eq!(config.trace.traces_url(), None, "export is off by default");
+    assert_eq!(config.trace.service_name, "neo-sessions");
+
+    let config = Config::load(
+        None,
+        env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SERVICE_NAME", "sessions-eu"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.trace.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(config.trace.service_name, "sessions-eu");
+
+    let config = Config::load(
+        None,
+        env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://collector/otlp/traces",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.trace.traces_url().as_deref(),
+        Some("https://collector/otlp/traces")
+    );
+
+    let err = Config::load(
+        None,
+        env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("trace.otlp_endpoint must be an http:// or https:// URL")
+            && err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{err}"
+    );
 }

@@ -67,6 +67,32 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
             "api_key.env must be 1 to 16 lowercase letters or digits, e.g. \"live\" or \"test\"",
         ));
     }
+    let trace = &config.trace;
+    let endpoints: [(&'static [&'static str], &Option<String>); 2] = [
+        (&["trace.otlp_endpoint"], &trace.otlp_endpoint),
+        (&["trace.otlp_traces_endpoint"], &trace.otlp_traces_endpoint),
+    ];
+    for (keys, url) in endpoints {
+        let Some(url) = url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            continue;
+        };
+        let parsed = url::Url::parse(url).ok();
+        if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+            return Err(invalid(
+                keys,
+                format!(
+                    "{} must be an http:// or https:// URL, e.g. http://otel-collector:4318",
+                    keys[0]
+                ),
+            ));
+        }
+    }
+    if trace.service_name.trim().is_empty() {
+        return Err(invalid(
+            &["trace.service_name"],
+            "trace.service_name must not be empty, e.g. \"neo-sessions\"",
+        ));
+    }
     let signing = &config.signing;
     if signing.lead_seconds <= signing.jwks_max_age_seconds {
         return Err(invalid(

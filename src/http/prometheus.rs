@@ -10,7 +10,7 @@ use axum::{
 };
 
 use super::AppState;
-use crate::metrics::ResultLabel;
+use crate::metrics::StateLabel;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -20,7 +20,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
     operation_id = "metrics_get",
     tag = "Meta",
     summary = "Prometheus metrics (OpenMetrics text)",
-    description = "Requests, mints, authentication failures, rate-limit decisions, database pool and latency, the mint recorder, Entra JWKS fetches, the signing key's age and the cache invalidation feed. Label values are bounded. 404 when `NEO_METRICS_LISTEN` serves them elsewhere.",
+    description = "Requests, mints, authentication failures, rate-limit decisions, database pool and latency, the mint recorder, Entra JWKS fetches, the signing key's age, the cache invalidation feed and the standard `process_*` metrics. Label values are bounded. 404 when `NEO_METRICS_LISTEN` serves them elsewhere.",
     responses(
         (status = 200, description = "The metrics.", content_type = "application/openmetrics-text", body = String),
         (status = 404, description = "Served on `NEO_METRICS_LISTEN` instead."),
@@ -44,7 +44,7 @@ pub fn exposition(state: &AppState) -> Response {
     ] {
         metrics
             .pool_connections
-            .get_or_create(&ResultLabel { result: name })
+            .get_or_create(&StateLabel { state: name })
             .set(i64::from(value));
     }
     let now = chrono::Utc::now().timestamp();
@@ -53,14 +53,14 @@ pub fn exposition(state: &AppState) -> Response {
             .issuer
             .ring()
             .active(now)
-            .map_or(-1, |k| now.saturating_sub(k.activates_at)),
+            .map(|k| now.saturating_sub(k.activates_at)),
     );
     let entra_age = state
         .authenticator
         .entra
         .as_ref()
         .and_then(|entra| entra.key_set_age())
-        .map_or(-1, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+        .map(|age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
     metrics.jwks_age_seconds.set(entra_age);
     metrics
         .cache_feed_up

@@ -1,4 +1,5 @@
-//! The outermost layer: request id, tracing span, error envelope, one log line per request.
+//! The outermost layer: request id, trace context, tracing span, error envelope, one log line
+//! per request.
 
 use std::{
     borrow::Cow,
@@ -34,8 +35,9 @@ use super::{
 };
 use crate::{
     auth::Principal,
-    metrics::{MintLabels, RequestLabels, RouteLabel},
+    metrics::{method_label, MintLabels, RequestLabels, RouteLabels},
     ratelimit::client_ip,
+    telemetry::{self, TraceParent},
 };
 
 /// Set by the request-context middleware on every request.
@@ -127,6 +129,22 @@ pub async fn request_context(
         ),
         _ => None,
     };
+    // The request's server span, for export only: disabled (a cached check, nothing made)
+    // unless a collector is configured. The caller's valid `traceparent` is its parent; the
+    // trace id goes into the log lines either way.
+    let incoming = TraceParent::from_headers(request.headers());
+    let server_span = tracing::info_span!(
+        target: "neo_sessions_otel",
+        parent: None,
+        "request",
+        otel.name = format!("{logged_method} {route}"),
+        otel.kind = "server",
+        http.request.method = %logged_method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let trace_id = telemetry::adopt_trace(&server_span, incoming.as_ref(), request.headers());
     // The span of every line logged while the request runs. What the handlers learn later (the
     // caller, the jti, the error code) is kept in the request's `RequestLog` and written once,
     // into the `request completed` line's own span, never recorded into this one: the JSON
@@ -139,6 +157,7 @@ pub async fn request_context(
         route = %route,
         client_ip = %client_ip,
         client_request_id = client_request_id.as_deref(),
+        trace_id = trace_id.map(tracing::field::display),
     );
     request.extensions_mut().insert(client_ip);
     request.extensions_mut().insert(RequestContext {
@@ -153,6 +172,7 @@ pub async fn request_context(
             let response = next
                 .run(Request::from_parts(parts, body))
                 .instrument(span.clone())
+                .instrument(server_span.clone())
                 .await;
             (response, REQUEST_LOG.with(|log| log.take()))
         })
@@ -190,16 +210,21 @@ pub async fn request_context(
         .find(|known| *known == route)
         .unwrap_or("unmatched");
     let metrics = &state.metrics;
+    let method_name = method_label(&method);
     metrics
         .requests
         .get_or_create(&RequestLabels {
+            method: method_name,
             route: route_label,
             status: status.as_u16(),
         })
         .inc();
     metrics
         .request_seconds
-        .get_or_create(&RouteLabel { route: route_label })
+        .get_or_create(&RouteLabels {
+            method: method_name,
+            route: route_label,
+        })
         .observe(elapsed.as_secs_f64());
     if route_label == MINT_ROUTE && minting {
         metrics
@@ -210,7 +235,13 @@ pub async fn request_context(
             })
             .inc();
     }
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if !server_span.is_disabled() {
+        server_span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            server_span.record("otel.status_code", "error");
+        }
+    }
+    let latency_ms = latency_ms(elapsed);
     // The line's span: the request's fields and what was learnt, formatted once.
     macro_rules! completed {
         ($level:expr) => {{
@@ -223,6 +254,7 @@ pub async fn request_context(
                 route = %route,
                 client_ip = %client_ip,
                 client_request_id = client_request_id.as_deref(),
+                trace_id = trace_id.map(tracing::field::display),
                 principal_kind = log.principal_kind,
                 principal_id = log.principal_id.as_deref(),
                 tenant = log.tenant.as_deref(),
@@ -241,6 +273,12 @@ pub async fn request_context(
         completed!(tracing::Level::INFO);
     }
     response
+}
+
+/// A request's latency in milliseconds to the microsecond: `0.042`, never `0.0420000001`
+/// (the nearest double to a whole number of microseconds over 1000 prints as that decimal).
+fn latency_ms(elapsed: std::time::Duration) -> f64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0
 }
 
 tokio::task_local! {
@@ -427,4 +465,33 @@ impl HttpBody for ReadToEnd {
 /// usable for the client's next request.
 pub async fn drain_body(request: Request) {
     let _ = axum::body::to_bytes(request.into_body(), usize::MAX).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::latency_ms;
+
+    #[test]
+    fn latency_is_logged_in_milliseconds_to_the_microsecond_without_float_noise() {
+        for (elapsed, shown) in [
+            (Duration::from_nanos(42_000), "0.042"),
+            (Duration::from_nanos(42_999), "0.042"),
+            (Duration::from_nanos(1_234_567), "1.234"),
+            (Duration::from_nanos(3_000_000), "3.0"),
+            (Duration::from_micros(100_000_001), "100000.001"),
+            (Duration::ZERO, "0.0"),
+        ] {
+            let value = latency_ms(elapsed);
+            assert_eq!(serde_json::to_string(&value).unwrap(), shown);
+            assert_eq!(format!("{value:?}"), shown);
+        }
+        // Every microsecond count prints as itself over 1000.
+        for micros in 0..200_000_u64 {
+            let text = serde_json::to_string(&latency_ms(Duration::from_micros(micros))).unwrap();
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{micros} µs printed as {text}");
+        }
+    }
 }

@@ -298,11 +298,13 @@ impl Minter {
             Signing::New(grant) => issuer.issue(grant),
             Signing::Again(claims) => issuer.resign(claims),
         };
+        // For export only: disabled (nothing made) unless traces are exported.
+        let span = tracing::info_span!(target: "neo_sessions_otel", "sign");
         let minted = if self.issuer.signs_slowly() {
             let issuer = Arc::clone(&self.issuer);
-            tokio::task::spawn_blocking(move || issue(&issuer, what)).await??
+            tokio::task::spawn_blocking(move || span.in_scope(|| issue(&issuer, what))).await??
         } else {
-            issue(&self.issuer, what)?
+            span.in_scope(|| issue(&self.issuer, what))?
         };
         timings.sign += started.elapsed();
         Ok(minted)

@@ -121,6 +121,9 @@ impl RateLimits {
             )?),
             None => None,
         };
+        if redis.is_some() {
+            metrics.start_rate_limit_backend("redis");
+        }
         let memory = Arc::new(MemoryLimits::new());
         MemoryLimits::spawn_sweeper(&memory, Duration::from_secs(30));
         Ok(Self {

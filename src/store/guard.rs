@@ -25,6 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracing::Instrument;
+
 use super::{Pool, Store, StoreError, StoreResult};
 use crate::metrics::Metrics;
 
@@ -187,7 +189,14 @@ impl Store {
             return Err(StoreError::Unavailable);
         }
         let started = std::time::Instant::now();
-        let result = call.await;
+        // For export only: disabled (nothing made) unless traces are exported.
+        let span = tracing::info_span!(
+            target: "neo_sessions_otel",
+            "store",
+            otel.kind = "client",
+            db.operation.name = operation,
+        );
+        let result = call.instrument(span).await;
         guard.metrics.observe_store(operation, started.elapsed());
         result
     }

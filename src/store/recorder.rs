@@ -8,11 +8,14 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, Span};
 
 use super::{MintRecord, Store, StoreError, StoreResult};
 use crate::metrics::Metrics;
 
-type Waiter = (MintRecord, oneshot::Sender<StoreResult<()>>);
+/// A record, who waits for its commit, and the span of that wait (disabled unless traces are
+/// exported), which the commit's span is parented to or linked from.
+type Waiter = (MintRecord, oneshot::Sender<StoreResult<()>>, Span);
 
 /// How long a failed commit keeps the recorder reported as failing (readiness 503) when no
 /// commit has succeeded since.
@@ -66,8 +69,10 @@ impl MintRecorder {
     /// Records one mint; returns once it is committed.
     pub async fn record(&self, record: MintRecord) -> StoreResult<()> {
         let (done, committed) = oneshot::channel();
+        // Open until this returns: the wait for the commit, queue included.
+        let span = tracing::info_span!(target: "neo_sessions_otel", "mint.record");
         self.queue
-            .send((record, done))
+            .send((record, done, span.clone()))
             .await
             .map_err(|_| StoreError::RecorderStopped)?;
         committed.await.map_err(|_| StoreError::RecorderStopped)?
@@ -101,14 +106,18 @@ async fn write_batches(
     while receiver.recv_many(&mut batch, max_batch).await > 0 {
         // A request that has gone away (timed out, client gone) never got its token: nothing
         // to record for it.
-        batch.retain(|(_, done)| !done.is_closed());
+        batch.retain(|(_, done, _)| !done.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let (records, waiters): (Vec<MintRecord>, Vec<_>) = batch.drain(..).unzip();
+        let commit = commit_span(&batch);
+        let (records, waiters): (Vec<MintRecord>, Vec<_>) = batch
+            .drain(..)
+            .map(|(record, done, _)| (record, done))
+            .unzip();
         metrics.recorder_batch_rows.observe(records.len() as f64);
         let started = Instant::now();
-        let committed = store.record_mints(&records).await;
+        let committed = store.record_mints(&records).instrument(commit).await;
         metrics
             .recorder_commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -146,6 +155,26 @@ async fn write_batches(
             }
         }
     }
+}
+
+/// The commit's span, for export only: a child of the first waiting mint's span (so it shows
+/// in that request's trace), linked from the others' (each trace can find the shared commit).
+fn commit_span(batch: &[Waiter]) -> Span {
+    let Some((_, _, first)) = batch.first() else {
+        return Span::none();
+    };
+    let commit = tracing::info_span!(
+        target: "neo_sessions_otel",
+        parent: first,
+        "recorder.commit",
+        rows = batch.len(),
+    );
+    if !commit.is_disabled() {
+        for (_, _, waiter) in &batch[1..] {
+            commit.follows_from(waiter);
+        }
+    }
+    commit
 }
 
 #[cfg(test)]

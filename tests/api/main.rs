@@ -49,4 +49,5 @@ mod session_cache;
 mod signing_keys;
 mod store;
 mod tokens;
+mod traces;
 mod verify;

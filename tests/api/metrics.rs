@@ -158,7 +158,7 @@ async fn counters_move_with_bounded_labels(backend: Backend) {
         value(
             &all,
             "neo_sessions_database_pool_connections",
-            &[("result", "max")]
+            &[("state", "max")]
         ),
         5.0
     );
@@ -174,6 +174,8 @@ async fn counters_move_with_bounded_labels(backend: Backend) {
 
     // Bounded labels: only these keys, and no value that names a caller, tenant or token.
     let allowed: BTreeSet<&str> = [
+        "method",
+        "state",
         "route",
         "status",
         "principal_kind",
@@ -257,7 +259,192 @@ async fn the_metrics_listener_cuts_stalled_request_heads(backend: Backend) {
     );
 }
 
+/// Whether a series with these labels is in the scrape (at any value, zero included).
+fn present(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> bool {
+    samples.iter().any(|(n, ls, _)| {
+        n == name
+            && labels
+                .iter()
+                .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+    })
+}
+
+/// Mint (POST) and list (GET) share a route: the HTTP series tell them apart by `method`.
+async fn http_series_carry_the_method(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.mint_ok(ACME_KEY, json!({"session_id": "s-acme-1"}))
+        .await;
+    let listed = app
+        .request(reqwest::Method::GET, "/public-api/sessions", Some(ACME_KEY))
+        .await;
+    assert_eq!(listed.status(), StatusCode::OK);
+
+    let text = scrape(&app).await;
+    let all = samples(&text);
+    let route = ("route", "/public-api/sessions");
+    for method in ["POST", "GET"] {
+        assert_eq!(
+            value(
+                &all,
+                "neo_sessions_http_requests_total",
+                &[("method", method), route, ("status", "200")]
+            ),
+            1.0,
+            "{method}:\n{text}"
+        );
+        assert_eq!(
+            value(
+                &all,
+                "neo_sessions_http_request_duration_seconds_count",
+                &[("method", method), route]
+            ),
+            1.0,
+            "{method}:\n{text}"
+        );
+    }
+    // Every HTTP series has the label.
+    for (name, labels, _) in &all {
+        if name.starts_with("neo_sessions_http_") {
+            assert!(labels.iter().any(|(k, _)| k == "method"), "{name}");
+        }
+    }
+}
+
+/// The pool gauge is labelled `state`, as its help says; a value that does not exist is an
+/// absent series, never `-1` (here: no Entra key set, since Entra login is off).
+async fn the_pool_gauge_says_state_and_nothing_is_a_sentinel(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let text = scrape(&app).await;
+    let all = samples(&text);
+    let pool = "neo_sessions_database_pool_connections";
+    for state in ["in_use", "idle", "max"] {
+        assert!(present(&all, pool, &[("state", state)]), "{state}:\n{text}");
+    }
+    assert!(
+        all.iter()
+            .filter(|(n, _, _)| n == pool)
+            .all(|(_, labels, _)| labels.len() == 1 && labels[0].0 == "state"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "# HELP neo_sessions_database_pool_connections Database pool connections by state"
+        ),
+        "{text}"
+    );
+    assert!(
+        !present(&all, "neo_sessions_entra_jwks_age_seconds", &[]),
+        "no key set held, no series:\n{text}"
+    );
+    for (name, labels, value) in &all {
+        assert!(*value >= 0.0, "{name}{labels:?} = {value}");
+    }
+    // The active key's age is there, and real.
+    assert!(present(&all, "neo_sessions_signing_key_age_seconds", &[]));
+}
+
+/// The standard process metrics, under their standard names.
+async fn process_metrics_are_exported(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let text = scrape(&app).await;
+    let all = samples(&text);
+    for (name, kind) in [
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name}:\n{text}"
+        );
+    }
+    assert!(
+        value(&all, "process_cpu_seconds_total", &[]) > 0.0,
+        "{text}"
+    );
+    let resident = value(&all, "process_resident_memory_bytes", &[]);
+    let virtual_bytes = value(&all, "process_virtual_memory_bytes", &[]);
+    assert!(resident > 1e6 && virtual_bytes >= resident, "{text}");
+    let open = value(&all, "process_open_fds", &[]);
+    assert!(
+        open >= 3.0 && open <= value(&all, "process_max_fds", &[]),
+        "{text}"
+    );
+    let started = value(&all, "process_start_time_seconds", &[]);
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        started <= now + 1.0 && started > now - 24.0 * 3600.0,
+        "started {started}, now {now}"
+    );
+}
+
+/// Counters whose labels form a small closed set are there at zero before anything happened,
+/// so a rate or an alert on them has a series from the first scrape.
+async fn labelled_counters_are_present_at_zero_from_the_start(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let text = scrape(&app).await;
+    let all = samples(&text);
+    for reason in [
+        "missing",
+        "invalid",
+        "ambiguous",
+        "insufficient_scope",
+        "unknown_directory",
+        "entra_unavailable",
+        "store",
+    ] {
+        assert!(
+            present(
+                &all,
+                "neo_sessions_auth_failures_total",
+                &[("reason", reason)]
+            ),
+            "{reason}:\n{text}"
+        );
+    }
+    for limit in ["per_principal", "failed_auth_per_ip"] {
+        for decision in ["allowed", "limited"] {
+            assert!(
+                present(
+                    &all,
+                    "neo_sessions_rate_limit_decisions_total",
+                    &[
+                        ("limit", limit),
+                        ("backend", "memory"),
+                        ("decision", decision)
+                    ]
+                ),
+                "{limit} {decision}:\n{text}"
+            );
+        }
+    }
+    for kind in ["api_key", "entra_user"] {
+        assert!(
+            present(
+                &all,
+                "neo_sessions_mints_total",
+                &[("principal_kind", kind), ("outcome", "ok")]
+            ),
+            "{kind}:\n{text}"
+        );
+    }
+    for name in [
+        "neo_sessions_auth_failures_total",
+        "neo_sessions_rate_limit_decisions_total",
+        "neo_sessions_mints_total",
+    ] {
+        assert_eq!(value(&all, name, &[]), 0.0, "{name}:\n{text}");
+    }
+}
+
 backend_tests!(
+    http_series_carry_the_method,
+    the_pool_gauge_says_state_and_nothing_is_a_sentinel,
+    process_metrics_are_exported,
+    labelled_counters_are_present_at_zero_from_the_start,
     counters_move_with_bounded_labels,
     metrics_can_move_to_their_own_listener,
     the_metrics_listener_cuts_stalled_request_heads,
