@@ -38,6 +38,7 @@ mod logging;
 mod metrics;
 mod mint;
 mod openapi;
+mod partitions;
 mod rate_limit;
 mod retention;
 mod schema;
