@@ -86,13 +86,7 @@ async fn written_on_first_start() -> BTreeSet<String> {
     assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(1), "{jwks}");
     std::fs::read_dir(&app.config.data.dir)
         .expect("the data directory exists after a start")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
         .map(|name| {
             name.trim_end_matches("-wal")
                 .trim_end_matches("-shm")
@@ -130,9 +124,7 @@ async fn the_data_directory_holds_what_the_docs_say() {
     let documents = documents();
     let named = documented_names(&documents);
     assert!(
-        named
-            .iter()
-            .any(|(_, _, name)| name == "key-encryption-key"),
+        named.iter().any(|(_, _, name)| name == "key-encryption-key"),
         "the docs name the generated KEK's file: {named:?}"
     );
     for (file, line, name) in named {
