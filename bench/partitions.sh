@@ -27,13 +27,18 @@ ROWS=${ROWS:-10000000}
 DAYS=${DAYS:-30}
 DROP_ROWS=${DROP_ROWS:-1000000}
 MIGRATE_ROWS=${MIGRATE_ROWS:-1000000}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-10}  # seconds
 CONNECTIONS=${CONNECTIONS:-32}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 PORT=${PORT:-18170}
 KEY=neo_sk_test_4qZt8WcJr2LmX9vB7nKp3sYd
 
-command -v oha >/dev/null || cargo install oha --locked
+# oha as bench/load.sh uses it; without it, ApacheBench (`ab`, Debian's apache2-utils): then the
+# latencies are whole milliseconds and the runs during retention are closed-loop (4 connections)
+# instead of a fixed rate.
+if [ -z "${1:-}" ] && ! command -v oha >/dev/null && ! command -v ab >/dev/null; then
+  cargo install oha --locked
+fi
 command -v psql >/dev/null || { echo "psql is needed" >&2; exit 1; }
 if [ -z "${SERVER_BIN:-}" ]; then
   cargo build --release --locked --bin neo-sessions
@@ -114,29 +119,43 @@ serve() {  # serve DBNAME PORT [env...]: starts the service, waits until it answ
   echo "the server on $db did not start" >&2; exit 1
 }
 
-# oha_json LABEL [oha args...]: one line "label req/s p50 p99" (ms) and the count of non-2xx.
-oha_line() {
-  local label=$1; shift
-  oha --no-tui --output-format json "$@" | python3 -c "
+# load_line LABEL SECONDS CONNECTIONS URL [JSON_BODY]: "label req/s p50 p99 non2xx" (ms), by oha,
+# else by ab. A body makes it a POST.
+load_line() {
+  local label=$1 secs=$2 conns=$3 url=$4 body=${5:-}
+  if command -v oha >/dev/null; then
+    local post=()
+    if [ -n "$body" ]; then post=(-m POST -H 'Content-Type: application/json' -d "$body"); fi
+    oha --no-tui --output-format json -z "${secs}s" -c "$conns" "${post[@]}" \
+      -H "Authorization: Bearer $KEY" "$url" | python3 -c "
 import json, sys
 d = json.load(sys.stdin)
 p = d['latencyPercentiles']
 bad = sum(v for k, v in d['statusCodeDistribution'].items() if not k.startswith('2'))
 print(f\"$label req/s={d['summary']['requestsPerSec']:.0f} p50={p['p50']*1000:.2f}ms p99={p['p99']*1000:.2f}ms non2xx={bad}\")"
+  else
+    local post=()
+    if [ -n "$body" ]; then echo "$body" > "$work/body.json"; post=(-p "$work/body.json" -T application/json); fi
+    ab -k -q -t "$secs" -n 100000000 -c "$conns" "${post[@]}" -H "Authorization: Bearer $KEY" "$url" \
+      2>/dev/null | python3 -c "
+import re, sys
+t = sys.stdin.read()
+rps = float(re.search(r'Requests per second:\s+([\d.]+)', t).group(1))
+pct = dict(re.findall(r'^\s+(\d+)%\s+(\d+)', t, re.M))
+bad = re.search(r'Non-2xx responses:\s+(\d+)', t)
+print(f\"$label req/s={rps:.0f} p50={pct['50']}ms p99={pct['99']}ms non2xx={bad.group(1) if bad else 0} (ab)\")"
+  fi
 }
 
 mint_body='{"session_id":"s-acme-1","end_user":"pat"}'
 measure() {  # measure DBNAME PORT RUN
   local db=$1 port=$2 run=$3 base=http://127.0.0.1:$2/public-api/sessions
-  log "$(oha_line "$db run$run mint" -z "$DURATION" -c "$CONNECTIONS" -m POST \
-    -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$mint_body" "$base")"
+  log "$(load_line "$db run$run mint" "$DURATION" "$CONNECTIONS" "$base" "$mint_body")"
   local jti
   jti=$(curl -s "$base" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$mint_body" \
     | python3 -c "import json,sys; print(json.load(sys.stdin)['data']['jti'])")
-  log "$(oha_line "$db run$run get-one" -z "$DURATION" -c "$CONNECTIONS" \
-    -H "Authorization: Bearer $KEY" "$base/$jti")"
-  log "$(oha_line "$db run$run feed-poll" -z "$DURATION" -c 8 \
-    -H "Authorization: Bearer $KEY" "$base/revocations")"
+  log "$(load_line "$db run$run get-one" "$DURATION" "$CONNECTIONS" "$base/$jti")"
+  log "$(load_line "$db run$run feed-poll" "$DURATION" 8 "$base/revocations")"
 }
 
 revoke_live() {  # revoke_live DBNAME PORT N: mints and revokes N tokens (the feed's live rows)
@@ -177,11 +196,16 @@ fi
 
 log "# partitions: $ROWS records over $DAYS days; $(date -u +%FT%TZ); $("$SERVER_BIN" --version 2>/dev/null || true)"
 fresh neo_part_empty
-fresh neo_part_full
-started=$(now)
-load neo_part_full "$ROWS" "$DAYS" "$DAYS"
-log "loaded $ROWS records in $(since "$started") s; $(psql -tA "$PG/neo_part_full" -c "SELECT count(*) FROM pg_inherits WHERE inhparent = 'session_token_mints'::regclass") partitions"
-psql -q "$PG/neo_part_full" -c "VACUUM ANALYZE session_token_mints" -c CHECKPOINT
+# `bash bench/partitions.sh load` loads the full database only (e.g. while the release build
+# runs); REUSE_FULL=1 then measures on it as it is.
+if [ "${REUSE_FULL:-0}" != 1 ]; then
+  fresh neo_part_full
+  started=$(now)
+  load neo_part_full "$ROWS" "$DAYS" "$DAYS"
+  log "loaded $ROWS records in $(since "$started") s; $(psql -tA "$PG/neo_part_full" -c "SELECT count(*) FROM pg_inherits WHERE inhparent = 'session_token_mints'::regclass") partitions"
+  psql -q "$PG/neo_part_full" -c "VACUUM ANALYZE session_token_mints" -c CHECKPOINT
+fi
+if [ "${1:-}" = load ]; then exit 0; fi
 
 for db in neo_part_empty neo_part_full; do
   serve $db $PORT
@@ -199,13 +223,22 @@ done
 # Retention: a day of DROP_ROWS records 120 days old, past a 90-day retention.
 serve neo_part_full $PORT
 base=http://127.0.0.1:$PORT/public-api/sessions
-saturation=$(oha --no-tui --output-format json -z 5s -c "$CONNECTIONS" -m POST -H "Authorization: Bearer $KEY" \
-  -H 'Content-Type: application/json' -d "$mint_body" "$base" \
-  | python3 -c "import json,sys; print(int(json.load(sys.stdin)['summary']['requestsPerSec']))")
-rate=$((saturation / 2))
-log "retention: mint saturation $saturation/s, measured at $rate/s"
-at_half() { oha_line "$1" -z "$DURATION" -c "$CONNECTIONS" -q "$rate" --latency-correction -m POST \
-  -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$mint_body" "$base"; }
+if command -v oha >/dev/null; then
+  saturation=$(oha --no-tui --output-format json -z 5s -c "$CONNECTIONS" -m POST -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' -d "$mint_body" "$base" \
+    | python3 -c "import json,sys; print(int(json.load(sys.stdin)['summary']['requestsPerSec']))")
+  rate=$((saturation / 2))
+  log "retention: mint saturation $saturation/s, measured at $rate/s"
+  at_half() { oha --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" -q "$rate" --latency-correction \
+    -m POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$mint_body" "$base" \
+    | python3 -c "
+import json, sys
+d = json.load(sys.stdin); p = d['latencyPercentiles']
+print(f\"$1 req/s={d['summary']['requestsPerSec']:.0f} p50={p['p50']*1000:.2f}ms p99={p['p99']*1000:.2f}ms\")"; }
+else
+  log "retention: closed loop, 4 connections (no oha)"
+  at_half() { load_line "$1" "$DURATION" 4 "$base" "$mint_body"; }
+fi
 old_day=$(psql -tA "$PG/neo_part_full" -c "SELECT to_char((now() AT TIME ZONE 'UTC')::date - 120, 'YYYYMMDD')")
 log "$(at_half "mint at 50%, nothing else")"
 
