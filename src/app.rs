@@ -229,6 +229,15 @@ async fn build_state(config: Config, public_url: String) -> anyhow::Result<Arc<A
         CHANGE_FEED_RETRY,
     );
     wait_for_change_feed(&freshness, Duration::from_secs(1)).await;
+    // Today's mint record partition before the first mint (PostgreSQL): a partition attached
+    // while mints are routed to the default one makes them retry (`postgres::record_mints`).
+    // The retention task makes the days ahead, and this one again if it failed here.
+    if let Err(error) = store
+        .create_partitions(chrono::Utc::now().date_naive())
+        .await
+    {
+        tracing::warn!(%error, "creating mint record partitions failed; retrying in the background");
+    }
     store::spawn_retention(
         Arc::clone(&store),
         config.audit.retention_days,

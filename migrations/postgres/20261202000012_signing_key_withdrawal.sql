@@ -33,9 +33,11 @@ BEGIN
     UPDATE session_token_mints
        SET revoked_at = CURRENT_TIMESTAMP, revoked_by = 'signing-key withdraw ' || kid
      WHERE revoked_at IS NULL
-       AND jti IN (SELECT i.jti FROM inserted i
-                   JOIN signing_keys k ON k.kid = i.kid
-                   WHERE k.withdrawn_at IS NOT NULL);
+       -- With issued_at too, so on the table partitioned by it (migration 13) the update
+       -- reads the inserted rows' partitions only.
+       AND (jti, issued_at) IN (SELECT i.jti, i.issued_at FROM inserted i
+                                JOIN signing_keys k ON k.kid = i.kid
+                                WHERE k.withdrawn_at IS NOT NULL);
     RETURN NULL;
 END;
 $$;

@@ -59,6 +59,7 @@ mod codec;
 mod directory;
 mod guard;
 mod import;
+mod partitions;
 mod postgres;
 mod queries;
 mod recorder;
@@ -77,6 +78,7 @@ pub(crate) use guard::Retry;
 pub use import::{
     BatchOutcome, ExportPage, ImportBatch, ImportRefusal, KindCounts, RefusedRow, IMPORT_REVOKER,
 };
+pub use partitions::DAYS_AHEAD as PARTITION_DAYS_AHEAD;
 pub use recorder::{MintRecorder, RecorderStatus};
 pub use retention::{prune_round, spawn_retention};
 pub use session_cache::SessionCache;
@@ -741,6 +743,36 @@ impl Store {
             Never,
             prune_mints(expired_before, limit)
         )
+    }
+
+    /// PostgreSQL: makes the mint records' day partitions of `today` and the days after it
+    /// ([`PARTITION_DAYS_AHEAD`]) that do not exist yet; their names. SQLite has none.
+    pub async fn create_partitions(&self, today: chrono::NaiveDate) -> StoreResult<Vec<String>> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                self.call("create_partitions", partitions::create_ahead(pool, today))
+                    .await
+            }
+            Pool::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// PostgreSQL: drops the mint records' partitions in which every token expired before
+    /// `expired_before`; their names. SQLite has none ([`Store::prune_mints`] deletes rows).
+    pub async fn drop_expired_partitions(
+        &self,
+        expired_before: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                self.call(
+                    "drop_expired_partitions",
+                    partitions::drop_expired(pool, expired_before),
+                )
+                .await
+            }
+            Pool::Sqlite(_) => Ok(Vec::new()),
+        }
     }
 
     /// Follows changes to the tables that in-process caches hold (API keys, tenants, sessions,

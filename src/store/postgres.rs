@@ -101,29 +101,47 @@ pub(super) async fn record_mints(pool: &PgPool, records: &[MintRecord]) -> Store
         expires_at.push(r.expires_at);
         kid.push(r.kid.as_str());
     }
-    sqlx::query(
-        "INSERT INTO session_token_mints
-           (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
-            expires_at, minted_by_tenant, end_company_id, allowed_agent_ids, kid)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                              $10::text[], $11::text[], $12::text[])",
-    )
-    .bind(jti)
-    .bind(session_id)
-    .bind(tenant_id)
-    .bind(kind)
-    .bind(minted_by)
-    .bind(end_user)
-    .bind(issued_at)
-    .bind(expires_at)
-    .bind(minted_by_tenant)
-    .bind(end_company_id)
-    .bind(agents)
-    .bind(kid)
-    .execute(pool)
-    .await?;
+    let insert = || {
+        sqlx::query(
+            "INSERT INTO session_token_mints
+               (jti, session_id, tenant_id, minted_by_kind, minted_by, end_user, issued_at,
+                expires_at, minted_by_tenant, end_company_id, allowed_agent_ids, kid)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                                  $10::text[], $11::text[], $12::text[])",
+        )
+        .bind(&jti)
+        .bind(&session_id)
+        .bind(&tenant_id)
+        .bind(&kind)
+        .bind(&minted_by)
+        .bind(&end_user)
+        .bind(&issued_at)
+        .bind(&expires_at)
+        .bind(&minted_by_tenant)
+        .bind(&end_company_id)
+        .bind(&agents)
+        .bind(&kid)
+        .execute(pool)
+    };
+    match insert().await {
+        // Routed to the default partition just as the day's partition was attached (the
+        // statement saw the partitions as they were before): nothing was written, and the
+        // statement again finds the new partition.
+        Err(sqlx::Error::Database(db)) if is_stale_partition_route(db.as_ref()) => {
+            insert().await?;
+        }
+        result => {
+            result?;
+        }
+    }
     Ok(())
+}
+
+/// "new row for relation ... violates partition constraint" (23514): a row routed by a
+/// statement that started before a partition was attached.
+fn is_stale_partition_route(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error.code().as_deref() == Some("23514") && error.message().contains("partition constraint")
 }
 
 pub(super) async fn watch_changes(pool: &PgPool, freshness: &Freshness) -> StoreResult<()> {
@@ -195,7 +213,9 @@ pub(super) async fn prune_mints(
     limit: u32,
 ) -> StoreResult<u64> {
     // Per tenant along (tenant_id, issued_at): no index on expires_at is needed (every mint
-    // would pay for one), and a token expires after it is issued.
+    // would pay for one), and a token expires after it is issued. Day partitions past
+    // retention are dropped whole before (`partitions.rs`): this deletes what is left, in the
+    // legacy and default partitions.
     // Not worth an fsync of its own (competing with the mints' commits): a deletion lost in
     // a crash is made again by the next round.
     let mut tx = pool.begin().await?;
@@ -203,10 +223,10 @@ pub(super) async fn prune_mints(
         .execute(&mut *tx)
         .await?;
     let result = sqlx::query(
-        "DELETE FROM session_token_mints WHERE jti IN (
-             SELECT m.jti FROM tenants t
+        "DELETE FROM session_token_mints WHERE (jti, issued_at) IN (
+             SELECT m.jti, m.issued_at FROM tenants t
              CROSS JOIN LATERAL (
-                 SELECT jti FROM session_token_mints
+                 SELECT jti, issued_at FROM session_token_mints
                  WHERE tenant_id = t.id AND issued_at < $1 AND expires_at < $1
                  ORDER BY issued_at LIMIT $2
              ) m

@@ -1,6 +1,9 @@
 //! Retention: mint records are an audit trail, kept `NEO_AUDIT_RETENTION_DAYS` after their token
-//! expired and then deleted by a background task, in batches small enough that a mint never waits
-//! long behind one; settled idempotency claims go once their window has passed.
+//! expired and then deleted by a background task. On PostgreSQL the task also makes the day
+//! partitions ahead of time, and drops a day's partition whole once all of it is past retention;
+//! what is left (SQLite's one table, PostgreSQL's legacy and default partitions) goes in batches
+//! small enough that a mint never waits long behind one. Settled idempotency claims go once their
+//! window has passed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -33,11 +36,32 @@ pub fn spawn_retention(
     })
 }
 
-/// One round: every mint record past retention, then every expired idempotency claim, batch
-/// by batch. Errors end the round (the next one tries again) and are logged.
+/// One round: the partitions ahead, then every mint record past retention (whole partitions
+/// first), then every expired idempotency claim, batch by batch. Errors end that step (the next
+/// round tries again) and are logged.
 pub async fn prune_round(store: &Store, retention_days: u32, idempotency_window: Duration) {
+    match store.create_partitions(Utc::now().date_naive()).await {
+        Ok(created) if !created.is_empty() => {
+            tracing::info!(?created, "created mint record partitions ahead of time")
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "creating mint record partitions failed; retrying next round")
+        }
+    }
     if retention_days > 0 {
         let cutoff = Utc::now() - chrono::Duration::days(i64::from(retention_days));
+        match store.drop_expired_partitions(cutoff).await {
+            Ok(dropped) if !dropped.is_empty() => tracing::info!(
+                ?dropped,
+                retention_days,
+                "dropped mint record partitions past retention"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "dropping mint record partitions failed; retrying next round")
+            }
+        }
         match in_batches(|| store.prune_mints(cutoff, PRUNE_BATCH)).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(

@@ -41,6 +41,7 @@ mod mint;
 mod oauth;
 mod openapi;
 mod operator;
+mod partitions;
 mod rate_limit;
 mod retention;
 mod schema;
