@@ -359,22 +359,18 @@ async fn retention_drops_a_partition_once_every_token_in_it_is_past_retention() 
 async fn an_existing_database_migrates_in_place_and_its_v4_jtis_are_still_found() {
     let db = TestDatabase::create(Backend::Postgres).await;
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    // The database as migration 11 left it, with a column a later migration added (12 adds
-    // `kid`), and records of every kind.
+    // The database as migration 12 left it (with the `kid` column and the withdrawal trigger it
+    // added to the table), and records of every kind.
     let mut before = sqlx::migrate!("./migrations/postgres");
     before.migrations = std::borrow::Cow::Owned(
         before
             .migrations
             .iter()
-            .filter(|m| m.version <= 20261202000011)
+            .filter(|m| m.version <= 20261202000012)
             .cloned()
             .collect(),
     );
-    before.run(&pool).await.expect("migrate to 11");
-    sqlx::query("ALTER TABLE session_token_mints ADD COLUMN kid TEXT")
-        .execute(&pool)
-        .await
-        .expect("add kid");
+    before.run(&pool).await.expect("migrate to 12");
     for statement in [
         "INSERT INTO tenants (id, name) VALUES ('acme', 'Acme MSP')",
         "INSERT INTO chat_sessions (id, tenant_id) VALUES ('s-acme-1', 'acme')",
