@@ -172,7 +172,7 @@ impl Store {
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         let result = self.attempt(operation, call).await;
-        self.settle(result)
+        self.settle(result, false)
     }
 
     /// One run of a store operation: refused at once while the database is down, else timed
@@ -219,11 +219,15 @@ impl Store {
         false
     }
 
-    /// The outcome of an operation, after its retry if it had one: a lost connection trips
-    /// the guard.
-    pub(super) fn settle<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+    /// The outcome of an operation, after its retry if it had one (`retried`): a lost
+    /// connection trips the guard. Except one pooled connection found dead by an operation that
+    /// may not run twice: the server ended that connection, which says nothing of the others
+    /// (an operation that must not be repeated, e.g. a background batch, fails alone instead of
+    /// refusing everyone's requests); when the database really is gone, the next operation's
+    /// fresh connection fails and trips it.
+    pub(super) fn settle<T>(&self, result: StoreResult<T>, retried: bool) -> StoreResult<T> {
         if let (Some(guard), Err(error)) = (&self.guard, &result) {
-            if error.is_connection_lost() {
+            if error.is_connection_lost() && (retried || !error.is_dead_connection()) {
                 self.trip(guard, error);
             }
         }

@@ -24,14 +24,15 @@ macro_rules! run {
                 Ok::<_, $crate::store::StoreError>(on_pool!(&store.pool, |$p| $body))
             })
             .await;
-        if store.retries($crate::store::Retry::$retry, &result) {
+        let retried = store.retries($crate::store::Retry::$retry, &result);
+        if retried {
             result = store
                 .attempt($operation, async {
                     Ok::<_, $crate::store::StoreError>(on_pool!(&store.pool, |$p| $body))
                 })
                 .await;
         }
-        store.settle(result)
+        store.settle(result, retried)
     }};
 }
 
@@ -48,10 +49,11 @@ macro_rules! per_dialect {
             }
         };
         let mut result = store.attempt($operation, call()).await;
-        if store.retries($crate::store::Retry::$retry, &result) {
+        let retried = store.retries($crate::store::Retry::$retry, &result);
+        if retried {
             result = store.attempt($operation, call()).await;
         }
-        store.settle(result)
+        store.settle(result, retried)
     }};
 }
 

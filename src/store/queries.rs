@@ -49,10 +49,11 @@ impl Store {
     /// be gone, readiness answers at once (the guard's own probe is what finds it back).
     pub async fn ping(&self) -> StoreResult<()> {
         let mut result = self.attempt("ping", self.pool.ping()).await;
-        if self.retries(super::Retry::Safe, &result) {
+        let retried = self.retries(super::Retry::Safe, &result);
+        if retried {
             result = self.attempt("ping", self.pool.ping()).await;
         }
-        self.settle(result)
+        self.settle(result, retried)
     }
 
     /// Applies pending migrations.
