@@ -158,7 +158,8 @@ impl Store {
     /// refuse are reported and nothing of them is written.
     pub async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<BatchOutcome> {
         run!(self, "import_batch", Never, |pool| {
-            let mut tx = pool.begin().await?;
+            // SQLite: the write lock at once, so no other writer overtakes the batch's reads.
+            let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             let outcome = import_rows(&mut *tx, batch).await?;
             if outcome.tokens_revoked == 0 {
                 tx.commit_without_waiting().await?;

@@ -661,7 +661,10 @@ impl Store {
     /// Upserts the whole plan in one transaction: nothing when a row is refused.
     pub async fn apply_seed(&self, plan: &SeedPlan) -> StoreResult<SeedOutcome> {
         run!(self, "apply_seed", Never, |pool| {
-            let mut tx = pool.begin().await?;
+            // SQLite: the write lock at once (waiting out another writer), rather than a read
+            // transaction that fails with "database is locked" when a background writer (e.g.
+            // the start-up retention round) commits before it upgrades.
+            let mut tx = pool.begin_with(self.pool.begin_writing()).await?;
             // The directory's rows go the way of `directory import`, under the same rules; a
             // refused row fails the whole fixture.
             let outcome = super::import::import_rows(&mut *tx, &ImportBatch::of_plan(plan)).await?;
