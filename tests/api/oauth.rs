@@ -8,7 +8,7 @@ use oauth2::{
     basic::{BasicClient, BasicTokenType},
     AccessToken, ClientId, ClientSecret, IntrospectionUrl, TokenIntrospectionResponse,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::support::{
@@ -105,17 +105,9 @@ async fn introspection_answers_as_rfc_7662_says(backend: Backend) {
     );
 
     // The same rule and claims as the envelope route: only `token_type` differs.
-    let envelope = app
-        .client
-        .post(app.url("/public-api/sessions/introspect"))
-        .bearer_auth(ACME_KEY)
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .expect("request");
-    let mut envelope: Value = envelope.json().await.expect("json");
-    envelope["data"]["token_type"] = "Bearer".into();
-    assert_eq!(envelope["data"], active);
+    let mut envelope = app.introspect(ACME_KEY, &token).await;
+    envelope["token_type"] = "Bearer".into();
+    assert_eq!(envelope, active);
 
     // The bearer form, and any `token_type_hint` (ignored, RFC 7662 §2.1).
     let bearer = app
@@ -156,14 +148,7 @@ async fn introspection_answers_as_rfc_7662_says(backend: Backend) {
     }
 
     // Revoked: inactive from then on.
-    let revoked = app
-        .request(
-            Method::DELETE,
-            &format!("/public-api/sessions/{jti}"),
-            Some(ACME_KEY),
-        )
-        .await;
-    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(app.revoke(ACME_KEY, &jti).await.status(), StatusCode::OK);
     let response = introspect_basic(&app, "k-acme", ACME_KEY, &[("token", &token)]).await;
     assert_eq!(answer(response).await, inactive);
 }
@@ -355,14 +340,7 @@ async fn a_standard_oauth2_client_introspects_unchanged(backend: Backend) {
     assert_eq!((exp - iat).num_seconds(), 900);
     assert!(exp > chrono::Utc::now());
 
-    let revoked = app
-        .request(
-            Method::DELETE,
-            &format!("/public-api/sessions/{jti}"),
-            Some(ACME_KEY),
-        )
-        .await;
-    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(app.revoke(ACME_KEY, &jti).await.status(), StatusCode::OK);
     let answer = client
         .introspect(&access_token)
         .request_async(&http)

@@ -241,25 +241,9 @@ async fn a_v7_jti_is_read_revoked_and_introspected_in_one_partition() {
     wait_for_partitions(&app.db, &ahead).await;
     let before = index_scans(&app.db).await;
     assert_eq!(get_record(&app, &jti).await.status(), StatusCode::OK);
-    let revoked = app
-        .request(
-            Method::DELETE,
-            &format!("/public-api/sessions/{jti}"),
-            Some(ACME_KEY),
-        )
-        .await;
-    assert_eq!(revoked.status(), StatusCode::OK);
-    let introspected = app
-        .client
-        .post(app.url("/public-api/sessions/introspect"))
-        .bearer_auth(ACME_KEY)
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .expect("introspect");
-    assert_eq!(introspected.status(), StatusCode::OK);
-    let body: Value = introspected.json().await.expect("json");
-    assert_eq!(body["data"]["active"], false, "revoked");
+    assert_eq!(app.revoke(ACME_KEY, &jti).await.status(), StatusCode::OK);
+    let introspected = app.introspect(ACME_KEY, &token).await;
+    assert_eq!(introspected["active"], false, "revoked");
     let touched = days_scanned(&app.db, &before, &day_partition(today)).await;
     assert_eq!(touched, vec![day_partition(today)]);
 }

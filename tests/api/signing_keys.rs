@@ -554,17 +554,9 @@ async fn token_signed_by(app: &TestApp, kid: &str) -> (String, String) {
 }
 
 async fn introspect_active(app: &TestApp, token: &str) -> bool {
-    let response = app
-        .client
-        .post(app.url("/public-api/sessions/introspect"))
-        .bearer_auth(ACME_KEY)
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.expect("json");
-    body["data"]["active"].as_bool().expect("active")
+    app.introspect(ACME_KEY, token).await["active"]
+        .as_bool()
+        .expect("active")
 }
 
 /// A mint record written as an earlier version (no `kid`), issued at `issued_at`.

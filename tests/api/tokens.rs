@@ -25,26 +25,11 @@ async fn record(app: &TestApp, credential: &str, jti: &str) -> reqwest::Response
 }
 
 async fn revoke(app: &TestApp, credential: &str, jti: &str) -> reqwest::Response {
-    app.request(
-        Method::DELETE,
-        &format!("/public-api/sessions/{jti}"),
-        Some(credential),
-    )
-    .await
+    app.revoke(credential, jti).await
 }
 
 async fn introspect(app: &TestApp, credential: &str, token: &str) -> Value {
-    let response = app
-        .client
-        .post(app.url("/public-api/sessions/introspect"))
-        .bearer_auth(credential)
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.expect("json");
-    body["data"].clone()
+    app.introspect(credential, token).await
 }
 
 async fn a_record_is_read_and_revoked_by_its_tenant_only(backend: Backend) {

@@ -476,6 +476,32 @@ impl TestApp {
         request.send().await.expect("request")
     }
 
+    /// Revokes one token by jti (`DELETE /public-api/sessions/{jti}`) as `credential`.
+    pub async fn revoke(&self, credential: &str, jti: &str) -> Response {
+        self.request(
+            Method::DELETE,
+            &format!("/public-api/sessions/{jti}"),
+            Some(credential),
+        )
+        .await
+    }
+
+    /// The envelope introspection's answer (`data`) for `token`, asked as `credential`; the
+    /// request itself must succeed.
+    pub async fn introspect(&self, credential: &str, token: &str) -> Value {
+        let response = self
+            .client
+            .post(self.url("/public-api/sessions/introspect"))
+            .bearer_auth(credential)
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+            .await
+            .expect("introspect");
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let body: Value = response.json().await.expect("json");
+        body["data"].clone()
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.request(Method::GET, path, None).await
     }
