@@ -131,7 +131,7 @@ pub async fn openid_configuration(
     let document = DiscoveryDocument {
         issuer: state.config.token.issuer.clone(),
         jwks_uri: format!("{base}/.well-known/jwks.json"),
-        introspection_endpoint: format!("{base}{}", super::oauth::INTROSPECTION_PATH),
+        introspection_endpoint: format!("{base}{}", super::INTROSPECTION_PATH),
         introspection_endpoint_auth_methods_supported: vec!["client_secret_basic"],
         id_token_signing_alg_values_supported: vec!["ES256", "EdDSA", "RS256"],
     };

@@ -19,6 +19,11 @@ pub mod tokens;
 
 use std::sync::Arc;
 
+/// The path of the RFC 7662 introspection endpoint ([`oauth`]), as the discovery document
+/// advertises it. Outside `/public-api/`, whose answers are enveloped: this one answers as
+/// RFC 7662 says, its errors included (see [`request_context`]).
+pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
+
 use crate::{
     auth::Authenticator, config::Config, freshness::Freshness, metrics::Metrics, mint::Minter,
     ratelimit::RateLimits, store::Store, tokens::TokenIssuer,

@@ -11,20 +11,17 @@ use axum::{
     Json,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::{
     envelope::Timings,
-    error::{ApiError, ErrorReport},
+    error::ApiError,
     extract::{Authorized, ManageTokens},
     tokens::{self, Introspection},
     AppState,
 };
 
-/// The path of the introspection endpoint, as the discovery document advertises it. Outside
-/// `/public-api/`, whose answers are enveloped: this one answers as RFC 7662 says.
-pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
+pub use super::INTROSPECTION_PATH;
 
 /// The `token_type` an active token has here: an OAuth access token type (RFC 6750), how the
 /// chat service receives the token.
@@ -142,33 +139,6 @@ fn is_form_content_type(value: Option<&HeaderValue>) -> bool {
         })
 }
 
-/// An error of this endpoint as RFC 6749 §5.2 writes it: `error` from the registered codes,
-/// `error_description` in the characters it allows.
-pub fn error_body(status: StatusCode, report: &ErrorReport) -> Value {
-    let (error, description) = match status.as_u16() {
-        401 => (
-            "invalid_client",
-            "Authenticate with HTTP Basic (user name: the API key's id, password: the key) or Authorization: Bearer <API key>.".to_owned(),
-        ),
-        403 if report.code == "insufficient_scope" => ("insufficient_scope", report.message.clone()),
-        403 => ("access_denied", report.message.clone()),
-        429 | 503 => ("temporarily_unavailable", report.message.clone()),
-        400..=499 => ("invalid_request", report.message.clone()),
-        _ => ("server_error", report.message.clone()),
-    };
-    // RFC 6749 §5.2: %x20-21 / %x23-5B / %x5D-7E.
-    let description: String = description
-        .chars()
-        .map(|c| match c {
-            '"' => '\'',
-            '\\' => '/',
-            ' '..='~' => c,
-            _ => '?',
-        })
-        .collect();
-    json!({ "error": error, "error_description": description })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,19 +151,5 @@ mod tests {
         assert!(!ok("application/json"));
         assert!(!ok("multipart/form-data"));
         assert!(!is_form_content_type(None));
-    }
-
-    #[test]
-    fn error_descriptions_keep_to_the_characters_rfc_6749_allows() {
-        let report = ErrorReport {
-            code: "forbidden",
-            message: "a \"quoted\" \\ — word".to_owned(),
-            details: None,
-            cause: None,
-        };
-        assert_eq!(
-            error_body(StatusCode::FORBIDDEN, &report),
-            json!({"error": "access_denied", "error_description": "a 'quoted' / ? word"})
-        );
     }
 }

@@ -190,7 +190,7 @@ pub async fn request_context(
     let mut code = None;
     let mut limit = None;
     if status.is_client_error() || status.is_server_error() {
-        let shape = if route == super::oauth::INTROSPECTION_PATH {
+        let shape = if route == super::INTROSPECTION_PATH {
             ErrorShape::OAuth
         } else {
             ErrorShape::Envelope
@@ -316,7 +316,7 @@ const KNOWN_ROUTES: &[&str] = &[
     "/public-api/sessions/revocations",
     "/public-api/sessions/{jti}",
     "/public-api/sessions/introspect",
-    super::oauth::INTROSPECTION_PATH,
+    super::INTROSPECTION_PATH,
     "/docs",
     "/docs/redoc.standalone.js",
     "/public-api/health",
@@ -377,7 +377,7 @@ fn render_error(
     let code = report.code;
     let body = match shape {
         ErrorShape::Envelope => report.into_body(request_id),
-        ErrorShape::OAuth => super::oauth::error_body(parts.status, &report),
+        ErrorShape::OAuth => oauth_error_body(parts.status, &report),
     };
     let body = match serde_json::to_vec(&body) {
         Ok(body) => body,
@@ -467,11 +467,39 @@ pub async fn drain_body(request: Request) {
     let _ = axum::body::to_bytes(request.into_body(), usize::MAX).await;
 }
 
+/// An error of the OAuth introspection endpoint as RFC 6749 §5.2 writes it: `error` from the registered codes,
+/// `error_description` in the characters it allows.
+fn oauth_error_body(status: StatusCode, report: &ErrorReport) -> serde_json::Value {
+    let (error, description) = match status.as_u16() {
+        401 => (
+            "invalid_client",
+            "Authenticate with HTTP Basic (user name: the API key's id, password: the key) or Authorization: Bearer <API key>.".to_owned(),
+        ),
+        403 if report.code == "insufficient_scope" => ("insufficient_scope", report.message.clone()),
+        403 => ("access_denied", report.message.clone()),
+        429 | 503 => ("temporarily_unavailable", report.message.clone()),
+        400..=499 => ("invalid_request", report.message.clone()),
+        _ => ("server_error", report.message.clone()),
+    };
+    // RFC 6749 §5.2: %x20-21 / %x23-5B / %x5D-7E.
+    let description: String = description
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect();
+    serde_json::json!({ "error": error, "error_description": description })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::latency_ms;
+    use super::{latency_ms, oauth_error_body, ErrorReport, StatusCode};
+    use serde_json::json;
 
     #[test]
     fn latency_is_logged_in_milliseconds_to_the_microsecond_without_float_noise() {
@@ -493,5 +521,19 @@ mod tests {
             let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
             assert!(decimals <= 3, "{micros} µs printed as {text}");
         }
+    }
+
+    #[test]
+    fn error_descriptions_keep_to_the_characters_rfc_6749_allows() {
+        let report = ErrorReport {
+            code: "forbidden",
+            message: "a \"quoted\" \\ — word".to_owned(),
+            details: None,
+            cause: None,
+        };
+        assert_eq!(
+            oauth_error_body(StatusCode::FORBIDDEN, &report),
+            json!({"error": "access_denied", "error_description": "a 'quoted' / ? word"})
+        );
     }
 }
