@@ -179,6 +179,15 @@ impl StoreError {
         }
     }
 
+    /// The statement named a table that does not exist (SQLSTATE 42P01), e.g. a day's partition
+    /// of the mint records not made yet.
+    pub(super) fn is_undefined_table(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db.code().as_deref() == Some("42P01"),
+            _ => false,
+        }
+    }
+
     /// A row broke a constraint (unique, foreign key, check, not null): that row's fault alone.
     pub fn is_constraint_violation(&self) -> bool {
         match self {

@@ -37,7 +37,7 @@ pub(super) fn issued_within(jti: Uuid) -> Option<(DateTime<Utc>, DateTime<Utc>)>
     Some((start, start + chrono::Duration::seconds(1)))
 }
 
-fn day_partition(day: NaiveDate) -> String {
+pub(super) fn day_partition(day: NaiveDate) -> String {
     format!("{DAY_PREFIX}{}", day.format("%Y%m%d"))
 }
 
